@@ -1,0 +1,179 @@
+"""The one Jinja2 environment that turns templates/ into scripts.
+
+Rules (architecture doc, "Remote scripts"):
+
+* ``StrictUndefined``: a missing parameter is an error, never an empty string.
+* CRLF output, as Windows PowerShell and cmd.exe expect.
+* Every ``{{ value }}`` must pass through a quoting filter: ``ps`` (a single-quoted PowerShell
+  literal with every single-quote variant doubled) or ``cmd`` (a double-quoted cmd.exe argument
+  that refuses metacharacters). A ``finalize`` hook refuses any output that did not come from a
+  quoting filter, so a raw interpolation fails at render time, not on a customer's host.
+* Secrets are rendered twice: the real value into ``text`` (what runs) and the masked value into
+  ``display`` (what may be printed).
+* Templates are loaded from the wheel's package data first, then from the source tree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from kmsadmin.errors import TemplateError
+from kmsadmin.values import ParamValue, RenderedScript, ScriptFormat, ScriptRef, Secret
+
+#: The single-quote characters PowerShell treats alike inside single-quoted strings
+#: (ASCII apostrophe, U+2018, U+2019, U+201A, U+201B). Each is escaped by doubling it.
+PS_SINGLE_QUOTES = "'\u2018\u2019\u201a\u201b"
+#: cmd.exe metacharacters that no valid kmsadmin value contains; refusing them is the only safe
+#: quoting for cmd (there is no reliable escape for ``%`` and ``!`` in all contexts).
+CMD_FORBIDDEN = set('"%!^&|<>()\r\n\t`\x00')
+
+HEADER_RE = re.compile(r"^(?:#|::) kmsadmin-step: (?P<step>[a-z0-9-]+)/(?P<version>\d+)$")
+
+
+class Quoted(str):
+    """A string produced by a quoting filter; the only kind of value a template may output."""
+
+    __slots__ = ()
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, Secret):
+        return value.value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, int | str):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return ",".join(_as_text(v) for v in value)
+    raise TemplateError(f"cannot quote a value of type {type(value).__name__}")
+
+
+def ps_quote(value: Any) -> Quoted:
+    """Quote any value as one single-quoted PowerShell string literal."""
+    text = _as_text(value)
+    for quote in PS_SINGLE_QUOTES:
+        text = text.replace(quote, quote * 2)
+    return Quoted("'" + text + "'")
+
+
+def ps_unquote(literal: str) -> str:
+    """Inverse of :func:`ps_quote` (used by the lab to read parameters back from a script)."""
+    if len(literal) < 2 or literal[0] not in PS_SINGLE_QUOTES or literal[-1] not in PS_SINGLE_QUOTES:
+        raise ValueError("not a single-quoted PowerShell literal")
+    body = literal[1:-1]
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        char = body[i]
+        if char in PS_SINGLE_QUOTES:
+            if i + 1 < len(body) and body[i + 1] in PS_SINGLE_QUOTES:
+                out.append(char)
+                i += 2
+                continue
+            raise ValueError("unescaped quote inside a single-quoted literal")
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def cmd_quote(value: Any) -> Quoted:
+    """Quote a value as one double-quoted cmd.exe argument; refuse anything cmd could expand."""
+    text = _as_text(value)
+    bad = sorted(set(text) & CMD_FORBIDDEN)
+    if bad:
+        raise TemplateError(f"value not allowed in a cmd script (contains {''.join(bad)!r})")
+    return Quoted('"' + text + '"')
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, Quoted):
+        return value
+    raise TemplateError("template interpolates a value without a quoting filter (use | ps or | cmd)")
+
+
+def template_dirs() -> list[Path]:
+    """Where templates are looked up: the installed wheel's data first, then the source tree."""
+    here = Path(__file__).resolve().parent
+    return [p for p in (here / "_templates", here.parent / "templates") if p.is_dir()]
+
+
+@lru_cache(maxsize=1)
+def environment() -> Any:
+    """The one Jinja2 environment (created once, lazily: jinja2 is not imported at CLI start-up)."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    dirs = template_dirs()
+    if not dirs:
+        raise TemplateError("no templates directory found (broken installation)")
+    env = ImmutableSandboxedEnvironment(
+        loader=jinja2.FileSystemLoader([str(d) for d in dirs]),
+        undefined=jinja2.StrictUndefined,
+        newline_sequence="\r\n",
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+        finalize=_finalize,
+    )
+    env.filters["ps"] = ps_quote
+    env.filters["cmd"] = cmd_quote
+    return env
+
+
+def template_name(step: str, fmt: ScriptFormat) -> str:
+    """``ps1/<step>.ps1.j2`` or ``cmd/<step>.cmd.j2``."""
+    return f"{fmt}/{step}.{fmt}.j2"
+
+
+def available_steps(fmt: ScriptFormat = "ps1") -> list[str]:
+    """Every step that has a template in the given format."""
+    suffix = f".{fmt}.j2"
+    names = {p.name[: -len(suffix)] for d in template_dirs() for p in (d / fmt).glob(f"*{suffix}")}
+    return sorted(names)
+
+
+def _render_once(step: str, fmt: ScriptFormat, context: Mapping[str, Any]) -> str:
+    import jinja2
+
+    try:
+        template = environment().get_template(template_name(step, fmt))
+        return str(template.render(**context))
+    except jinja2.TemplateNotFound:
+        raise TemplateError(f"no {fmt} template for step {step!r}") from None
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"template {template_name(step, fmt)}: {exc.message}") from None
+
+
+def render(ref: ScriptRef) -> RenderedScript:
+    """Render one step. Parameters are plain values; secrets are :class:`Secret` objects."""
+    plain: dict[str, ParamValue | Secret] = dict(ref.params)
+    overlap = set(plain) & set(ref.secrets)
+    if overlap:
+        raise TemplateError(f"parameters given both plain and secret: {sorted(overlap)}")
+    text = _render_once(ref.step, ref.fmt, {**plain, **ref.secrets})
+    if ref.secrets:
+        masked = {k: v.masked() for k, v in ref.secrets.items()}
+        display = _render_once(ref.step, ref.fmt, {**plain, **masked})
+    else:
+        display = text
+    match = HEADER_RE.match(text.split("\r\n", 1)[0])
+    if not match or match["step"] != ref.step:
+        raise TemplateError(f"template {template_name(ref.step, ref.fmt)} lacks its 'kmsadmin-step' header")
+    for secret in ref.secrets.values():
+        if secret.value and secret.value in display:
+            raise TemplateError(f"template {template_name(ref.step, ref.fmt)} leaks a secret into its display")
+    return RenderedScript(step=ref.step, version=int(match["version"]), fmt=ref.fmt, text=text, display=display)
+
+
+def parse_header(script: str) -> tuple[str, int] | None:
+    """Read ``(step, version)`` from a script's first line, or None if it is not a kmsadmin script."""
+    first = script.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
+    match = HEADER_RE.match(first)
+    return (match["step"], int(match["version"])) if match else None

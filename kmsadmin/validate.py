@@ -1,0 +1,148 @@
+"""Input validation done before anything is rendered into a script.
+
+Values that can never be valid (host names, ports, product keys, DNS domains, intervals, firewall
+profiles, Activation IDs, Confirmation IDs) are refused here with :class:`InvalidInput` (exit 2),
+so templates only ever see well-formed values; the templates quote them anyway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+
+from kmsadmin.errors import InvalidInput
+
+#: Product keys use 25 characters: the 24 of the classic key alphabet plus ``N``, which Windows 8
+#: and later keys carry exactly once as a position marker (hence "at most one N").
+PRODUCT_KEY_ALPHABET = "BCDFGHJKMNPQRTVWXY2346789"
+_KEY_RE = re.compile(rf"^[{PRODUCT_KEY_ALPHABET}]{{5}}(-[{PRODUCT_KEY_ALPHABET}]{{5}}){{4}}$")
+_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_KB_RE = re.compile(r"^KB\d{6,7}$")
+
+#: `Set-NetFirewallRule -Profile` accepts Any, Domain, Private, Public (PSDOCS NetSecurity).
+FIREWALL_PROFILES = ("Domain", "Private", "Public", "Any")
+#: SetVLActivationInterval / SetVLRenewalInterval: ">= 15 and <= 43200" minutes [SPPWMI].
+INTERVAL_MIN, INTERVAL_MAX = 15, 43200
+
+
+def product_key(value: str) -> str:
+    """Normalise and check a product key: five groups of five from the product-key alphabet."""
+    key = value.strip().upper().replace("\u2013", "-").replace("\u2014", "-")
+    if not _KEY_RE.match(key):
+        raise InvalidInput(
+            "product key",
+            _shown_key(value),
+            f"expected five groups of five characters from {PRODUCT_KEY_ALPHABET} separated by '-'",
+        )
+    if key.count("N") > 1:
+        raise InvalidInput("product key", _shown_key(value), "a product key holds at most one 'N'")
+    return key
+
+
+def _shown_key(value: str) -> str:
+    """Never echo a whole (possibly secret) key back in an error: keep the last five characters."""
+    stripped = value.strip()
+    return ("…" + stripped[-5:]) if len(stripped) > 5 else stripped
+
+
+def hostname(value: str, *, what: str = "host name") -> str:
+    """A DNS host name (RFC 1123) or an IPv4/IPv6 address literal."""
+    name = value.strip()
+    try:
+        return str(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        pass
+    if not name or len(name) > 253:
+        raise InvalidInput(what, value, "must be 1 to 253 characters")
+    labels = name.rstrip(".").split(".")
+    for label in labels:
+        if not _LABEL_RE.match(label):
+            raise InvalidInput(what, value, "each label is 1-63 letters, digits or '-', not starting/ending with '-'")
+    return name.rstrip(".")
+
+
+def domain(value: str) -> str:
+    """A DNS domain such as ``contoso.com`` (no address literals)."""
+    name = hostname(value, what="DNS domain")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name
+    raise InvalidInput("DNS domain", value, "an IP address is not a DNS domain")
+
+
+def port(value: int | str) -> int:
+    """A TCP port, 1..65535."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise InvalidInput("port", str(value), "must be a number from 1 to 65535") from None
+    if not 1 <= number <= 65535:
+        raise InvalidInput("port", str(value), "must be a number from 1 to 65535")
+    return number
+
+
+def host_port(value: str, *, default_port: int = 1688) -> tuple[str, int]:
+    """``name[:port]`` or ``[v6addr]:port`` as given to ``slmgr /skms``."""
+    text = value.strip()
+    if text.startswith("["):
+        addr, _, rest = text[1:].partition("]")
+        return hostname(addr), port(rest[1:]) if rest.startswith(":") else default_port
+    if text.count(":") == 1:
+        name, _, number = text.partition(":")
+        return hostname(name), port(number)
+    return hostname(text), default_port
+
+
+def interval(value: int | str, *, what: str = "interval") -> int:
+    """An activation or renewal interval in minutes, 15..43200."""
+    try:
+        minutes = int(str(value).strip())
+    except ValueError:
+        raise InvalidInput(what, str(value), f"must be whole minutes from {INTERVAL_MIN} to {INTERVAL_MAX}") from None
+    if not INTERVAL_MIN <= minutes <= INTERVAL_MAX:
+        raise InvalidInput(what, str(value), f"must be whole minutes from {INTERVAL_MIN} to {INTERVAL_MAX}")
+    return minutes
+
+
+def firewall_profiles(values: Iterable[str] | str) -> tuple[str, ...]:
+    """Firewall profiles for SPPSVC-In-TCP, e.g. ``Domain,Private``."""
+    items = values.split(",") if isinstance(values, str) else list(values)
+    result: list[str] = []
+    for item in items:
+        match = next((p for p in FIREWALL_PROFILES if p.lower() == item.strip().lower()), None)
+        if match is None:
+            raise InvalidInput("firewall profile", item, f"must be one of {', '.join(FIREWALL_PROFILES)}")
+        if match not in result:
+            result.append(match)
+    if not result:
+        raise InvalidInput("firewall profile", "", "give at least one profile")
+    return tuple(result)
+
+
+def guid(value: str, *, what: str = "Activation ID") -> str:
+    """A GUID such as an Activation ID or Application ID, lower-cased."""
+    text = value.strip().strip("{}")
+    if not _GUID_RE.match(text):
+        raise InvalidInput(what, value, "expected a GUID like 55c92734-d682-4d71-983e-d6ec3f16059f")
+    return text.lower()
+
+
+def confirmation_id(value: str) -> str:
+    """A phone-activation Confirmation ID: 48 digits (8 blocks of 6), separators ignored."""
+    digits = re.sub(r"[\s-]", "", value)
+    if not digits.isdigit() or len(digits) != 48:
+        raise InvalidInput("Confirmation ID", value, "expected 48 digits (8 blocks of 6)")
+    return digits
+
+
+def kb_number(value: str) -> str:
+    """A Microsoft update (KB) number such as ``KB5003646``."""
+    text = value.strip().upper()
+    if not text.startswith("KB"):
+        text = "KB" + text
+    if not _KB_RE.match(text):
+        raise InvalidInput("update number", value, "expected KB followed by 6 or 7 digits")
+    return text
