@@ -1,0 +1,318 @@
+"""The typer application: command tree and thin command bodies.
+
+Imports of anything heavier than typer happen inside the commands, so ``kmsadmin --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_PENDING, InvalidInput, KmsAdminError
+
+app = typer.Typer(
+    name="kmsadmin",
+    help="Set up Microsoft KMS hosts and move Windows/Office fleets onto them over WinRM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="KMS client setup keys (GVLKs) from Microsoft's official tables.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+def _mount_lab() -> None:
+    """Mount ``kmsadmin lab`` (its module imports the lab lazily inside each command)."""
+    try:
+        from kmsadmin.cli.lab import lab_app
+    except ImportError:  # pragma: no cover - the lab ships with kmsadmin; a broken install says so
+        return
+    app.add_typer(lab_app, name="lab", help="A simulated Windows fleet speaking real WinRM on loopback.")
+
+
+# --------------------------------------------------------------------------------------------- keys
+@keys_app.command("list")
+def keys_list(
+    family: Annotated[str | None, typer.Option(help="windows or office")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List every KMS client setup key (GVLK)."""
+    from kmsadmin import catalog
+    from kmsadmin.cli.output import emit_json, fail, table
+
+    if family not in (None, "windows", "office"):
+        fail(InvalidInput("family", family or "", "must be windows or office"))
+    entries = catalog.client_keys(family)
+    if json_out:
+        emit_json([e.to_dict() for e in entries])
+        return
+    table(f"{len(entries)} KMS client setup keys", ["product", "edition", "GVLK", "name"],
+          ((e.product, e.edition, e.gvlk, e.name) for e in entries))
+
+
+@keys_app.command("show")
+def keys_show(name: Annotated[str, typer.Argument(help="catalog name or product + edition")], json_out: JsonOpt = False) -> None:
+    """Show one catalog entry with its identification data and source."""
+    from kmsadmin import catalog
+    from kmsadmin.cli.output import emit_json, fail, table
+
+    try:
+        entry = catalog.find_client_key(name)
+    except KmsAdminError as exc:
+        fail(exc)
+    data = entry.to_dict()
+    if json_out:
+        emit_json(data)
+        return
+    table(entry.name, ["field", "value"], ((k, v if not isinstance(v, list | tuple) else ", ".join(map(str, v))) for k, v in data.items()))
+
+
+@keys_app.command("check")
+def keys_check(key: Annotated[str, typer.Argument(help="a product key")], json_out: JsonOpt = False) -> None:
+    """Is KEY a KMS client setup key? Exit 0 if it is, 1 if well-formed but not a GVLK, 2 if malformed."""
+    from kmsadmin import catalog
+    from kmsadmin.cli.output import emit_json, fail
+
+    try:
+        check = catalog.check_key(key)
+    except InvalidInput as exc:
+        fail(exc)
+    if json_out:
+        emit_json(check.to_dict())
+    elif check.is_gvlk:
+        typer.echo(f"{check.key}: GVLK for {check.product} {check.edition}")
+    else:
+        typer.echo(f"{check.key}: {check.note}")
+    raise typer.Exit(0 if check.is_gvlk else EXIT_HOST_FAILED)
+
+
+# ------------------------------------------------------------------------------------------- compat
+@app.command()
+def compat(
+    host_os: Annotated[str | None, typer.Option("--host-os", help='KMS host OS, e.g. "Windows Server 2019"')] = None,
+    csvlk: Annotated[str | None, typer.Option(help='host key group, e.g. "Windows Server 2025"')] = None,
+    client: Annotated[str | None, typer.Option(help="client edition (catalog name or product + edition)")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Which KMS host key groups an OS can carry, what they activate, and which updates the host needs."""
+    from kmsadmin import catalog
+    from kmsadmin.cli.output import emit_json, fail, table
+
+    try:
+        answer = catalog.compat(host_os=host_os, csvlk=csvlk, client=client)
+    except KmsAdminError as exc:
+        fail(exc)
+    data = answer.to_dict()
+    if json_out:
+        emit_json(data)
+        return
+    rows: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = "\n".join(v if isinstance(v, str) else ", ".join(f"{a}: {b}" for a, b in v.items()) for v in value)
+        rows.append((key, value))
+    table("KMS host key compatibility", ["", ""], rows)
+
+
+# ------------------------------------------------------------------------- connection and run options
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise InvalidInput(what, str(path), f"cannot read: {exc.strerror}") from None
+
+
+def _host_key(host_key_file: Path | None, required: bool) -> Any:
+    """The host key from a file, KMSADMIN_HOST_KEY, or a prompt: never from argv."""
+    from kmsadmin import validate
+    from kmsadmin.values import Secret
+
+    raw = None
+    if host_key_file is not None:
+        raw = _read_secret_file(host_key_file, "host key file")
+    elif os.environ.get("KMSADMIN_HOST_KEY"):
+        raw = os.environ["KMSADMIN_HOST_KEY"]
+    elif required and sys.stdin.isatty():
+        raw = typer.prompt("KMS host key (CSVLK)", hide_input=True)
+    return Secret(validate.product_key(raw)) if raw else None
+
+
+def _print_scripts(plans: list[Any], fmt: str, json_out: bool) -> None:
+    """--dry-run output: the exact scripts, secrets masked."""
+    from kmsadmin.cli.output import emit_json
+    from kmsadmin.render import render
+    from kmsadmin.values import ScriptRef
+
+    script_fmt = "cmd" if fmt == "slmgr" else "ps1"
+    documents = []
+    for plan in plans:
+        scripts = []
+        for planned in plan.steps:
+            ref = ScriptRef(planned.ref.step, planned.ref.params, planned.ref.secrets, script_fmt)
+            scripts.append({"step": planned.step, "reason": planned.reason, "script": render(ref).display})
+        documents.append({**plan.to_dict(), "scripts": scripts})
+    if json_out:
+        emit_json(documents if len(documents) > 1 else documents[0])
+        return
+    for doc in documents:
+        for note in doc["notes"]:
+            typer.echo(f"# note: {note}")
+        for problem in doc["problems"]:
+            typer.echo(f"# problem ({problem['check']}): {problem['message']} -- fix: {problem['remediation']}")
+        for script in doc["scripts"]:
+            typer.echo(f"# ---- {doc['host']}: {script['step']} ({script['reason']})")
+            typer.echo(script["script"].replace("\r\n", "\n"), nl=False)
+
+
+FormatOpt = Annotated[str, typer.Option("--format", help="ps1 (PowerShell/CIM, default) or slmgr (cmd for hand-off)")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Do not connect: print the scripts that would run.")]
+CheckOpt = Annotated[bool, typer.Option("--check", help="Connect read-only and print what would change (exit 3 if anything).")]
+
+
+def _validate_format(fmt: str) -> None:
+    if fmt not in ("ps1", "slmgr"):
+        raise InvalidInput("format", fmt, "must be ps1 or slmgr")
+
+
+# ------------------------------------------------------------------------------------------ setup-host
+@app.command("setup-host")
+def setup_host(
+    host: Annotated[str, typer.Argument(help="the KMS host to set up (name or address)")],
+    host_key_file: Annotated[Path | None, typer.Option(help="file holding the KMS host key (CSVLK); or set KMSADMIN_HOST_KEY")] = None,
+    csvlk: Annotated[str | None, typer.Option(help='the host key\'s group, e.g. "Windows Server 2022", checked against the host OS before installing')] = None,
+    activation: Annotated[str, typer.Option(help="online, or phone (prints the Installation ID)")] = "online",
+    confirmation_id: Annotated[str | None, typer.Option(help="Confirmation ID for phone activation")] = None,
+    firewall_profiles: Annotated[str, typer.Option(help="profiles for SPPSVC-In-TCP")] = "Domain,Private",
+    tools: Annotated[bool, typer.Option("--tools/--no-tools", help="also install the Volume Activation Tools")] = True,
+    kms_port: Annotated[int | None, typer.Option("--kms-port", help="KMS listening port (default 1688)")] = None,
+    dns_publishing: Annotated[bool | None, typer.Option("--dns-publishing/--no-dns-publishing", help="publish the _vlmcs._tcp SRV record")] = None,
+    low_priority: Annotated[bool | None, typer.Option("--low-priority/--normal-priority")] = None,
+    activation_interval: Annotated[int | None, typer.Option(help="minutes unactivated clients wait between attempts (15..43200)")] = None,
+    renewal_interval: Annotated[int | None, typer.Option(help="minutes between renewals (15..43200)")] = None,
+    assume_updates: Annotated[bool, typer.Option(help="treat required host updates as installed (a later cumulative update)")] = False,
+    fmt: FormatOpt = "ps1",
+    dry_run: DryRunOpt = False,
+    check: CheckOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Make HOST a KMS host: preflight, role, firewall, host key, activation, settings, verify."""
+    from kmsadmin import validate
+    from kmsadmin.cli.output import fail
+    from kmsadmin.operations.setup_host import SetupHostArgs, plan_setup_host
+
+    try:
+        _validate_format(fmt)
+        name = validate.hostname(host)
+        if activation not in ("online", "phone"):
+            raise InvalidInput("activation", activation, "must be online or phone")
+        args = SetupHostArgs(
+            host_key=_host_key(host_key_file, required=not dry_run),
+            csvlk=_csvlk(csvlk),
+            activation=activation,
+            confirmation_id=validate.confirmation_id(confirmation_id) if confirmation_id else None,
+            firewall_profiles=validate.firewall_profiles(firewall_profiles),
+            include_tools=tools,
+            listening_port=validate.port(kms_port) if kms_port is not None else None,
+            dns_publishing=dns_publishing,
+            low_priority=low_priority,
+            activation_interval=validate.interval(activation_interval, what="activation interval") if activation_interval is not None else None,
+            renewal_interval=validate.interval(renewal_interval, what="renewal interval") if renewal_interval is not None else None,
+            assume_updates=assume_updates,
+        )
+        if dry_run:
+            _print_scripts([plan_setup_host(name, None, args)], fmt, json_out)
+            return
+    except KmsAdminError as exc:
+        fail(exc)
+    _run_remote("setup-host", [name], args, check=check, json_out=json_out)
+
+
+def _csvlk(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from kmsadmin import catalog
+
+    return str(catalog.csvlk_group(value).name)
+
+
+# -------------------------------------------------------------------------------------- convert-client
+@app.command("convert-client")
+def convert_client(
+    hosts: Annotated[list[str], typer.Argument(help="machines to convert")],
+    kms_host: Annotated[str | None, typer.Option("--kms-host", help="pin a KMS host: NAME[:PORT] (slmgr /skms)")] = None,
+    lookup_domain: Annotated[str | None, typer.Option(help="SRV lookup domain (slmgr /skms-domain)")] = None,
+    auto_discover: Annotated[bool, typer.Option("--auto-discover", help="clear pinned host and domain (slmgr /ckms)")] = False,
+    key: Annotated[str, typer.Option(help="auto (from the detected edition) or a GVLK")] = "auto",
+    force: Annotated[bool, typer.Option(help="install --key even if it is not a GVLK")] = False,
+    edition: Annotated[str | None, typer.Option(help="edition for --dry-run (see `kmsadmin keys list`)")] = None,
+    office: Annotated[bool, typer.Option("--office", help="also convert Office volume products")] = False,
+    fmt: FormatOpt = "ps1",
+    dry_run: DryRunOpt = False,
+    check: CheckOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Make HOSTS KMS clients: detect the edition, install its GVLK, point at KMS, activate, verify."""
+    from kmsadmin import catalog, validate
+    from kmsadmin.cli.output import fail
+    from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
+
+    try:
+        _validate_format(fmt)
+        names = [validate.hostname(h) for h in hosts]
+        if sum(x is not None and x is not False for x in (kms_host, lookup_domain, auto_discover or None)) > 1:
+            raise InvalidInput("KMS target", "", "give only one of --kms-host, --lookup-domain, --auto-discover")
+        target: Any = "keep"
+        kms_name, kms_port_num = None, 1688
+        if kms_host:
+            kms_name, kms_port_num = validate.host_port(kms_host)
+            target = "host"
+        elif lookup_domain:
+            lookup_domain = validate.domain(lookup_domain)
+            target = "domain"
+        elif auto_discover:
+            target = "auto"
+        if key != "auto":
+            checked = catalog.check_key(key)
+            if not checked.is_gvlk and not force:
+                raise InvalidInput("--key", "…" + checked.key[-5:], f"{checked.note}; pass --force to install it anyway")
+            key = checked.key
+        if edition is not None:
+            catalog.find_client_key(edition)
+        args = ConvertClientArgs(key=key, force=force, edition=edition, target=target, kms_host=kms_name,
+                                 kms_port=kms_port_num, lookup_domain=lookup_domain, office=office)
+        if dry_run:
+            plans = [plan_convert_client(n, None, args) for n in names]
+            _print_scripts(plans, fmt, json_out)
+            if any(p.blocked for p in plans):
+                raise typer.Exit(2)
+            return
+    except KmsAdminError as exc:
+        fail(exc)
+    _run_remote("convert-client", names, args, check=check, json_out=json_out)
+
+
+def _run_remote(operation: str, hosts: list[str], args: Any, *, check: bool, json_out: bool) -> None:
+    """Connect to each host, plan from its facts, apply (unless --check), verify, report."""
+    from kmsadmin.cli.remote import run_operation
+
+    code = run_operation(operation, hosts, args, check=check, json_out=json_out)
+    raise typer.Exit(code)
+
+
+def run() -> None:
+    """Run the application, mapping Ctrl-C to exit code 130."""
+    _mount_lab()
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("kmsadmin: interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
+
+
+__all__ = ["EXIT_PENDING", "app", "run"]

@@ -1,0 +1,239 @@
+"""Facts: what a host reports about itself, parsed from the one JSON object a script prints.
+
+The remote JSON is a boundary, so it is validated with pydantic here and turned into typed values.
+Every step script prints ``{"kmsadmin": 1, "step": ..., "changed": ..., "before", "after", "data"}``
+or ``{..., "error": {"hresult", "message", "stage"}}`` (templates/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kmsadmin.catalog import OFFICE_APP_ID, WINDOWS_APP_ID, hresult_info
+from kmsadmin.errors import RemoteScriptError
+from kmsadmin.values import ScriptRef, ScriptResult
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class OsFacts(_Model):
+    """Win32_OperatingSystem plus the registry's EditionID."""
+
+    caption: str | None = None
+    version: str | None = None
+    build: int | None = None
+    sku: int | None = None
+    edition_id: str | None = None
+    product_type: int | None = None
+    installation_type: str | None = None
+    ui_language: str | None = None
+
+    @property
+    def is_server(self) -> bool:
+        """ProductType 2 (domain controller) and 3 (server) are server OSes."""
+        return self.product_type in (2, 3)
+
+    @property
+    def is_core(self) -> bool:
+        """Server Core has no Volume Activation Tools (RSAT-VA-Tools)."""
+        return (self.installation_type or "").lower() == "server core"
+
+
+class ProductFacts(_Model):
+    """One SoftwareLicensingProduct with a product key installed."""
+
+    id: str
+    application_id: str
+    name: str = ""
+    description: str = ""
+    license_status: int = 0
+    license_status_reason: str | None = None
+    partial_key: str | None = None
+    channel: str | None = None
+    grace_minutes: int = 0
+    is_kms_host: bool = False
+    license_is_addon: bool = False
+    kms_machine: str | None = None
+    kms_port: int | None = None
+    lookup_domain: str | None = None
+    discovered_kms: str | None = None
+    discovered_port: int | None = None
+
+    @property
+    def is_windows(self) -> bool:
+        """A Windows product (Windows ApplicationID)."""
+        return self.application_id.lower() == WINDOWS_APP_ID
+
+    @property
+    def is_office(self) -> bool:
+        """An Office 2013+ product (Office ApplicationID)."""
+        return self.application_id.lower() == OFFICE_APP_ID
+
+    @property
+    def is_kms_client(self) -> bool:
+        """Description contains VOLUME_KMSCLIENT: a GVLK is installed ([TSKMS])."""
+        return "VOLUME_KMSCLIENT" in self.description.upper()
+
+    @property
+    def days_left(self) -> float:
+        """Validity left in days (GracePeriodRemaining is in minutes)."""
+        return round(self.grace_minutes / 1440, 1)
+
+
+class RequestCounters(_Model):
+    """KMS host request counters by client license status."""
+
+    total: int = 0
+    failed: int = 0
+    unlicensed: int = 0
+    licensed: int = 0
+    oob_grace: int = 0
+    oot_grace: int = 0
+    non_genuine_grace: int = 0
+    notification: int = 0
+
+
+class ServiceFacts(_Model):
+    """SoftwareLicensingService: KMS client and KMS host settings and counters."""
+
+    version: str | None = None
+    kms_machine: str | None = None
+    kms_port: int | None = None
+    lookup_domain: str | None = None
+    host_caching: bool = True
+    discovered_kms: str | None = None
+    discovered_port: int | None = None
+    client_machine_id: str | None = None
+    is_kms_host: bool = False
+    current_count: int = -1
+    required_count: int = 0
+    listening_port: int = 1688
+    dns_publishing: bool = True
+    low_priority: bool = False
+    activation_interval: int = 120
+    renewal_interval: int = 10080
+    requests: RequestCounters = Field(default_factory=RequestCounters)
+
+
+class FirewallRuleFacts(_Model):
+    """One firewall rule's state."""
+
+    name: str
+    enabled: bool = False
+    profiles: list[str] = Field(default_factory=list)
+
+
+class SecurityFacts(_Model):
+    """Elevation and UAC remote-restriction state of the connecting account."""
+
+    is_admin: bool = False
+    is_builtin_admin: bool = False
+    token_filter_policy: int | None = None
+    domain_joined: bool = False
+    dns_suffix: str | None = None
+
+
+class HostFacts(_Model):
+    """Everything the ``facts`` step reports."""
+
+    computer_name: str = ""
+    os: OsFacts = Field(default_factory=OsFacts)
+    products: list[ProductFacts] = Field(default_factory=list)
+    service: ServiceFacts = Field(default_factory=ServiceFacts)
+    features: dict[str, bool | None] = Field(default_factory=dict)
+    firewall: list[FirewallRuleFacts] = Field(default_factory=list)
+    hotfixes: list[str] = Field(default_factory=list)
+    security: SecurityFacts = Field(default_factory=SecurityFacts)
+    time_utc: str | None = None
+
+    def windows_product(self) -> ProductFacts | None:
+        """The Windows product that is not an add-on and not a KMS host key, if any."""
+        for product in self.products:
+            if product.is_windows and not product.license_is_addon and not product.is_kms_host:
+                return product
+        return None
+
+    def kms_host_products(self) -> list[ProductFacts]:
+        """Products whose installed key is a KMS host key (VOLUME_KMS, not VOLUME_KMSCLIENT)."""
+        return [p for p in self.products if p.is_kms_host]
+
+    def office_products(self) -> list[ProductFacts]:
+        """Office products with a key installed."""
+        return [p for p in self.products if p.is_office and not p.is_kms_host]
+
+    def firewall_rule(self, name: str) -> FirewallRuleFacts | None:
+        """A firewall rule by name."""
+        return next((r for r in self.firewall if r.name.lower() == name.lower()), None)
+
+    def has_update(self, kb: str) -> bool:
+        """Whether an update (KB) is in Get-HotFix's list."""
+        return kb.upper() in {h.upper() for h in self.hotfixes}
+
+
+class StepError(_Model):
+    """The ``error`` member of a step's JSON."""
+
+    hresult: str | None = None
+    message: str = ""
+    stage: str | None = None
+
+
+class StepOutcome(_Model):
+    """The parsed result of one step script."""
+
+    step: str
+    changed: bool = False
+    before: dict[str, Any] = Field(default_factory=dict)
+    after: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    error: StepError | None = None
+
+
+def parse_outcome(result: ScriptResult) -> StepOutcome:
+    """Find the one JSON object in a script's output and validate it."""
+    candidates = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("{")]
+    if not candidates:
+        detail = "; ".join(result.errors) or (result.stdout.strip()[:200] or "no output")
+        raise RemoteScriptError(result.host, result.step, f"the script printed no result: {detail}")
+    try:
+        raw = json.loads(candidates[-1])
+        outcome = StepOutcome.model_validate(raw)
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise RemoteScriptError(result.host, result.step, f"unreadable script result: {exc}") from None
+    if outcome.step != result.step:
+        raise RemoteScriptError(result.host, result.step, f"result is for step {outcome.step!r}")
+    return outcome
+
+
+def raise_for_error(result: ScriptResult, outcome: StepOutcome) -> None:
+    """Turn a step's ``error`` into a typed error with the catalog's meaning and remediation."""
+    if outcome.error is None:
+        return
+    code = outcome.error.hresult
+    info = hresult_info(code) if code else None
+    raise RemoteScriptError(
+        result.host,
+        result.step,
+        outcome.error.message or "the step failed",
+        hresult=code,
+        meaning=info.meaning if info and info.known else None,
+        remediation=info.remediation if info and info.known else None,
+    )
+
+
+FACTS = ScriptRef("facts")
+
+
+def parse_facts(result: ScriptResult) -> HostFacts:
+    """Parse the ``facts`` step's result."""
+    outcome = parse_outcome(result)
+    raise_for_error(result, outcome)
+    try:
+        return HostFacts.model_validate(outcome.data)
+    except ValidationError as exc:
+        raise RemoteScriptError(result.host, result.step, f"unreadable facts: {exc}") from None

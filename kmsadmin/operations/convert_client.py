@@ -1,0 +1,184 @@
+"""Plan converting a machine into a KMS client: GVLK, KMS host / discovery settings, activation.
+
+Mirrors what slmgr does ([SLMGRVBS]): ``/ipk`` = InstallProductKey + RefreshLicenseStatus;
+``/skms`` = SetKeyManagementServiceMachine (+ port); ``/skms-domain`` = SetKeyManagementServiceLookupDomain;
+``/ckms`` restores DNS auto-discovery; ``/ato`` = Activate on keyed non-add-on products.
+Office products use the Office ApplicationID and their own GVLKs ([OGVLK], [OTOOLS]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kmsadmin import catalog
+from kmsadmin.facts import HostFacts, ProductFacts
+from kmsadmin.operations import Plan, PlannedStep, Problem
+from kmsadmin.values import ScriptRef, Secret
+
+TargetMode = Literal["host", "domain", "auto", "keep"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertClientArgs:
+    """What the admin asked for."""
+
+    key: str = "auto"  # "auto" or a validated GVLK
+    force: bool = False
+    edition: str | None = None  # catalog name, for --dry-run without a connection
+    target: TargetMode = "keep"
+    kms_host: str | None = None
+    kms_port: int = 1688
+    lookup_domain: str | None = None
+    office: bool = False
+
+
+def _windows_key(facts: HostFacts | None, args: ConvertClientArgs) -> tuple[catalog.ClientKey | None, str | None, Problem | None]:
+    """Pick the GVLK: an explicit key, an explicit edition, or the edition the host reports."""
+    if args.key != "auto":
+        check = catalog.check_key(args.key)
+        match = check.matches[0] if check.is_gvlk and check.matches else None
+        return match, check.key, None
+    if args.edition:
+        entry = catalog.find_client_key(args.edition)
+        return entry, entry.gvlk, None
+    if facts is None:
+        return None, None, Problem(
+            "edition",
+            "--dry-run has no host to read the edition from",
+            "pass --edition NAME (see `kmsadmin keys list`) or --key GVLK",
+        )
+    os = facts.os
+    entry = catalog.identify_windows(
+        caption=os.caption, edition_id=os.edition_id, build=os.build, sku=os.sku, product_type=os.product_type
+    )
+    if entry is None:
+        why = "an evaluation edition" if catalog.is_evaluation(os.edition_id) else "not a volume-licensable edition"
+        return None, None, Problem(
+            "edition",
+            f"no KMS client key for {os.caption or '?'} (EditionID {os.edition_id}, build {os.build}, SKU {os.sku}): {why}",
+            "Home and evaluation editions cannot be KMS clients; upgrade the edition, or pass --key with a GVLK",
+            hresult="0xC004F069",
+        )
+    return entry, entry.gvlk, None
+
+
+def _target_steps(current_host: str | None, current_port: int | None, current_domain: str | None,
+                  args: ConvertClientArgs, activation_id: str) -> list[PlannedStep]:
+    steps: list[PlannedStep] = []
+    port = current_port or 1688
+    if args.target == "host" and args.kms_host:
+        if (current_host or "").lower() != args.kms_host.lower() or port != args.kms_port:
+            steps.append(
+                PlannedStep(
+                    ScriptRef("set-kms-host", {"kms_host": args.kms_host, "kms_port": args.kms_port, "activation_id": activation_id}),
+                    f"KMS host is {current_host or 'not set'}, want {args.kms_host}:{args.kms_port}",
+                )
+            )
+    elif args.target == "domain" and args.lookup_domain:
+        if current_host:
+            steps.append(
+                PlannedStep(ScriptRef("clear-kms-host", {"activation_id": activation_id}),
+                            "a pinned KMS host overrides the SRV lookup domain (slmgr /skms-domain)")
+            )
+        if (current_domain or "").lower() != args.lookup_domain.lower():
+            steps.append(
+                PlannedStep(
+                    ScriptRef("set-lookup-domain", {"lookup_domain": args.lookup_domain, "activation_id": activation_id}),
+                    f"SRV lookup domain is {current_domain or 'not set'}, want {args.lookup_domain}",
+                )
+            )
+    elif args.target == "auto":
+        if current_host:
+            steps.append(PlannedStep(ScriptRef("clear-kms-host", {"activation_id": activation_id}),
+                                     "return to DNS auto-discovery (slmgr /ckms)"))
+        if current_domain:
+            steps.append(PlannedStep(ScriptRef("clear-lookup-domain", {"activation_id": activation_id}),
+                                     "clear the SRV lookup domain (slmgr /ckms-domain)"))
+    return steps
+
+
+def _plan_windows(host: str, facts: HostFacts | None, args: ConvertClientArgs) -> Plan:
+    entry, gvlk, problem = _windows_key(facts, args)
+    if problem is not None or gvlk is None:
+        return Plan(host, "convert-client", problems=(problem,) if problem else ())
+    details: dict[str, object] = {
+        "product": entry.product if entry else None,
+        "edition": entry.edition if entry else None,
+        "gvlk": gvlk if entry is not None and entry.gvlk == gvlk else None,
+    }
+    steps: list[PlannedStep] = []
+    product = facts.windows_product() if facts else None
+    key_changes = product is None or product.partial_key != gvlk[-5:]
+    if key_changes:
+        # A key forced past the GVLK check (e.g. a MAK) is a secret: only its last 5 characters show.
+        is_public = entry is not None and entry.gvlk == gvlk
+        key_params = ({"product_key": gvlk}, {}) if is_public else ({}, {"product_key": Secret(gvlk)})
+        steps.append(
+            PlannedStep(
+                ScriptRef("install-gvlk", {**key_params[0], "application_id": catalog.WINDOWS_APP_ID}, key_params[1]),
+                f"installed key ends {product.partial_key if product else 'nothing'}, want the GVLK ending {gvlk[-5:]}",
+            )
+        )
+    service = facts.service if facts else None
+    target_steps = _target_steps(
+        service.kms_machine if service else None,
+        service.kms_port if service else None,
+        service.lookup_domain if service else None,
+        args,
+        "",
+    )
+    steps.extend(target_steps)
+    if key_changes or target_steps or product is None or product.license_status != 1:
+        steps.append(
+            PlannedStep(
+                ScriptRef("activate", {"application_id": catalog.WINDOWS_APP_ID, "activation_id": "", "force": bool(target_steps)}),
+                "not activated" if product is None or product.license_status != 1 else "re-activate against the new KMS target",
+            )
+        )
+    return Plan(host, "convert-client", tuple(steps), details=details)
+
+
+def _plan_office_product(product: ProductFacts, args: ConvertClientArgs) -> tuple[list[PlannedStep], list[str]]:
+    entry = catalog.identify_office(product.name, product.description)
+    if entry is None:
+        return [], [f"Office product {product.name!r} is not a volume (KMS client) product: skipped"]
+    steps: list[PlannedStep] = []
+    key_changes = product.partial_key != entry.gvlk[-5:]
+    if key_changes:
+        steps.append(
+            PlannedStep(
+                ScriptRef("install-gvlk", {"product_key": entry.gvlk, "application_id": catalog.OFFICE_APP_ID}),
+                f"{entry.product}: install its GVLK ending {entry.gvlk[-5:]}",
+            )
+        )
+    target = _target_steps(product.kms_machine, product.kms_port, product.lookup_domain, args, product.id)
+    steps.extend(target)
+    if key_changes or target or product.license_status != 1:
+        steps.append(
+            PlannedStep(
+                ScriptRef("activate", {"application_id": catalog.OFFICE_APP_ID, "activation_id": product.id, "force": bool(target)}),
+                f"{entry.product}: activate against KMS",
+            )
+        )
+    return steps, []
+
+
+def plan_convert_client(host: str, facts: HostFacts | None, args: ConvertClientArgs) -> Plan:
+    """Plan the conversion; ``facts=None`` lists the steps for ``--dry-run``."""
+    plan = _plan_windows(host, facts, args)
+    if not args.office or plan.blocked:
+        return plan
+    steps = list(plan.steps)
+    notes = list(plan.notes)
+    if facts is None:
+        notes.append("Office products are read from the host; --dry-run shows the Windows steps only")
+    else:
+        offices = facts.office_products()
+        if not offices:
+            notes.append("no Office volume product with a key found on the host")
+        for product in offices:
+            more, why = _plan_office_product(product, args)
+            steps.extend(more)
+            notes.extend(why)
+    return Plan(host, "convert-client", tuple(steps), tuple(notes), plan.problems, details=plan.details)

@@ -1,0 +1,208 @@
+"""Plan a KMS host set-up: preflight, role, firewall, host key, activation, settings.
+
+Order and commands follow Microsoft's "Create a KMS host" [HOST25]: install the VolumeActivation role
+(``Install-WindowsFeature -Name VolumeActivation -IncludeManagementTools``), open SPPSVC-In-TCP
+(``Set-NetFirewallRule -Name SPPSVC-In-TCP -Profile Domain,Private -Enabled True``), install and
+activate the CSVLK, then configure the KMS host (slmgr /sprt, /sdns|/cdns, /spri|/cpri, /sai, /sri).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kmsadmin import catalog
+from kmsadmin.facts import HostFacts
+from kmsadmin.operations import Plan, PlannedStep, Problem
+from kmsadmin.values import Secret, ScriptRef
+
+FIREWALL_RULE = "SPPSVC-In-TCP"
+#: [HOST25]: "Set-NetFirewallRule -Name SPPSVC-In-TCP -Profile Domain,Private -Enabled True"
+DEFAULT_PROFILES = ("Domain", "Private")
+
+
+@dataclass(frozen=True, slots=True)
+class SetupHostArgs:
+    """What the admin asked for."""
+
+    host_key: Secret | None = None
+    csvlk: str | None = None
+    activation: str = "online"  # online | phone
+    confirmation_id: str | None = None
+    firewall_profiles: tuple[str, ...] = DEFAULT_PROFILES
+    include_tools: bool = True
+    listening_port: int | None = None
+    dns_publishing: bool | None = None
+    low_priority: bool | None = None
+    activation_interval: int | None = None
+    renewal_interval: int | None = None
+    assume_updates: bool = False
+
+
+def _preflight(facts: HostFacts, args: SetupHostArgs) -> tuple[list[Problem], list[str], list[str]]:
+    problems: list[Problem] = []
+    notes: list[str] = []
+    required: list[str] = []
+    os = facts.os
+    if not facts.security.is_admin:
+        problems.append(
+            Problem(
+                "admin-rights",
+                "the account is not an elevated administrator on the host",
+                "use an account in the local Administrators group; for local accounts other than the built-in "
+                "Administrator, UAC remote restrictions filter the token (KB 951016, LocalAccountTokenFilterPolicy)",
+                hresult="0x80070005",
+            )
+        )
+    if catalog.is_evaluation(os.edition_id):
+        problems.append(
+            Problem(
+                "edition",
+                f"{os.caption or os.edition_id} is an evaluation edition",
+                "convert the evaluation edition to a licensed edition (DISM /online /Set-Edition) before "
+                "making it a KMS host",
+            )
+        )
+    if (os.edition_id or "").lower() in {"serverturbine", "serverturbinecor"} or os.sku == 407:
+        problems.append(
+            Problem(
+                "edition",
+                "Windows Server Datacenter: Azure Edition cannot be a KMS host",
+                "use another Windows Server edition: 'Windows Server Datacenter Azure Edition is activated by "
+                "Azure and can't be configured as a KMS host' (Microsoft KMS activation planning)",
+            )
+        )
+    if os.is_core:
+        notes.append("Server Core: the Volume Activation Tools (RSAT-VA-Tools, vmw.exe) are not available")
+    if args.csvlk:
+        group = catalog.csvlk_group(args.csvlk)
+        host_os = catalog.os_product(os.build, os.product_type) if os.build else (os.caption or "")
+        verdict = catalog.host_can_carry(group, host_os, edition_id=os.edition_id)
+        if not verdict.ok:
+            problems.append(
+                Problem(
+                    "host-key-group",
+                    f"{host_os} cannot carry a {group.name} host key: {verdict.reason}",
+                    "use a host OS listed for this key group, or a host key of an older group "
+                    "(`kmsadmin compat` lists both)",
+                    hresult="0xC004F050",
+                )
+            )
+        for update in verdict.required_updates:
+            required.append(update.kb)
+            if facts.has_update(update.kb) or args.assume_updates:
+                continue
+            problems.append(
+                Problem(
+                    "required-update",
+                    f"{host_os} needs {update.kb} ({update.title}) or a later cumulative update to carry a "
+                    f"{group.name} host key",
+                    f"install {update.kb} or a later cumulative update; if a later cumulative update is "
+                    "already installed, re-run with --assume-updates",
+                    hresult="0xC004F050",
+                )
+            )
+    else:
+        notes.append("host key group not given (--csvlk): cannot check before installing whether this OS can carry it")
+    return problems, notes, required
+
+
+def plan_setup_host(host: str, facts: HostFacts | None, args: SetupHostArgs) -> Plan:
+    """Plan the set-up; ``facts=None`` lists every step (``--dry-run``)."""
+    steps: list[PlannedStep] = []
+    notes: list[str] = []
+    problems: list[Problem] = []
+    details: dict[str, object] = {}
+    if facts is not None:
+        problems, notes, required = _preflight(facts, args)
+        details["required_updates"] = required
+        if problems:
+            return Plan(host, "setup-host", (), tuple(notes), tuple(problems), details=details)
+
+    tools = args.include_tools and not (facts is not None and facts.os.is_core)
+    features = facts.features if facts else {}
+    if facts is None or not features.get("VolumeActivation") or (tools and not features.get("RSAT-VA-Tools")):
+        steps.append(PlannedStep(ScriptRef("install-feature", {"include_tools": tools}), "VolumeActivation role not installed"))
+
+    profiles = ",".join(args.firewall_profiles)
+    rule = facts.firewall_rule(FIREWALL_RULE) if facts else None
+    if rule is None or not rule.enabled or sorted(rule.profiles) != sorted(args.firewall_profiles):
+        steps.append(
+            PlannedStep(
+                ScriptRef("firewall", {"rule_name": FIREWALL_RULE, "profiles": profiles}),
+                f"{FIREWALL_RULE} not enabled for {profiles}",
+            )
+        )
+
+    host_products = facts.kms_host_products() if facts else []
+    key_tail = args.host_key.tail if args.host_key else None
+    installed = next((p for p in host_products if key_tail and p.partial_key == key_tail), None)
+    if installed is None:
+        if args.host_key is None:
+            problems.append(
+                Problem(
+                    "host-key",
+                    "no KMS host key given and none installed",
+                    "pass --host-key-file FILE or set KMSADMIN_HOST_KEY (the key is never taken from the command line)",
+                )
+            )
+            return Plan(host, "setup-host", (), tuple(notes), tuple(problems), details=details)
+        steps.append(
+            PlannedStep(
+                ScriptRef("install-host-key", {"application_id": catalog.WINDOWS_APP_ID}, {"product_key": args.host_key}),
+                f"host key ending {key_tail} not installed",
+            )
+        )
+    activation_id = installed.id if installed else ""
+    if installed is None or installed.license_status != 1:
+        if args.activation == "phone":
+            if args.confirmation_id:
+                steps.append(
+                    PlannedStep(
+                        ScriptRef(
+                            "phone-deposit",
+                            {
+                                "application_id": catalog.WINDOWS_APP_ID,
+                                "activation_id": activation_id,
+                                "confirmation_id": args.confirmation_id,
+                            },
+                        ),
+                        "deposit the Confirmation ID from the Microsoft activation line",
+                    )
+                )
+            else:
+                steps.append(
+                    PlannedStep(
+                        ScriptRef("phone-iid", {"application_id": catalog.WINDOWS_APP_ID, "activation_id": activation_id}),
+                        "show the Installation ID to read to the Microsoft activation line (slui 4)",
+                    )
+                )
+                return Plan(host, "setup-host", tuple(steps), tuple(notes), (), stop_after="phone-iid", details=details)
+        else:
+            steps.append(
+                PlannedStep(
+                    ScriptRef(
+                        "activate",
+                        {"application_id": catalog.WINDOWS_APP_ID, "activation_id": activation_id, "force": False},
+                    ),
+                    "host key not activated",
+                )
+            )
+
+    wanted = {
+        "listening_port": args.listening_port,
+        "dns_publishing": args.dns_publishing,
+        "low_priority": args.low_priority,
+        "activation_interval": args.activation_interval,
+        "renewal_interval": args.renewal_interval,
+    }
+    current = facts.service.model_dump() if facts else {}
+    differing = {k: v for k, v in wanted.items() if v is not None and (facts is None or current.get(k) != v)}
+    if differing:
+        params = {k: ("" if differing.get(k) is None else differing[k]) for k in wanted}
+        steps.append(
+            PlannedStep(
+                ScriptRef("kms-host-settings", params),
+                "KMS host settings differ: " + ", ".join(f"{k}={v}" for k, v in differing.items()),
+            )
+        )
+    return Plan(host, "setup-host", tuple(steps), tuple(notes), tuple(problems), details=details)
