@@ -1,0 +1,235 @@
+"""Run one operation on one host: facts → plan → steps → verify, over one session.
+
+Every remote step goes through :func:`kmsadmin.render.render` and the session; every result is parsed
+into a typed outcome; a failure stops the host's run and becomes a typed :class:`HostError` with host,
+step, HRESULT, meaning and remediation. Logs name host, step and duration only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from kmsadmin import catalog
+from kmsadmin.errors import HostError, KmsAdminError, PreflightFailed
+from kmsadmin.facts import FACTS, HostFacts, StepOutcome, parse_facts, parse_outcome, raise_for_error
+from kmsadmin.operations import Plan
+from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
+from kmsadmin.operations.setup_host import SetupHostArgs, plan_setup_host
+from kmsadmin.render import render
+from kmsadmin.values import RenderedScript, ScriptRef, ScriptResult
+
+log = logging.getLogger("kmsadmin.fleet")
+
+Status = Literal["ok", "changed", "pending", "failed"]
+
+
+class Session(Protocol):
+    """What the runner needs from a transport session."""
+
+    def run(self, script: RenderedScript, *, deadline: float | None = None) -> ScriptResult:
+        """Run one rendered script."""
+        ...
+
+    def close(self) -> None:
+        """Close the session."""
+        ...
+
+
+SessionFactory = Callable[[str], Session]
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One step as it ran."""
+
+    step: str
+    changed: bool
+    duration: float
+    reason: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"step": self.step, "changed": self.changed, "duration": round(self.duration, 3),
+                "reason": self.reason, "data": self.data, "error": self.error}
+
+
+@dataclass(slots=True)
+class HostReport:
+    """What happened on one host."""
+
+    host: str
+    operation: str
+    status: Status = "ok"
+    changes: int = 0
+    steps: list[StepRecord] = field(default_factory=list)
+    plan: dict[str, Any] | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    duration: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (no secrets ever reach a report)."""
+        return {
+            "host": self.host,
+            "operation": self.operation,
+            "status": self.status,
+            "changes": self.changes,
+            "steps": [s.to_dict() for s in self.steps],
+            "plan": self.plan,
+            "state": self.state,
+            "error": self.error,
+            "duration": round(self.duration, 3),
+        }
+
+
+def summarize_state(facts: HostFacts) -> dict[str, Any]:
+    """The final state worth reporting: edition, license status, days left, KMS host counters."""
+    os = facts.os
+    entry = catalog.identify_windows(caption=os.caption, edition_id=os.edition_id, build=os.build, sku=os.sku,
+                                     product_type=os.product_type)
+    product = facts.windows_product() or next(iter(facts.kms_host_products()), None)
+    state: dict[str, Any] = {
+        "computer_name": facts.computer_name,
+        "os": os.caption,
+        "build": os.build,
+        "edition": f"{entry.product} {entry.edition}" if entry else os.edition_id,
+        "license_status": product.license_status if product else None,
+        "license_status_name": catalog.license_status_name(product.license_status) if product else None,
+        "partial_key": product.partial_key if product else None,
+        "days_left": product.days_left if product else None,
+        "kms_machine": facts.service.kms_machine,
+        "lookup_domain": facts.service.lookup_domain,
+        "is_kms_host": facts.service.is_kms_host,
+    }
+    if facts.service.is_kms_host:
+        state.update(
+            current_count=facts.service.current_count,
+            listening_port=facts.service.listening_port,
+            dns_publishing=facts.service.dns_publishing,
+            low_priority=facts.service.low_priority,
+            activation_interval=facts.service.activation_interval,
+            renewal_interval=facts.service.renewal_interval,
+        )
+    offices = facts.office_products()
+    if offices:
+        state["office"] = [
+            {"name": p.name, "license_status": p.license_status, "partial_key": p.partial_key, "days_left": p.days_left}
+            for p in offices
+        ]
+    return state
+
+
+def _remaining(deadline_at: float | None) -> float | None:
+    return None if deadline_at is None else max(0.1, deadline_at - time.monotonic())
+
+
+def _run_step(session: Session, host: str, ref: ScriptRef, deadline_at: float | None) -> tuple[StepOutcome, ScriptResult, float]:
+    started = time.monotonic()
+    result = session.run(render(ref), deadline=_remaining(deadline_at))
+    duration = time.monotonic() - started
+    log.info("host=%s step=%s duration=%.3fs", host, ref.step, duration)
+    return parse_outcome(result), result, duration
+
+
+def gather_facts(session: Session, host: str, deadline_at: float | None = None) -> HostFacts:
+    """Run the read-only facts step."""
+    result = session.run(render(FACTS), deadline=_remaining(deadline_at))
+    return parse_facts(result)
+
+
+def make_plan(operation: str, host: str, facts: HostFacts | None, args: Any) -> Plan:
+    """Dispatch to the operation's planner."""
+    if operation == "setup-host":
+        assert isinstance(args, SetupHostArgs)
+        return plan_setup_host(host, facts, args)
+    if operation == "convert-client":
+        assert isinstance(args, ConvertClientArgs)
+        return plan_convert_client(host, facts, args)
+    raise KmsAdminError(f"unknown operation {operation!r}")
+
+
+def _verify(operation: str, host: str, facts: HostFacts, args: Any) -> None:
+    """Read back what the operation promised."""
+    if operation == "setup-host":
+        if not facts.service.is_kms_host:
+            raise HostError(host, "verify", "the host does not report itself as a KMS host after set-up",
+                            remediation="check the host key and its activation (slmgr /dlv)")
+        for name in ("listening_port", "dns_publishing", "low_priority", "activation_interval", "renewal_interval"):
+            wanted = getattr(args, name)
+            if wanted is not None and getattr(facts.service, name) != wanted:
+                raise HostError(host, "verify", f"{name} reads back {getattr(facts.service, name)!r}, expected {wanted!r}",
+                                remediation="restart the Software Protection service (net stop sppsvc && net start sppsvc)")
+    elif operation == "convert-client":
+        product = facts.windows_product()
+        if product is None or product.license_status != 1:
+            status = catalog.license_status_name(product.license_status) if product else "no key installed"
+            raise HostError(host, "verify", f"Windows is not activated after conversion (LicenseStatus: {status})")
+
+
+def run_host(
+    operation: str,
+    host: str,
+    args: Any,
+    session_factory: SessionFactory,
+    *,
+    check: bool = False,
+    deadline: float | None = None,
+) -> HostReport:
+    """Run ``operation`` on ``host``; never raises for a host-level failure (it is in the report)."""
+    started = time.monotonic()
+    deadline_at = None if deadline is None else started + deadline
+    report = HostReport(host=host, operation=operation)
+    session: Session | None = None
+    step_name = "connect"
+    try:
+        session = session_factory(host)
+        step_name = "facts"
+        facts = gather_facts(session, host, deadline_at)
+        plan = make_plan(operation, host, facts, args)
+        report.plan = plan.to_dict()
+        if plan.blocked:
+            first = plan.problems[0]
+            raise PreflightFailed(host, f"preflight:{first.check}", "; ".join(p.message for p in plan.problems),
+                                  hresult=first.hresult, remediation=first.remediation)
+        if check:
+            report.status = "pending" if plan.changes else "ok"
+            report.state = summarize_state(facts)
+            return report
+        for planned in plan.steps:
+            step_name = planned.step
+            outcome, result, duration = _run_step(session, host, planned.ref, deadline_at)
+            record = StepRecord(planned.step, outcome.changed, duration, planned.reason, outcome.data)
+            report.steps.append(record)
+            if outcome.error is not None:
+                record.error = outcome.error.model_dump()
+                raise_for_error(result, outcome)
+            report.changes += int(outcome.changed)
+        if plan.stop_after:
+            report.state = {**summarize_state(facts), **{k: v for s in report.steps for k, v in s.data.items()}}
+            report.status = "changed" if report.changes else "ok"
+            return report
+        step_name = "verify"
+        after = gather_facts(session, host, deadline_at)
+        report.state = summarize_state(after)
+        _verify(operation, host, after, args)
+        report.status = "changed" if report.changes else "ok"
+    except HostError as exc:
+        report.status = "failed"
+        report.error = exc.to_dict()
+    except KmsAdminError as exc:
+        report.status = "failed"
+        report.error = HostError(host, step_name, str(exc)).to_dict()
+    finally:
+        report.duration = time.monotonic() - started
+        if session is not None:
+            try:
+                session.close()
+            except Exception as exc:  # closing is best effort; the result is already known
+                log.debug("host=%s close failed: %s", host, type(exc).__name__)
+    return report
