@@ -1,0 +1,318 @@
+"""The transport interface, and what the three implementations share.
+
+A :class:`Session` talks to one host. It is opened without contacting the host; the first
+:meth:`Session.run` connects, and every later run reuses that connection (and the PSRP runspace pool
+or WinRS shell) until :meth:`Session.close`. Sessions are not thread-safe: the fleet gives each host
+its own session on one worker thread.
+
+Every run is bounded by a deadline measured on the monotonic clock. Both WinRM client libraries
+otherwise retry a WS-Man OperationTimeout forever and retry read timeouts with growing sleeps, so a
+hung host could hold a worker indefinitely; here every HTTP request gets at most the time left.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+import xml.etree.ElementTree as ET
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self
+
+from kmsadmin.errors import HostError, HostTimeout
+from kmsadmin.transports.options import ConnectionOptions
+from kmsadmin.values import RenderedScript, ScriptResult
+
+log = logging.getLogger("kmsadmin.transports")
+
+# pypsrp logs every WS-Man message body at DEBUG, which includes the scripts (and any secret they
+# carry); spnego and requests_ntlm log tokens. kmsadmin logs host, step, duration and transport
+# itself, so the libraries stay quiet unless the application configured them on purpose.
+for _name in ("pypsrp", "winrm", "spnego", "requests_ntlm"):
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.CRITICAL)
+
+#: After a deadline expires, stopping the command and deleting the shell get this many seconds
+#: together, so a dead host costs at most deadline + this.
+CLEANUP_GRACE = 1.5
+
+#: WS-Man fault "The WS-Management service cannot complete the operation within the time specified
+#: in OperationTimeout" ([MS-WSMV] 3.1.4.14: a Receive with no output yet; ask again).
+OPERATION_TIMEOUT_FAULT = 2150858793
+
+#: HTTP statuses meaning "not processed, try again": 503 Service Unavailable (WinRM restarting or
+#: over its quota), 425 and 429.
+BUSY_STATUSES = frozenset({425, 429, 503})
+
+
+class Session(Protocol):
+    """One host's connection, reused for every step run on it."""
+
+    @property
+    def options(self) -> ConnectionOptions:
+        """The options the session was opened with."""
+        ...
+
+    def run(self, script: RenderedScript, *, deadline: float | None = None) -> ScriptResult:
+        """Run one rendered script; ``deadline`` is the seconds it may take (None: the options' deadline).
+
+        Error records and stderr land in ``ScriptResult.errors`` (not raised). Raises
+        :class:`~kmsadmin.errors.ConnectionFailed`, ``AuthenticationFailed``, ``AccessDenied`` or
+        ``HostTimeout``, each with host, step and a fix.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the pool/shell and the HTTP connection; best effort, never raises."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class Transport(Protocol):
+    """Opens sessions; the seam the fleet layer (and its tests' fakes) plug into."""
+
+    def open_session(self, options: ConnectionOptions) -> Session:
+        """A session for ``options.host``; no connection is made until the first run."""
+        ...
+
+
+class Deadline:
+    """A point on the monotonic clock that a step must not outlive."""
+
+    __slots__ = ("_end", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        """Seconds left (negative once expired)."""
+        return self._end - time.monotonic()
+
+    @property
+    def expired(self) -> bool:
+        """Whether no time is left."""
+        return self.remaining() <= 0
+
+
+class DeadlineExpired(Exception):
+    """Internal: the step's time ran out before the next request could be sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What a transport collected from one script, before it becomes a ScriptResult."""
+
+    stdout: str
+    errors: tuple[str, ...]
+    rc: int | None
+
+
+# --- WinRS: the script travels over stdin --------------------------------------------------------
+
+#: The fixed command line a WinRS transport runs. It reads base64 of the UTF-8 script from stdin,
+#: so the script never meets cmd.exe's 8191-character command-line limit, and sets UTF-8 output
+#: to match the shell's code page 65001 (non-English hosts would otherwise garble output).
+BOOTSTRAP_SCRIPT = (
+    "$ErrorActionPreference='Stop';$ProgressPreference='SilentlyContinue';"
+    "[Console]::OutputEncoding=New-Object System.Text.UTF8Encoding $false;"
+    "$kmsadminIn=[Console]::In.ReadToEnd();"
+    "$kmsadminScript=[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($kmsadminIn.Trim()));"
+    "Remove-Variable kmsadminIn;"
+    "& ([ScriptBlock]::Create($kmsadminScript))"
+)
+BOOTSTRAP_EXECUTABLE = "powershell"
+BOOTSTRAP_ARGUMENTS: tuple[str, ...] = (
+    "-NoProfile",
+    "-NonInteractive",
+    "-EncodedCommand",
+    base64.b64encode(BOOTSTRAP_SCRIPT.encode("utf-16-le")).decode("ascii"),
+)
+#: WINRS_CODEPAGE for the shell: UTF-8, matching the bootstrap's [Console]::OutputEncoding.
+UTF8_CODEPAGE = 65001
+
+
+def stdin_payload(script: RenderedScript) -> bytes:
+    """The bootstrap's stdin: ASCII base64 of the UTF-8 script, so the code page does not matter."""
+    return base64.b64encode(script.text.encode("utf-8"))
+
+
+def chunks(data: bytes, size: int) -> list[bytes]:
+    """Split stdin into pieces that each fit one WS-Man Send envelope (at least one piece)."""
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
+def clean_stderr(raw: bytes) -> tuple[str, ...]:
+    """Turn powershell.exe's stderr into error messages.
+
+    Under WinRS, powershell.exe writes error records (and progress records, even on success) as
+    ``#< CLIXML`` blobs. Only the error strings are kept; progress noise is dropped.
+    """
+    text = raw.decode("utf-8", errors="replace")
+    if "#< CLIXML" not in text:
+        stripped = text.strip()
+        return (stripped,) if stripped else ()
+    messages: list[str] = []
+    for raw_part in text.split("#< CLIXML"):
+        part = raw_part.strip()
+        if not part:
+            continue
+        if not part.startswith("<"):
+            messages.append(part)
+            continue
+        messages.extend(_clixml_errors(part))
+    return tuple(m for m in messages if m)
+
+
+def _clixml_errors(blob: str) -> list[str]:
+    try:
+        # The text comes from the host we authenticated to, and the expat bundled with Python
+        # >= 3.11 refuses entity-expansion bombs; a blob that fails to parse is kept as text.
+        root = ET.fromstring(blob)  # noqa: S314
+    except ET.ParseError:
+        return [blob]
+    namespace = root.tag[1:].split("}", 1)[0] if root.tag.startswith("{") else ""
+    prefix = f"{{{namespace}}}" if namespace else ""
+    text = "".join(node.text or "" for node in root.iter(f"{prefix}S") if node.get("S") == "Error")
+    text = _unescape_clixml(text).strip()
+    return [text] if text else []
+
+
+def _unescape_clixml(text: str) -> str:
+    """CLIXML escapes control characters as ``_xHHHH_`` ([MS-PSRP] 2.2.5.3.2)."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text.startswith("_x", i) and i + 7 <= len(text) and text[i + 6] == "_":
+            code = text[i + 2 : i + 6]
+            if all(c in "0123456789abcdefABCDEF" for c in code):
+                out.append(chr(int(code, 16)))
+                i += 7
+                continue
+        out.append(text[i])
+        i += 1
+    return "".join(out).replace("\r\n", "\n")
+
+
+# --- the shared run() wrapper --------------------------------------------------------------------
+
+
+class SessionBase(ABC):
+    """Times, logs and bounds every run, and turns library errors into kmsadmin's error tree."""
+
+    #: name logged and reported for this implementation
+    transport_name = "base"
+
+    def __init__(self, options: ConnectionOptions) -> None:
+        self._options = options
+        #: how many pools/shells this session opened: one for every step, unless a failure reset it
+        self.opened_count = 0
+
+    @property
+    def options(self) -> ConnectionOptions:
+        """The options the session was opened with."""
+        return self._options
+
+    def run(self, script: RenderedScript, *, deadline: float | None = None) -> ScriptResult:
+        """See :class:`Session`."""
+        from kmsadmin.transports.faults import translate
+
+        seconds = self._options.deadline if deadline is None else deadline
+        budget = Deadline(max(seconds, 0.0))
+        started = time.monotonic()
+        host, step = self._options.name, script.step
+        try:
+            out = self._execute(script, budget)
+        except Exception as exc:
+            duration = time.monotonic() - started
+            error = translate(exc, self._options, step, seconds)
+            # Whatever failed, the pool/shell and the connection's auth or encryption state can no
+            # longer be trusted: drop them so the next run starts clean.
+            self._abort()
+            log.warning(
+                "host=%s step=%s transport=%s duration=%.3fs failed=%s",
+                host,
+                step,
+                self.transport_name,
+                duration,
+                type(error or exc).__name__,
+            )
+            if error is None:
+                raise
+            raise error from exc
+        duration = time.monotonic() - started
+        log.info(
+            "host=%s step=%s transport=%s duration=%.3fs errors=%d",
+            host,
+            step,
+            self.transport_name,
+            duration,
+            len(out.errors),
+        )
+        return ScriptResult(
+            host=host, step=step, stdout=out.stdout, errors=out.errors, rc=out.rc, duration=duration
+        )
+
+    def close(self) -> None:
+        """See :class:`Session`."""
+        try:
+            self._close(Deadline(CLEANUP_GRACE * 2))
+        except Exception as exc:
+            # Closing is best effort: the host drops idle shells itself (IdleTimeout).
+            log.debug("host=%s transport=%s close failed: %s", self._options.name, self.transport_name, exc)
+        finally:
+            self._drop()
+
+    def _abort(self) -> None:
+        """After a failure: stop what runs, delete the shell, forget the connection (bounded)."""
+        try:
+            self._cancel(Deadline(CLEANUP_GRACE))
+        except Exception as exc:
+            log.debug("host=%s transport=%s cleanup failed: %s", self._options.name, self.transport_name, exc)
+        finally:
+            self._drop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @abstractmethod
+    def _execute(self, script: RenderedScript, budget: Deadline) -> Output:
+        """Connect if needed, run the script, collect its output; raise library errors as they come."""
+
+    @abstractmethod
+    def _cancel(self, budget: Deadline) -> None:
+        """Stop the running command (if any) and delete the shell/pool within ``budget``."""
+
+    @abstractmethod
+    def _close(self, budget: Deadline) -> None:
+        """Delete the shell/pool politely within ``budget``."""
+
+    @abstractmethod
+    def _drop(self) -> None:
+        """Forget every client object and close the HTTP connection; must not raise."""
+
+
+def host_timeout(options: ConnectionOptions, step: str, seconds: float) -> HostError:
+    """The error for a step that outlived its deadline."""
+    return HostTimeout(
+        options.name,
+        step,
+        f"no answer within {seconds:g}s",
+        remediation=(
+            f"the host accepted the connection to {options.endpoint} but did not finish the step in time; "
+            "check that it is responsive (WinRM service, CPU, pending reboot) and retry, "
+            "or allow more time with --deadline"
+        ),
+    )

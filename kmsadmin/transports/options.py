@@ -1,0 +1,464 @@
+"""Connection options for one host, and how they are built.
+
+Three sources feed :func:`build_options`, in this order of precedence:
+
+1. explicit values (CLI flags), keyed by :class:`ConnectionOptions` field names;
+2. Ansible inventory host vars (``ansible_host``, ``ansible_psrp_*``, ``ansible_winrm_*``...), so an
+   Ansible inventory for Windows hosts works unchanged;
+3. environment variables (``KMSADMIN_USER``, ``KMSADMIN_PASSWORD``...);
+
+then the defaults below. The defaults are the secure ones: HTTPS on 5986, certificate validation on,
+Negotiate auth, message encryption whenever the channel is plain HTTP, no proxy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal, get_args
+
+from kmsadmin.errors import ConfigError
+from kmsadmin.values import Secret
+
+TransportName = Literal["psrp", "winrs", "pywinrm"]
+AuthName = Literal["basic", "ntlm", "negotiate", "kerberos", "credssp", "certificate"]
+EncryptionMode = Literal["auto", "always", "never"]
+
+TRANSPORTS: tuple[str, ...] = get_args(TransportName)
+AUTHS: tuple[str, ...] = get_args(AuthName)
+ENCRYPTION_MODES: tuple[str, ...] = get_args(EncryptionMode)
+
+#: WinRM's default listener ports (``winrm quickconfig``): 5985 HTTP, 5986 HTTPS.
+HTTP_PORT = 5985
+HTTPS_PORT = 5986
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """Everything needed to open a WinRM session to one host. Build it with :func:`build_options`."""
+
+    #: inventory name, used in errors, logs and reports
+    name: str
+    #: address to connect to (``ansible_host``; the inventory name when unset)
+    host: str
+    port: int = HTTPS_PORT
+    user: str | None = None
+    password: Secret | None = None
+    transport: TransportName = "psrp"
+    auth: AuthName = "negotiate"
+    https: bool = True
+    #: WS-Man URL path (``/wsman`` on every Windows listener)
+    path: str = "wsman"
+    cert_validation: bool = True
+    #: PEM bundle of CAs trusted for the host's HTTPS certificate (None: the system store)
+    ca_bundle: str | None = None
+    #: client certificate and key (PEM paths) for ``auth="certificate"``
+    cert_pem: str | None = None
+    cert_key_pem: str | None = None
+    message_encryption: EncryptionMode = "auto"
+    connection_timeout: float = 30.0
+    #: must exceed operation_timeout: the host may legitimately hold a Receive that long
+    read_timeout: float = 30.0
+    #: WS-Man OperationTimeout: how long the host holds a Receive open when there is no output
+    operation_timeout: int = 20
+    proxy: str | None = None
+    #: ignore HTTP(S)_PROXY from the controller's environment
+    no_proxy: bool = True
+    #: retries of a refused connection or HTTP 503/425/429, with backoff
+    reconnection_retries: int = 2
+    reconnection_backoff: float = 0.5
+    #: PSRP session configuration (endpoint) name
+    configuration_name: str = "Microsoft.PowerShell"
+    #: seconds one step may take on this host, all round trips included
+    deadline: float = 300.0
+    #: Basic auth over plain HTTP sends the password readable by anyone on the path
+    allow_unencrypted_basic: bool = False
+
+    @property
+    def scheme(self) -> str:
+        """``https`` or ``http``."""
+        return "https" if self.https else "http"
+
+    @property
+    def endpoint(self) -> str:
+        """The WS-Man URL, for logs and error messages (never contains credentials)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}/{self.path}"
+
+
+# --- raw value coercion -----------------------------------------------------------------------------
+
+_TRUE = frozenset({"1", "true", "yes", "on", "y"})
+_FALSE = frozenset({"0", "false", "no", "off", "n"})
+
+
+def _as_bool(name: str, what: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{name}: {what} must be true or false, not {value!r}")
+
+
+def _as_int(name: str, what: str, value: object, *, minimum: int = 0) -> int:
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise ConfigError(f"{name}: {what} must be a whole number, not {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{name}: {what} must be at least {minimum}, not {number}")
+    return number
+
+
+def _as_float(name: str, what: str, value: object) -> float:
+    try:
+        number = float(str(value).strip()) if not isinstance(value, int | float) else float(value)
+    except ValueError:
+        raise ConfigError(f"{name}: {what} must be a number of seconds, not {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{name}: {what} must be more than 0 seconds, not {number}")
+    return number
+
+
+def _as_choice(name: str, what: str, value: object, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ConfigError(f"{name}: {what} must be one of {', '.join(choices)}, not {value!r}")
+    return text
+
+
+def _as_str(value: object) -> str:
+    return str(value).strip()
+
+
+# --- the three sources, each reduced to {field name: raw value} -----------------------------------
+
+#: environment variable -> ConnectionOptions field (or a pseudo field handled in _resolve)
+ENV_VARS: Mapping[str, str] = {
+    "KMSADMIN_USER": "user",
+    "KMSADMIN_PASSWORD": "password",
+    "KMSADMIN_PASSWORD_FILE": "password_file",
+    "KMSADMIN_TRANSPORT": "transport",
+    "KMSADMIN_AUTH": "auth",
+    "KMSADMIN_PORT": "port",
+    "KMSADMIN_SCHEME": "scheme",
+    "KMSADMIN_CA_BUNDLE": "ca_bundle",
+    "KMSADMIN_CERT_VALIDATION": "cert_validation",
+    "KMSADMIN_CERT_PEM": "cert_pem",
+    "KMSADMIN_CERT_KEY_PEM": "cert_key_pem",
+    "KMSADMIN_MESSAGE_ENCRYPTION": "message_encryption",
+    "KMSADMIN_CONNECTION_TIMEOUT": "connection_timeout",
+    "KMSADMIN_READ_TIMEOUT": "read_timeout",
+    "KMSADMIN_OPERATION_TIMEOUT": "operation_timeout",
+    "KMSADMIN_PROXY": "proxy",
+    "KMSADMIN_NO_PROXY": "no_proxy",
+    "KMSADMIN_RECONNECTION_RETRIES": "reconnection_retries",
+    "KMSADMIN_DEADLINE": "deadline",
+    "KMSADMIN_ALLOW_UNENCRYPTED_BASIC": "allow_unencrypted_basic",
+}
+
+#: keys accepted besides the ConnectionOptions fields: ``scheme`` (http|https) sets ``https``;
+#: ``password_file`` reads the password from a file
+_PSEUDO_FIELDS = frozenset({"scheme", "password_file"})
+_FIELD_NAMES = frozenset(f.name for f in fields(ConnectionOptions)) - {"name"}
+_KNOWN_KEYS = _FIELD_NAMES | _PSEUDO_FIELDS
+
+# Host vars of Ansible's psrp and winrm connection plugins, per plugin family. When a host uses one
+# family, its own vars win and the other family's fill the gaps (a psrp inventory that kmsadmin is
+# told to drive with pywinrm keeps its cert validation and CA settings).
+_PSRP_VARS: Mapping[str, str] = {
+    "ansible_psrp_user": "user",
+    "ansible_psrp_password": "password",
+    "ansible_psrp_port": "port",
+    "ansible_psrp_protocol": "scheme",
+    "ansible_psrp_path": "path",
+    "ansible_psrp_auth": "auth",
+    "ansible_psrp_cert_validation": "cert_validation",
+    "ansible_psrp_ca_cert": "ca_bundle",
+    "ansible_psrp_certificate_pem": "cert_pem",
+    "ansible_psrp_certificate_key_pem": "cert_key_pem",
+    "ansible_psrp_message_encryption": "message_encryption",
+    "ansible_psrp_connection_timeout": "connection_timeout",
+    "ansible_psrp_read_timeout": "read_timeout",
+    "ansible_psrp_operation_timeout": "operation_timeout",
+    "ansible_psrp_proxy": "proxy",
+    "ansible_psrp_ignore_proxy": "no_proxy",
+    "ansible_psrp_reconnection_retries": "reconnection_retries",
+    "ansible_psrp_reconnection_backoff": "reconnection_backoff",
+    "ansible_psrp_configuration_name": "configuration_name",
+}
+_WINRM_VARS: Mapping[str, str] = {
+    "ansible_winrm_user": "user",
+    "ansible_winrm_password": "password",
+    "ansible_winrm_port": "port",
+    "ansible_winrm_scheme": "scheme",
+    "ansible_winrm_path": "path",
+    "ansible_winrm_transport": "auth",
+    "ansible_winrm_server_cert_validation": "cert_validation",
+    "ansible_winrm_ca_trust_path": "ca_bundle",
+    "ansible_winrm_cert_pem": "cert_pem",
+    "ansible_winrm_cert_key_pem": "cert_key_pem",
+    "ansible_winrm_message_encryption": "message_encryption",
+    "ansible_winrm_read_timeout_sec": "read_timeout",
+    "ansible_winrm_operation_timeout_sec": "operation_timeout",
+    "ansible_winrm_proxy": "proxy",
+}
+_GENERIC_VARS: Mapping[str, str] = {
+    "ansible_host": "host",
+    "ansible_port": "port",
+    "ansible_user": "user",
+    "ansible_password": "password",
+}
+
+
+def _winrm_transport_to_auth(value: object) -> dict[str, object]:
+    """Ansible's ``ansible_winrm_transport`` is pywinrm's transport: a list, first supported wins.
+
+    ``plaintext`` is Basic, ``ssl`` is Basic over HTTPS (a client certificate when one is given).
+    """
+    raw = value if isinstance(value, list | tuple) else str(value).split(",")
+    names = [str(v).strip().lower() for v in raw if str(v).strip()]
+    if not names:
+        return {}
+    first = names[0]
+    if first == "plaintext":
+        return {"auth": "basic"}
+    if first == "ssl":
+        return {"auth": "basic", "scheme": "https"}
+    return {"auth": first}
+
+
+def _from_hostvars(hostvars: Mapping[str, object], prefer: str) -> dict[str, object]:
+    """Reduce Ansible host vars to raw option values. ``prefer`` is ``psrp`` or ``winrm``."""
+    raw: dict[str, object] = {}
+
+    def take(table: Mapping[str, str]) -> None:
+        for var, key in table.items():
+            if var not in hostvars or hostvars[var] is None:
+                continue
+            value = hostvars[var]
+            if var == "ansible_winrm_transport":
+                raw.update(_winrm_transport_to_auth(value))
+            elif var == "ansible_psrp_ignore_proxy":
+                raw["no_proxy"] = value
+            elif var in {"ansible_psrp_cert_validation", "ansible_winrm_server_cert_validation"}:
+                raw["cert_validation"] = str(value).strip().lower() != "ignore"
+            else:
+                raw[key] = value
+
+    # Lowest first, so later tables overwrite: generic, other family, own family.
+    take(_GENERIC_VARS)
+    take(_WINRM_VARS if prefer == "psrp" else _PSRP_VARS)
+    take(_PSRP_VARS if prefer == "psrp" else _WINRM_VARS)
+    if "ansible_winrm_connection_timeout" in hostvars and prefer == "winrm":
+        # Ansible's winrm plugin turns this one value into pywinrm's operation and read timeouts.
+        seconds = hostvars["ansible_winrm_connection_timeout"]
+        raw.setdefault("operation_timeout", seconds)
+        raw.setdefault("read_timeout", _as_int("inventory", "ansible_winrm_connection_timeout", seconds) + 1)
+    return raw
+
+
+def _hostvars_transport(name: str, hostvars: Mapping[str, object]) -> str | None:
+    """The transport an inventory asks for: ``kmsadmin_transport``, else ``ansible_connection``."""
+    if hostvars.get("kmsadmin_transport") is not None:
+        return _as_choice(name, "kmsadmin_transport", hostvars["kmsadmin_transport"], TRANSPORTS)
+    connection = hostvars.get("ansible_connection")
+    if connection is None:
+        return None
+    text = str(connection).strip().lower().rsplit(".", 1)[-1]  # ansible.builtin.psrp -> psrp
+    if text == "psrp":
+        return "psrp"
+    if text == "winrm":
+        return "pywinrm"
+    raise ConfigError(
+        f"{name}: ansible_connection={connection!r} is not a WinRM connection; "
+        "kmsadmin speaks psrp or winrm (set ansible_connection: psrp)"
+    )
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, object]:
+    return {key: env[var] for var, key in ENV_VARS.items() if env.get(var, "").strip()}
+
+
+def _read_password_file(name: str, path: object) -> Secret:
+    try:
+        text = Path(str(path)).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read the password file {path}: {exc.strerror}") from None
+    # One trailing newline is how editors and `echo` leave files; the password itself may end in spaces.
+    return Secret(text.removesuffix("\n").removesuffix("\r"))
+
+
+# --- resolution --------------------------------------------------------------------------------------
+
+
+def _layered(*layers: Mapping[str, object]) -> dict[str, object]:
+    """Merge raw layers, highest precedence first; None means "not given"."""
+    merged: dict[str, object] = {}
+    for layer in reversed(layers):
+        merged.update({k: v for k, v in layer.items() if v is not None})
+    return merged
+
+
+def _password_from(name: str, layers: tuple[Mapping[str, object], ...]) -> Secret | None:
+    # A password and a password file in the same layer: the password wins; across layers the
+    # higher layer wins whichever of the two it gives.
+    for layer in layers:
+        if layer.get("password") is not None:
+            value = layer["password"]
+            return value if isinstance(value, Secret) else Secret(str(value))
+        if layer.get("password_file") is not None:
+            return _read_password_file(name, layer["password_file"])
+    return None
+
+
+_CONVERTERS: Mapping[str, Callable[[str, str, object], object]] = {
+    "host": lambda n, w, v: _as_str(v),
+    "user": lambda n, w, v: _as_str(v),
+    "path": lambda n, w, v: _as_str(v).strip("/"),
+    "ca_bundle": lambda n, w, v: _as_str(v),
+    "cert_pem": lambda n, w, v: _as_str(v),
+    "cert_key_pem": lambda n, w, v: _as_str(v),
+    "proxy": lambda n, w, v: _as_str(v),
+    "configuration_name": lambda n, w, v: _as_str(v),
+    "port": lambda n, w, v: _as_int(n, w, v, minimum=1),
+    "operation_timeout": lambda n, w, v: _as_int(n, w, v, minimum=1),
+    "reconnection_retries": _as_int,
+    "connection_timeout": _as_float,
+    "read_timeout": _as_float,
+    "reconnection_backoff": lambda n, w, v: float(str(v)),
+    "deadline": _as_float,
+    "https": _as_bool,
+    "cert_validation": _as_bool,
+    "no_proxy": _as_bool,
+    "allow_unencrypted_basic": _as_bool,
+    "transport": lambda n, w, v: _as_choice(n, w, v, TRANSPORTS),
+    "auth": lambda n, w, v: _as_choice(n, w, v, AUTHS),
+    "message_encryption": lambda n, w, v: _as_choice(n, w, v, ENCRYPTION_MODES),
+}
+
+
+def build_options(
+    name: str,
+    explicit: Mapping[str, object] | None = None,
+    hostvars: Mapping[str, object] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ConnectionOptions:
+    """Build the connection options for inventory host ``name``.
+
+    ``explicit`` holds CLI values keyed by :class:`ConnectionOptions` field names (plus ``scheme``
+    = http|https and ``password_file``); None values count as not given. ``hostvars`` are the host's
+    Ansible inventory vars. ``env`` defaults to ``os.environ``. Raises :class:`ConfigError` for
+    anything invalid or insecure, naming the host and the fix.
+    """
+    explicit = dict(explicit or {})
+    hostvars = dict(hostvars or {})
+    env_raw = _from_env(os.environ if env is None else env)
+
+    unknown = sorted(set(explicit) - _KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"{name}: unknown connection option(s): {', '.join(unknown)}")
+
+    # The transport decides which Ansible plugin's vars are read first, so resolve it before the rest.
+    inventory_transport = _hostvars_transport(name, hostvars)
+    transport_raw = _layered(
+        {"transport": explicit.get("transport")},
+        {"transport": inventory_transport},
+        {"transport": env_raw.get("transport")},
+    ).get("transport", "psrp")
+    transport = _as_choice(name, "transport", transport_raw, TRANSPORTS)
+    inventory_raw = _from_hostvars(hostvars, "winrm" if transport == "pywinrm" else "psrp")
+
+    layers: tuple[Mapping[str, object], ...] = (explicit, inventory_raw, env_raw)
+    merged = _layered(*layers)
+    merged["transport"] = transport
+
+    values: dict[str, object] = {}
+    for key, raw in merged.items():
+        if key in _PSEUDO_FIELDS or key == "password":
+            continue
+        values[key] = _CONVERTERS[key](name, key.replace("_", " "), raw)
+
+    # Scheme: an explicit https flag beats a scheme string from the same or a lower layer. When
+    # neither is given anywhere, port 5985 means HTTP, as in Ansible's psrp and winrm plugins.
+    if "https" not in values:
+        if "scheme" in merged:
+            values["https"] = _as_choice(name, "scheme", merged["scheme"], ("http", "https")) == "https"
+        else:
+            values["https"] = values.get("port") != HTTP_PORT
+    if "port" not in values:
+        values["port"] = HTTPS_PORT if values["https"] else HTTP_PORT
+    values.setdefault("host", name)
+
+    if values["transport"] == "pywinrm" and values.get("auth", "negotiate") == "negotiate":
+        # pywinrm has no SPNEGO; its 'ntlm' answers the host's Negotiate challenge with NTLM.
+        values["auth"] = "ntlm"
+
+    password = _password_from(name, layers)
+    options = ConnectionOptions(name=name, password=password, **values)  # type: ignore[arg-type]
+    _check(options)
+    return options
+
+
+def _needs_password(options: ConnectionOptions) -> bool:
+    """Kerberos, and Negotiate without a user, may use the controller's ticket cache instead."""
+    if options.auth in ("basic", "ntlm", "credssp"):
+        return True
+    return options.auth == "negotiate" and options.user is not None
+
+
+def _check(options: ConnectionOptions) -> None:
+    """Refuse combinations that cannot work or would leak credentials."""
+    name = options.name
+    if not options.host:
+        raise ConfigError(f"{name}: no host address (set ansible_host or use a resolvable inventory name)")
+    if options.read_timeout <= options.operation_timeout:
+        raise ConfigError(
+            f"{name}: read timeout ({options.read_timeout:g}s) must exceed the operation timeout "
+            f"({options.operation_timeout}s), because the host may hold each Receive that long"
+        )
+    if options.auth == "basic" and not options.https and not options.allow_unencrypted_basic:
+        raise ConfigError(
+            f"{name}: refusing Basic authentication over plain HTTP ({options.endpoint}): the password "
+            "and every script would cross the network unencrypted. Use HTTPS (port 5986, the default), "
+            "or NTLM/Negotiate/Kerberos, which encrypt messages over HTTP; if you really must, pass "
+            "allow_unencrypted_basic=True (--allow-unencrypted-basic) and set AllowUnencrypted on the host."
+        )
+    if options.auth == "certificate":
+        if not options.https:
+            raise ConfigError(f"{name}: certificate authentication needs HTTPS (port 5986)")
+        if not (options.cert_pem and options.cert_key_pem):
+            raise ConfigError(f"{name}: certificate authentication needs cert_pem and cert_key_pem")
+    elif _needs_password(options) and (not options.user or options.password is None):
+        raise ConfigError(
+            f"{name}: {options.auth} authentication needs a user and a password "
+            "(KMSADMIN_USER / KMSADMIN_PASSWORD or KMSADMIN_PASSWORD_FILE, "
+            "or ansible_user / ansible_password)"
+        )
+    if options.message_encryption == "always" and options.auth in ("basic", "certificate"):
+        raise ConfigError(
+            f"{name}: message encryption 'always' needs NTLM, Negotiate, Kerberos or CredSSP, "
+            f"not {options.auth}"
+        )
+    if options.ca_bundle and not Path(options.ca_bundle).expanduser().is_file():
+        raise ConfigError(f"{name}: CA bundle {options.ca_bundle} is not a readable file")
+
+
+__all__ = [
+    "AUTHS",
+    "ENCRYPTION_MODES",
+    "ENV_VARS",
+    "HTTPS_PORT",
+    "HTTP_PORT",
+    "TRANSPORTS",
+    "AuthName",
+    "ConnectionOptions",
+    "EncryptionMode",
+    "TransportName",
+    "build_options",
+]

@@ -1,0 +1,227 @@
+"""PSRP over pypsrp: one ``WSMan`` and one ``RunspacePool`` per host, one pipeline per script.
+
+The pool is opened on the first run and kept: on Windows each pool is a ``wsmprovhost.exe`` process,
+so reusing it saves seconds per step, and one keep-alive HTTP connection means one NTLM/Kerberos
+handshake per host. Scripts travel inside PSRP messages, so there is no command-line length limit,
+and output and error records arrive as structured streams (no CLIXML on stderr, no code pages).
+
+:class:`BoundedWSMan` is shared with the WinRS transport: it fits every request into the step's
+deadline, answers the host's "no output yet" OperationTimeout by asking again until that deadline,
+and retries busy answers (HTTP 503) itself, because urllib3 does not retry POSTs.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from pypsrp.complex_objects import PSInvocationState
+from pypsrp.exceptions import WinRMTransportError, WSManFaultError
+from pypsrp.powershell import PowerShell, RunspacePool
+from pypsrp.wsman import OptionSet, SelectorSet, WSMan, WSManAction
+
+from kmsadmin.transports.base import (
+    BUSY_STATUSES,
+    OPERATION_TIMEOUT_FAULT,
+    Deadline,
+    DeadlineExpired,
+    Output,
+    SessionBase,
+    log,
+)
+from kmsadmin.transports.options import ConnectionOptions
+from kmsadmin.values import RenderedScript
+
+#: Smallest slices of time worth sending a request for; below this the step is out of time.
+_MIN_REQUEST_SECONDS = 0.05
+
+
+def wsman_kwargs(options: ConnectionOptions) -> dict[str, Any]:
+    """pypsrp ``WSMan`` keyword arguments for ``options``."""
+    encryption = options.message_encryption
+    if options.auth == "basic" and not options.https:
+        # Only reachable with allow_unencrypted_basic; pypsrp refuses Basic with encryption on.
+        encryption = "never"
+    kwargs: dict[str, Any] = {
+        "port": options.port,
+        "username": options.user,
+        "password": options.password.value if options.password is not None else None,
+        "ssl": options.https,
+        "path": options.path,
+        "auth": options.auth,
+        "cert_validation": (options.ca_bundle or True) if options.cert_validation else False,
+        "connection_timeout": options.connection_timeout,
+        "read_timeout": options.read_timeout,
+        "operation_timeout": options.operation_timeout,
+        "encryption": encryption,
+        "proxy": options.proxy,
+        "no_proxy": options.no_proxy and options.proxy is None,
+        # Busy answers are retried in BoundedWSMan.invoke (deadline-aware); urllib3 keeps only
+        # connect retries, which happen before any byte of the request was sent.
+        "reconnection_retries": options.reconnection_retries,
+        "reconnection_backoff": options.reconnection_backoff,
+    }
+    if options.auth == "certificate":
+        kwargs["certificate_pem"] = options.cert_pem
+        kwargs["certificate_key_pem"] = options.cert_key_pem
+    if options.auth == "credssp":
+        # Version 5 and later carry the CVE-2018-0886 fix; never fall back to older servers.
+        kwargs["credssp_minimum_version"] = 5
+    return kwargs
+
+
+class BoundedWSMan(WSMan):
+    """A ``WSMan`` whose every request ends before ``budget`` does.
+
+    pypsrp reads ``transport.connection_timeout``/``read_timeout`` and ``operation_timeout`` on
+    each request, so setting them just before each one caps that request by the time left.
+    """
+
+    def __init__(self, options: ConnectionOptions) -> None:
+        super().__init__(options.host, **wsman_kwargs(options))
+        self._limits = (options.connection_timeout, options.read_timeout, options.operation_timeout)
+        self._busy_retries = options.reconnection_retries
+        self._backoff = options.reconnection_backoff
+        #: the deadline the current requests must meet; None: only the configured timeouts
+        self.budget: Deadline | None = None
+        #: WS-Man requests sent (Create, Command, Send, Receive, Signal, Delete), for tests and logs
+        self.requests = 0
+
+    def _fit_to_budget(self) -> None:
+        connect, read, operation = self._limits
+        transport: Any = self.transport
+        if self.budget is None:
+            transport.connection_timeout, transport.read_timeout = connect, read
+            self.operation_timeout = operation
+            return
+        left = self.budget.remaining()
+        if left < _MIN_REQUEST_SECONDS:
+            raise DeadlineExpired
+        transport.connection_timeout = min(connect, left)
+        transport.read_timeout = min(read, left)
+        # The host must answer a Receive with "no output yet" before our read timeout fires,
+        # so the WS-Man OperationTimeout stays a second under the time left.
+        self.operation_timeout = max(1, min(operation, int(left) - 1))
+
+    def invoke(  # noqa: PLR0917 - same signature as pypsrp's WSMan.invoke
+        self,
+        action: str,
+        resource_uri: str,
+        resource: ET.Element | None,
+        option_set: OptionSet | None = None,
+        selector_set: SelectorSet | None = None,
+        timeout: int | None = None,
+        *,
+        retries_on_read_timeout: int = 0,
+    ) -> ET.Element:
+        """Send one request; see the class docstring for what differs from pypsrp."""
+        busy = 0
+        while True:
+            self._fit_to_budget()
+            self.requests += 1
+            try:
+                # The per-call timeout and pypsrp's read-timeout retries (with sleeps of 2 s, 6 s, 14 s...)
+                # are dropped: the step's deadline decides how long to wait, not a fixed retry count.
+                return super().invoke(action, resource_uri, resource, option_set, selector_set, None)
+            except WSManFaultError as err:
+                if action == WSManAction.RECEIVE and err.code == OPERATION_TIMEOUT_FAULT:
+                    # No output within OperationTimeout: the command still runs; ask again.
+                    continue
+                raise
+            except WinRMTransportError as err:
+                pause = self._backoff * (2**busy)
+                if (
+                    err.code not in BUSY_STATUSES
+                    or busy >= self._busy_retries
+                    or (self.budget is not None and self.budget.remaining() <= pause)
+                ):
+                    raise
+                busy += 1
+                log.debug("busy answer (HTTP %s), retry %d in %.2fs", err.code, busy, pause)
+                time.sleep(pause)
+
+
+class PsrpSession(SessionBase):
+    """A PSRP session: scripts run as pipelines on one runspace pool."""
+
+    transport_name = "psrp"
+
+    def __init__(self, options: ConnectionOptions) -> None:
+        super().__init__(options)
+        self._wsman: BoundedWSMan | None = None
+        self._pool: RunspacePool | None = None
+        self._pipeline: PowerShell | None = None
+
+    @property
+    def wsman(self) -> BoundedWSMan | None:
+        """The open WS-Man connection, if any (tests read its request counter)."""
+        return self._wsman
+
+    def _ensure_pool(self, budget: Deadline) -> RunspacePool:
+        if self._wsman is None:
+            self._wsman = BoundedWSMan(self._options)
+        self._wsman.budget = budget
+        if self._pool is None:
+            # Kept before open() so that a failed open is still deleted on the host by _cancel.
+            self._pool = RunspacePool(self._wsman, configuration_name=self._options.configuration_name)
+            self._pool.open()
+            self.opened_count += 1
+        return self._pool
+
+    def _execute(self, script: RenderedScript, budget: Deadline) -> Output:
+        pool = self._ensure_pool(budget)
+        ps = PowerShell(pool)
+        ps.add_script(script.text)
+        self._pipeline = ps
+        ps.begin_invoke()
+        while ps.state == PSInvocationState.RUNNING:
+            # One Receive per call; OperationTimeouts are re-asked inside BoundedWSMan and the
+            # budget ends the loop by raising DeadlineExpired.
+            ps.poll_invoke()
+        # Release the pipeline on the host (Signal terminate), or it counts against
+        # MaxConcurrentOperationsPerUser for as long as the pool lives.
+        ps.close()
+        self._pipeline = None
+        errors = tuple(_error_text(record) for record in ps.streams.error)
+        stdout = "\n".join("" if obj is None else str(obj) for obj in ps.output)
+        return Output(stdout=stdout, errors=errors, rc=None)
+
+    def _cancel(self, budget: Deadline) -> None:
+        if self._wsman is None:
+            return
+        self._wsman.budget = budget
+        ps, self._pipeline = self._pipeline, None
+        if ps is not None and ps.state == PSInvocationState.RUNNING:
+            try:
+                ps.stop()
+            except Exception as exc:
+                log.debug("host=%s stopping the pipeline failed: %s", self._options.name, exc)
+        self._close(budget)
+
+    def _close(self, budget: Deadline) -> None:
+        if self._wsman is not None:
+            self._wsman.budget = budget
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def _drop(self) -> None:
+        wsman, self._wsman = self._wsman, None
+        self._pool = None
+        self._pipeline = None
+        if wsman is not None:
+            try:
+                wsman.close()
+            except Exception as exc:
+                log.debug("host=%s closing the connection failed: %s", self._options.name, exc)
+
+
+def _error_text(record: object) -> str:
+    """An error record's message (its ToString), falling back to the exception message."""
+    text = str(record)
+    if text:
+        return text
+    exception = getattr(record, "exception", None)
+    message = getattr(exception, "message", None)
+    return str(message) if message else repr(record)
