@@ -135,7 +135,12 @@ def template_name(step: str, fmt: ScriptFormat) -> str:
 def available_steps(fmt: ScriptFormat = "ps1") -> list[str]:
     """Every step that has a template in the given format."""
     suffix = f".{fmt}.j2"
-    names = {p.name[: -len(suffix)] for d in template_dirs() for p in (d / fmt).glob(f"*{suffix}")}
+    names = {
+        p.name[: -len(suffix)]
+        for d in template_dirs()
+        for p in (d / fmt).glob(f"*{suffix}")
+        if not p.name.startswith("_")  # partials shared through {% include %}
+    }
     return sorted(names)
 
 
