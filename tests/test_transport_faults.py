@@ -1,0 +1,172 @@
+"""Library exceptions to kmsadmin errors, retry classification, CLIXML cleaning, the stdin bootstrap."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import time
+
+import pytest
+import requests
+import winrm.exceptions as winrm_exc
+from pypsrp import exceptions as psrp_exc
+
+from kmsadmin.errors import (
+    AccessDenied,
+    AuthenticationFailed,
+    ConfigError,
+    ConnectionFailed,
+    HostTimeout,
+    RemoteScriptError,
+)
+from kmsadmin.transports import CertificateRejected, Deadline, build_options, clean_stderr, is_retryable
+from kmsadmin.transports.base import (
+    BOOTSTRAP_ARGUMENTS,
+    BOOTSTRAP_SCRIPT,
+    DeadlineExpired,
+    chunks,
+    stdin_payload,
+)
+from kmsadmin.transports.faults import translate
+from kmsadmin.values import RenderedScript
+
+OPTIONS = build_options("srv01", env={"KMSADMIN_USER": "CORP\\ops", "KMSADMIN_PASSWORD": "pw-Secret-1"})
+
+
+def _translate(exc: BaseException) -> object:
+    return translate(exc, OPTIONS, "facts", 30)
+
+
+def test_connection_refused() -> None:
+    err = _translate(requests.exceptions.ConnectionError("[Errno 111] Connection refused"))
+    assert isinstance(err, ConnectionFailed)
+    assert err.host == "srv01" and err.step == "facts"
+    assert err.remediation is not None
+    assert "5986" in err.remediation and "winrm quickconfig -transport:https" in err.remediation
+    assert is_retryable(err)
+
+
+def test_certificate_failure_says_pass_the_ca_bundle() -> None:
+    cause = ssl.SSLCertVerificationError("certificate verify failed: unable to get local issuer certificate")
+    exc = requests.exceptions.SSLError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    exc.__cause__ = cause
+    err = _translate(exc)
+    assert isinstance(err, CertificateRejected) and isinstance(err, ConnectionFailed)
+    assert err.remediation is not None and "--ca-bundle" in err.remediation
+    assert not is_retryable(err)
+
+
+def test_authentication_errors_from_both_libraries() -> None:
+    for exc in (
+        psrp_exc.AuthenticationError("Failed to authenticate the user CORP\\ops with ntlm"),
+        winrm_exc.InvalidCredentialsError("the specified credentials were rejected by the server"),
+        psrp_exc.WinRMTransportError("http", 401, ""),
+    ):
+        err = _translate(exc)
+        assert isinstance(err, AuthenticationFailed), exc
+        assert err.remediation is not None and ".\\user" in err.remediation
+        assert "pw-Secret-1" not in str(err)
+        assert not is_retryable(err)
+
+
+def test_access_denied_explains_uac_remote_restrictions() -> None:
+    for exc in (
+        psrp_exc.WSManFaultError(5, "srv01", "Access is denied.", None, None, None),
+        winrm_exc.WSManFaultError(
+            code=500,
+            message="Bad HTTP response",
+            response="<x/>",
+            reason="Access is denied.",
+            wsman_fault_code=5,
+        ),
+    ):
+        err = _translate(exc)
+        assert isinstance(err, AccessDenied), exc
+        assert err.remediation is not None
+        assert "KB 951016" in err.remediation and "LocalAccountTokenFilterPolicy" in err.remediation
+        assert "never changes it" in err.remediation
+        assert not is_retryable(err)
+
+
+def test_busy_host_is_connection_failed_and_retryable() -> None:
+    raw = psrp_exc.WinRMTransportError("http", 503, "")
+    assert is_retryable(raw)
+    err = _translate(raw)
+    assert isinstance(err, ConnectionFailed) and "503" in err.message
+    assert is_retryable(err)
+    assert isinstance(_translate(requests.exceptions.RetryError("too many 503")), ConnectionFailed)
+
+
+def test_timeouts_become_host_timeout() -> None:
+    for exc in (DeadlineExpired(), requests.exceptions.ReadTimeout("read timed out")):
+        err = _translate(exc)
+        assert isinstance(err, HostTimeout)
+        assert err.message == "no answer within 30s"
+        assert is_retryable(err)
+
+
+def test_other_wsman_faults_keep_their_code() -> None:
+    err = _translate(psrp_exc.WSManFaultError(2150858843, None, "The shell was not found", None, None, None))
+    assert isinstance(err, ConnectionFailed) and err.hresult == "0x8033805B"
+
+
+def test_unrelated_errors_are_not_translated() -> None:
+    assert _translate(KeyError("x")) is None
+    assert isinstance(_translate(ValueError("The specified auth 'x' is not supported")), ConfigError)
+    assert not is_retryable(KeyError("x"))
+    assert not is_retryable(RemoteScriptError("h", "s", "m"))
+
+
+def test_deadline() -> None:
+    d = Deadline(0.05)
+    assert not d.expired and 0 < d.remaining() <= 0.05
+    time.sleep(0.06)
+    assert d.expired and d.remaining() < 0
+
+
+CLIXML = (
+    "#< CLIXML\r\n"
+    '<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
+    '<Obj S="progress" RefId="0"><TN RefId="0"><T>System.Management.Automation.PSCustomObject</T></TN>'
+    '<MS><I64 N="SourceId">1</I64><PR N="Record"><AV>Preparing modules for first use.</AV></PR></MS></Obj>'
+    '<S S="Error">Get-CimInstance : Zugriff verweigert _x000D__x000A_</S>'
+    '<S S="Error">    + CategoryInfo : PermissionDenied_x000D__x000A_</S>'
+    "</Objs>"
+)
+
+
+def test_clean_stderr_keeps_errors_drops_progress() -> None:
+    (message,) = clean_stderr(CLIXML.encode("utf-8"))
+    assert message == "Get-CimInstance : Zugriff verweigert \n    + CategoryInfo : PermissionDenied"
+    assert clean_stderr(b"") == ()
+    assert clean_stderr(b"plain failure\r\n") == ("plain failure",)
+    # progress only (a successful run) leaves nothing
+    progress_only = CLIXML.split('<S S="Error">', maxsplit=1)[0] + "</Objs>"
+    assert clean_stderr(progress_only.encode()) == ()
+    # not XML after the marker: kept as text rather than lost
+    assert clean_stderr(b"#< CLIXML\r\n<Objs broken") == ("<Objs broken",)
+
+
+def test_bootstrap_is_short_and_fixed() -> None:
+    assert BOOTSTRAP_ARGUMENTS[:3] == ("-NoProfile", "-NonInteractive", "-EncodedCommand")
+    decoded = base64.b64decode(BOOTSTRAP_ARGUMENTS[3]).decode("utf-16-le")
+    assert decoded == BOOTSTRAP_SCRIPT
+    assert "[Console]::In.ReadToEnd()" in decoded and "UTF8" in decoded
+    command_line = " ".join(("powershell", *BOOTSTRAP_ARGUMENTS))
+    assert len(command_line) < 1200  # far below cmd.exe's 8191
+
+
+def test_stdin_payload_roundtrip_and_chunks() -> None:
+    text = "Write-Output 'für 日本'\r\n" * 3000
+    script = RenderedScript(step="facts", version=1, fmt="ps1", text=text, display=text)
+    payload = stdin_payload(script)
+    assert payload.isascii()
+    pieces = chunks(payload, 10_000)
+    assert all(len(p) <= 10_000 for p in pieces) and len(pieces) > 1
+    assert base64.b64decode(b"".join(pieces)).decode("utf-8") == text
+    assert chunks(b"", 10) == [b""]
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0])
+def test_zero_deadline_is_expired(seconds: float) -> None:
+    assert Deadline(seconds).expired
