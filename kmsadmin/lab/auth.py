@@ -1,0 +1,226 @@
+"""HTTP authentication for the lab's WinRM listeners: Basic, Negotiate/NTLM and NTLM message encryption.
+
+NTLM is accepted by pyspnego's acceptor (``spnego.server(protocol="negotiate")``), which reads account
+hashes from the file named by the process-wide ``NTLM_USER_FILE`` environment variable. Every lab host of
+every :class:`~kmsadmin.lab.server.LabServer` in the process therefore shares one file, owned by
+:class:`NtlmUserStore`:
+
+* each host contributes ``HOST\\user`` (a local account, as Windows qualifies it) and, unless another
+  host already claimed it with a different password, the bare ``user`` that clients without a domain
+  look up;
+* the file holds NT/LM hashes in smbpasswd format, so passwords never reach the disk and may contain
+  ``:``;
+* after the acceptor proves the client knew the hash of the entry it named, :meth:`NtlmUserStore.allows`
+  checks that entry belongs to *this* host (same user name, domain empty or the host name, same hash).
+
+Message encryption follows [MS-WSMV] 2.2.9.1 (the ``multipart/encrypted`` MIME envelope with an
+``application/HTTP-SPNEGO-session-encrypted`` part) using the acceptor's ``wrap_winrm``/``unwrap_winrm``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import os
+import re
+import struct
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import spnego
+from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1
+
+ENCRYPTED_PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
+ENCRYPTED_CONTENT_TYPE = f'multipart/encrypted;protocol="{ENCRYPTED_PROTOCOL}";boundary="Encrypted Boundary"'
+_BOUNDARY = b"--Encrypted Boundary"
+
+
+class AuthFailed(Exception):
+    """The client's credentials were refused (answered with HTTP 401)."""
+
+
+def split_principal(name: str) -> tuple[str, str]:
+    """Split ``DOMAIN\\user`` or ``user@domain`` into (domain, user); the domain may be empty."""
+    if "\\" in name:
+        domain, _, user = name.partition("\\")
+        return domain, user
+    if "@" in name:
+        user, _, domain = name.partition("@")
+        return domain, user
+    return "", name
+
+
+def nt_hash(password: str) -> bytes:
+    return bytes(ntowfv1(password))
+
+
+@dataclass(frozen=True, slots=True)
+class _Account:
+    host: str
+    username: str
+    nt: bytes
+    lm: bytes
+
+
+class NtlmUserStore:
+    """The one ``NTLM_USER_FILE`` of this process, shared by every lab host (reference counted)."""
+
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _instance: ClassVar[NtlmUserStore | None] = None
+    _refs: ClassVar[int] = 0
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="kmsadmin-lab-ntlm-")
+        self.path = Path(self._dir.name) / "ntlm_users"
+        self._accounts: dict[tuple[int, str], _Account] = {}  # (owner id, host name) -> account
+        self._entries: dict[tuple[str, str], bytes] = {}  # (DOMAIN, USER) upper-cased -> NT hash
+        self._previous_env = os.environ.get("NTLM_USER_FILE")
+        self._write()
+        os.environ["NTLM_USER_FILE"] = str(self.path)
+
+    @classmethod
+    def acquire(cls) -> NtlmUserStore:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            cls._refs += 1
+            return cls._instance
+
+    @classmethod
+    def release(cls, store: NtlmUserStore) -> None:
+        with cls._lock:
+            if cls._instance is not store:
+                return
+            cls._refs -= 1
+            if cls._refs > 0:
+                return
+            cls._instance = None
+            if os.environ.get("NTLM_USER_FILE") == str(store.path):
+                if store._previous_env is None:
+                    os.environ.pop("NTLM_USER_FILE", None)
+                else:
+                    os.environ["NTLM_USER_FILE"] = store._previous_env
+            store._dir.cleanup()
+
+    def register(self, owner: int, host: str, username: str, password: str) -> None:
+        if any(c in username for c in ":\\@\r\n"):
+            raise ValueError("lab user names must not contain ':', '\\', '@' or line breaks")
+        account = _Account(host, username, nt_hash(password), bytes(lmowfv1(password)))
+        with self._lock:
+            self._accounts[(owner, host.upper())] = account
+            self._rebuild()
+
+    def unregister(self, owner: int, host: str) -> None:
+        with self._lock:
+            if self._accounts.pop((owner, host.upper()), None) is not None:
+                self._rebuild()
+
+    def allows(self, host: str, username: str, password_hash: bytes, principal: str) -> bool:
+        """Whether the NTLM-authenticated ``principal`` is this host's account."""
+        domain, user = split_principal(principal)
+        if user.upper() != username.upper():
+            return False
+        if domain and domain.upper() not in (host.upper(), "."):
+            return False
+        with self._lock:
+            stored = self._entries.get((domain.upper() if domain != "." else "", user.upper()))
+        return stored is not None and hmac.compare_digest(stored, password_hash)
+
+    def _rebuild(self) -> None:
+        entries: dict[tuple[str, str], tuple[_Account, str]] = {}
+        # Insertion order decides who owns an ambiguous bare user name: the first registered host.
+        for account in self._accounts.values():
+            entries[(account.host.upper(), account.username.upper())] = (account, f"{account.host}\\")
+            bare = ("", account.username.upper())
+            if bare not in entries:
+                entries[bare] = (account, "")
+        self._entries = {key: acc.nt for key, (acc, _) in entries.items()}
+        lines = [
+            f"{prefix}{acc.username}:0:{acc.lm.hex().upper()}:{acc.nt.hex().upper()}:[U]:LCT-00000000"
+            for acc, prefix in entries.values()
+        ]
+        self._write(lines)
+
+    def _write(self, lines: list[str] | None = None) -> None:
+        # Write then rename, so a handshake reading the file concurrently never sees half of it.
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in (lines or [])), encoding="utf-8")
+        tmp.chmod(0o600)
+        os.replace(tmp, self.path)
+
+
+def check_basic(header_value: str, host: str, username: str, password: str) -> bool:
+    """Validate a ``Basic`` credential against one host's local account."""
+    try:
+        decoded = base64.b64decode(header_value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    user_part, sep, given = decoded.partition(":")
+    if not sep:
+        return False
+    domain, user = split_principal(user_part)
+    if domain and domain.upper() not in (host.upper(), "."):
+        return False
+    return user.upper() == username.upper() and hmac.compare_digest(given.encode(), password.encode())
+
+
+class NegotiateAcceptor:
+    """One Negotiate/NTLM security context, bound to one TCP connection."""
+
+    def __init__(self) -> None:
+        self._ctx: Any = spnego.server(protocol="negotiate")
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._ctx.complete)
+
+    @property
+    def principal(self) -> str:
+        return str(self._ctx.client_principal or "")
+
+    def step(self, token: bytes) -> bytes | None:
+        try:
+            out: bytes | None = self._ctx.step(token)
+        except spnego.exceptions.SpnegoError as exc:
+            raise AuthFailed(type(exc).__name__) from exc
+        return out
+
+    def unwrap(self, body: bytes) -> bytes:
+        """Decrypt a ``multipart/encrypted`` request body."""
+        parts = [p for p in re.split(re.escape(_BOUNDARY) + rb"(?:--)?\r\n", body) if p]
+        out = bytearray()
+        for i in range(0, len(parts) - 1, 2):
+            meta, payload = parts[i], parts[i + 1]
+            length_match = re.search(rb"Length=(\d+)", meta)
+            if length_match is None:
+                raise ValueError("encrypted part without OriginalContent length")
+            payload = payload.removeprefix(b"\tContent-Type: application/octet-stream\r\n")
+            (sig_len,) = struct.unpack("<I", payload[:4])
+            header, data = payload[4 : 4 + sig_len], payload[4 + sig_len :]
+            plain: bytes = self._ctx.unwrap_winrm(header, data)
+            if len(plain) != int(length_match.group(1)):
+                raise ValueError("decrypted length does not match OriginalContent")
+            out += plain
+        return bytes(out)
+
+    def wrap(self, plain: bytes) -> bytes:
+        """Encrypt a response body into the ``multipart/encrypted`` envelope."""
+        wrapped = self._ctx.wrap_winrm(plain)
+        length = len(plain) + int(wrapped.padding_length)
+        return bytes(
+            _BOUNDARY
+            + b"\r\n"
+            + f"\tContent-Type: {ENCRYPTED_PROTOCOL}\r\n".encode()
+            + f"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length={length}\r\n".encode()
+            + _BOUNDARY
+            + b"\r\n\tContent-Type: application/octet-stream\r\n"
+            + struct.pack("<I", len(wrapped.header))
+            + wrapped.header
+            + wrapped.data
+            + _BOUNDARY
+            + b"--\r\n"
+        )
