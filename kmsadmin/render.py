@@ -173,8 +173,12 @@ def render(ref: ScriptRef) -> RenderedScript:
         raise TemplateError(f"template {template_name(ref.step, ref.fmt)} lacks its 'kmsadmin-step' header")
     for secret in ref.secrets.values():
         if secret.value and secret.value in display:
-            raise TemplateError(f"template {template_name(ref.step, ref.fmt)} leaks a secret into its display")
-    return RenderedScript(step=ref.step, version=int(match["version"]), fmt=ref.fmt, text=text, display=display)
+            raise TemplateError(
+                f"template {template_name(ref.step, ref.fmt)} leaks a secret into its display"
+            )
+    return RenderedScript(
+        step=ref.step, version=int(match["version"]), fmt=ref.fmt, text=text, display=display
+    )
 
 
 def parse_header(script: str) -> tuple[str, int] | None:
