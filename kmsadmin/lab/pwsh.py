@@ -146,7 +146,9 @@ def read_params(script: str) -> dict[str, str]:
     params: dict[str, str] = {}
     for node in statements[start + 1 : end]:
         if node.type != "pipeline":
-            raise ValueError(f"line {node.start_point[0] + 1}: only assignments belong in the parameters block")
+            raise ValueError(
+                f"line {node.start_point[0] + 1}: only assignments belong in the parameters block"
+            )
         name, value = _literal_value(node)
         key = snake_case(name)
         if key in params:
