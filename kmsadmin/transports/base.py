@@ -180,7 +180,9 @@ def _clixml_errors(blob: str) -> list[str]:
         return [blob]
     namespace = root.tag[1:].split("}", 1)[0] if root.tag.startswith("{") else ""
     prefix = f"{{{namespace}}}" if namespace else ""
-    text = "".join(node.text or "" for node in root.iter(f"{prefix}S") if node.get("S") == "Error")
+    # Windows writes S="Error"; psrpcore (and so the lab) writes S="error".
+    strings = [node for node in root.iter(f"{prefix}S") if (node.get("S") or "").lower() == "error"]
+    text = "".join(node.text or "" for node in strings)
     text = _unescape_clixml(text).strip()
     return [text] if text else []
 

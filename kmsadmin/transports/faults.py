@@ -65,6 +65,10 @@ def translate(  # noqa: PLR0911 - one return per library exception family reads 
     if isinstance(exc, psrp_exc.AuthenticationError | winrm_exc.AuthenticationError):
         return _auth_failure(options, step)
     if isinstance(exc, psrp_exc.WSManFaultError):
+        context = exc.__context__
+        if exc.code is None and isinstance(context, psrp_exc.WinRMTransportError):
+            # An HTML error page that happened to parse as XML: the HTTP status is what counts.
+            return _http_status(options, step, int(context.code), str(context.response_text or ""))
         return _fault(options, step, exc.code, exc.reason or str(exc))
     if isinstance(exc, winrm_exc.WSManFaultError):
         return _fault(options, step, exc.wsman_fault_code, exc.reason)
@@ -91,9 +95,13 @@ def is_retryable(exc: BaseException) -> bool:
         return False
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         return True
+    status: int | None = None
     if isinstance(exc, psrp_exc.WinRMTransportError | winrm_exc.WinRMTransportError):
-        return int(exc.code) in BUSY_STATUSES
-    return False
+        status = int(exc.code)
+    elif isinstance(exc, psrp_exc.WSManFaultError):
+        context = exc.__context__
+        status = int(context.code) if isinstance(context, psrp_exc.WinRMTransportError) else None
+    return status in BUSY_STATUSES
 
 
 def _reason(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Any
 
+import requests
 from pypsrp.complex_objects import PSInvocationState
 from pypsrp.exceptions import WinRMTransportError, WSManFaultError
 from pypsrp.powershell import PowerShell, RunspacePool
@@ -32,6 +33,9 @@ from kmsadmin.transports.base import (
 )
 from kmsadmin.transports.options import ConnectionOptions
 from kmsadmin.values import RenderedScript
+
+#: How often one Receive is re-sent after the connection dropped under it.
+_RECEIVE_RESET_RETRIES = 2
 
 #: Smallest slices of time worth sending a request for; below this the step is out of time.
 _MIN_REQUEST_SECONDS = 0.05
@@ -69,6 +73,19 @@ def wsman_kwargs(options: ConnectionOptions) -> dict[str, Any]:
         # Version 5 and later carry the CVE-2018-0886 fix; never fall back to older servers.
         kwargs["credssp_minimum_version"] = 5
     return kwargs
+
+
+def http_status(err: BaseException) -> int | None:
+    """The HTTP status behind a pypsrp error.
+
+    pypsrp parses any XML-looking error body as a WS-Man fault, so an HTML "503 Service
+    Unavailable" page arrives as a ``WSManFaultError`` without a code; the status survives only
+    on the ``WinRMTransportError`` it was raised from.
+    """
+    for candidate in (err, err.__context__):
+        if isinstance(candidate, WinRMTransportError):
+            return int(candidate.code)
+    return None
 
 
 class BoundedWSMan(WSMan):
@@ -117,6 +134,7 @@ class BoundedWSMan(WSMan):
     ) -> ET.Element:
         """Send one request; see the class docstring for what differs from pypsrp."""
         busy = 0
+        resets = 0
         while True:
             self._fit_to_budget()
             self.requests += 1
@@ -124,21 +142,38 @@ class BoundedWSMan(WSMan):
                 # The per-call timeout and pypsrp's read-timeout retries (with sleeps of 2 s, 6 s, 14 s...)
                 # are dropped: the step's deadline decides how long to wait, not a fixed retry count.
                 return super().invoke(action, resource_uri, resource, option_set, selector_set, None)
-            except WSManFaultError as err:
-                if action == WSManAction.RECEIVE and err.code == OPERATION_TIMEOUT_FAULT:
+            except requests.exceptions.ConnectionError as err:
+                if (
+                    action != WSManAction.RECEIVE
+                    or resets >= _RECEIVE_RESET_RETRIES
+                    or isinstance(err, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError)
+                ):
+                    raise
+                # A Receive only asks for output, so asking again on a new connection is safe (as
+                # pypsrp does after read timeouts); the new connection authenticates again and needs a
+                # new message-encryption context.
+                resets += 1
+                transport: Any = self.transport
+                transport.encryption = None
+                log.debug("connection lost during Receive, asking again (%d)", resets)
+            except (WSManFaultError, WinRMTransportError) as err:
+                if (
+                    isinstance(err, WSManFaultError)
+                    and action == WSManAction.RECEIVE
+                    and err.code == OPERATION_TIMEOUT_FAULT
+                ):
                     # No output within OperationTimeout: the command still runs; ask again.
                     continue
-                raise
-            except WinRMTransportError as err:
+                status = http_status(err)
                 pause = self._backoff * (2**busy)
                 if (
-                    err.code not in BUSY_STATUSES
+                    status not in BUSY_STATUSES
                     or busy >= self._busy_retries
                     or (self.budget is not None and self.budget.remaining() <= pause)
                 ):
                     raise
                 busy += 1
-                log.debug("busy answer (HTTP %s), retry %d in %.2fs", err.code, busy, pause)
+                log.debug("busy answer (HTTP %s), retry %d in %.2fs", status, busy, pause)
                 time.sleep(pause)
 
 

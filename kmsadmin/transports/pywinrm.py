@@ -13,6 +13,7 @@ import math
 import time
 from typing import Any, Literal
 
+import requests
 from winrm.exceptions import WinRMOperationTimeoutError, WinRMTransportError
 from winrm.protocol import Protocol
 
@@ -34,6 +35,8 @@ from kmsadmin.transports.options import ConnectionOptions
 from kmsadmin.values import RenderedScript
 
 _SEND_OVERHEAD = 2048
+#: How often one Receive is re-sent after the connection dropped under it.
+_RECEIVE_RESET_RETRIES = 2
 _MIN_REQUEST_SECONDS = 0.05
 
 PywinrmAuth = Literal["basic", "certificate", "ntlm", "kerberos", "credssp"]
@@ -159,11 +162,23 @@ class PywinrmSession(SessionBase):
         stderr: list[bytes] = []
         done = False
         rc = -1
+        resets = 0
         while not done:
             try:
                 out, err, rc, done = protocol.get_command_output_raw(shell_id, command_id)
             except WinRMOperationTimeoutError:
                 # No output within OperationTimeout; the budget check in send_message ends this loop.
+                continue
+            except requests.exceptions.ConnectionError as exc:
+                if resets >= _RECEIVE_RESET_RETRIES or isinstance(
+                    exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError
+                ):
+                    raise
+                # A Receive only asks for output, so asking again is safe; a new requests session
+                # authenticates again and sets up a new message-encryption context.
+                resets += 1
+                protocol.transport.close_session()
+                log.debug("connection lost during Receive, asking again (%d)", resets)
                 continue
             stdout.append(out)
             stderr.append(err)
