@@ -1,0 +1,1 @@
+"""Package data of the catalog: TOML tables transcribed from Microsoft's documentation."""
