@@ -209,8 +209,10 @@ def _plan_encoded(value: str, codec: str) -> Plan:
 def clixml_errors(messages: list[str]) -> str:
     """stderr of powershell.exe for error records: a CLIXML document of Error-stream strings."""
     items = [(msg if msg.endswith("\n") else msg + "\r\n", ClixmlStream.ERROR) for msg in messages]
-    # Strings need no cipher (only SecureStrings do).
-    return "#< CLIXML\r\n" + serialize_clixml(items, None)  # type: ignore[arg-type]
+    # Strings need no cipher (only SecureStrings do). psrpcore writes the stream as S="error";
+    # powershell.exe writes S="Error" and pypsrp's sanitise_clixml matches that case exactly.
+    clixml = serialize_clixml(items, None)  # type: ignore[arg-type]
+    return "#< CLIXML\r\n" + clixml.replace(' S="error">', ' S="Error">')
 
 
 class WinrsCommand:
