@@ -1,0 +1,618 @@
+"""KMS behaviour of the lab: product-key installation, online/phone activation, KMS requests and counts.
+
+Every rule cites microsoft.md (../shared/reference) and the Microsoft source it was taken from.
+Edition identification, key groups, compatibility and thresholds come from ``kmsadmin.catalog``;
+this module only applies them to the host model.
+
+Lab host keys
+    The lab issues one host key per host-key group (``host-keys.json``). A lab key is 25 characters
+    from the product-key alphabet (so ``kmsadmin.validate.product_key`` accepts it) drawn from the OS
+    random source, and it never contains the letter ``N``. Every key issued for Windows 8 and later,
+    which includes every current host-key group, carries exactly one ``N`` (it marks the key's
+    encoding), so a lab key cannot decode as a key of any of these groups on real Windows; and a KMS
+    host key only works after Microsoft's activation service has activated it, which knows only the
+    keys Microsoft issued. The lab accepts exactly its own keys as host keys.
+
+Phone activation (lab rule)
+    Installation ID: 63 decimal digits, ``int(SHA-256("kmsadmin-lab-iid/1|" + CMID + "|" +
+    Activation ID + "|" + key digest)) mod 10**63`` zero-padded, so it is stable for a host and key.
+    Confirmation ID: 48 decimal digits, ``int(SHA-256("kmsadmin-lab-cid/1|" + IID)) mod 10**48``
+    zero-padded (shown as 8 blocks of 6). :func:`confirmation_id_for` computes it
+    (``kmsadmin lab confirmation-id IID``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from kmsadmin import catalog, validate
+from kmsadmin.errors import InvalidInput
+from kmsadmin.lab.model import (
+    CHANNEL_CSVLK,
+    CHANNEL_GVLK,
+    CHANNEL_RETAIL,
+    DEFAULT_KMS_PORT,
+    KMS_VALIDITY_DAYS,
+    LICENSED,
+    OOB_GRACE,
+    OOB_GRACE_DAYS,
+    Contact,
+    HostState,
+    Product,
+    parse_iso,
+    utc_iso,
+)
+
+# HRESULTs the lab returns ([SLERR] symbols, microsoft.md §g)
+E_ACCESS_DENIED = 0x80070005
+E_INVALIDARG = 0x80070057
+SL_E_CHPA_MAXIMUM_UNLOCK_EXCEEDED = 0xC004C008
+SL_E_PKEY_NOT_INSTALLED = 0xC004F014  # "product key is not available" [ERR]
+SL_E_NOT_SUPPORTED = 0xC004F016
+SL_E_CIDIID_INVALID_DATA_LENGTH = 0xC004F02F
+SL_E_CIDIID_MISMATCHED = 0xC004F031
+SL_E_VL_NOT_ENOUGH_COUNT = 0xC004F038
+SL_E_VL_KEY_MANAGEMENT_SERVICE_NOT_ACTIVATED = 0xC004F041
+SL_E_VL_KEY_MANAGEMENT_SERVICE_ID_MISMATCH = 0xC004F042
+SL_E_INVALID_PRODUCT_KEY = 0xC004F050
+SL_E_MISMATCHED_PRODUCT_SKU = 0xC004F069
+SL_E_VL_INVALID_TIMESTAMP = 0xC004F06C
+SL_E_VL_BINDING_SERVICE_UNAVAILABLE = 0xC004F074
+
+#: "The KMS only counts unique connections from the past 30 days, and only stores the 50 most recent
+#: contacts" [PLAN24]
+COUNT_WINDOW_DAYS = 30
+MAX_CONTACTS = 50
+#: "the CSVLK ... can be used to activate up to five more KMS hosts ... for a total of six";
+#: "A KMS host key can be activated up to 10 times on up to six different computers" [PLAN24][ERR]
+MAX_HOSTS_PER_HOST_KEY = 6
+MAX_ACTIVATIONS_PER_HOST_KEY = 10
+#: KMS rejects requests whose timestamp is too far off the host's clock (0xC004F06C [ERR]: "Client/host
+#: clock skew"). The 4-hour tolerance is the commonly cited value, not in microsoft.md (UNCONFIRMED).
+MAX_CLOCK_SKEW = timedelta(hours=4)
+
+#: the lab's namespace for the Activation IDs it makes up for Windows licences (real SKU IDs differ)
+_LAB_NAMESPACE = uuid.UUID("6f1c2b8e-5d0a-4c3e-9b7a-1d2e3f405162")
+
+
+class LabFailure(Exception):
+    """A step fails on the simulated host with a Windows HRESULT."""
+
+    def __init__(self, hresult: int | None, stage: str, detail: str = "") -> None:
+        self.hresult = hresult
+        self.stage = stage
+        self.detail = detail
+        super().__init__(self.message)
+
+    @property
+    def hresult_text(self) -> str | None:
+        """``0x`` + 8 upper-case hex digits."""
+        return None if self.hresult is None else f"0x{self.hresult:08X}"
+
+    @property
+    def message(self) -> str:
+        """The Windows message for the HRESULT (catalog), plus what the lab saw."""
+        text = ""
+        if self.hresult is not None:
+            info = catalog.hresult_info(self.hresult_text or "")
+            text = str(info.meaning or "") if info is not None and info.known else ""
+            if not text:
+                text = f"Windows reported {self.hresult_text}."
+        if self.detail:
+            text = f"{text} ({self.detail})" if text else self.detail
+        return text
+
+
+def key_digest(key: str) -> str:
+    """SHA-256 of a normalised product key: lets the lab recognise a key without storing it."""
+    return hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+def lab_activation_id(*parts: str) -> str:
+    """A stable, made-up Activation ID for a lab licence (real SKU Activation IDs are not reproduced)."""
+    return str(uuid.uuid5(_LAB_NAMESPACE, "|".join(parts)))
+
+
+# --------------------------------------------------------------------------- host keys
+
+
+@dataclass(frozen=True, slots=True)
+class HostKeys:
+    """The lab's host keys: group name -> key."""
+
+    keys: Mapping[str, str]
+
+    def group_of(self, key: str) -> str | None:
+        """The group a lab host key belongs to, or None."""
+        return next((group for group, value in self.keys.items() if value == key), None)
+
+
+_LAB_KEY_ALPHABET = validate.PRODUCT_KEY_ALPHABET.replace("N", "")
+
+
+def generate_host_key(taken: set[str]) -> str:
+    """A fresh lab host key (see the module docstring for why it can never work on real Windows)."""
+    while True:
+        raw = "".join(secrets.choice(_LAB_KEY_ALPHABET) for _ in range(25))
+        key = "-".join(raw[i : i + 5] for i in range(0, 25, 5))
+        key = validate.product_key(key)
+        if key in taken or catalog.check_key(key).is_gvlk:
+            continue
+        return key
+
+
+def group_names() -> list[str]:
+    """The id of every current host-key group the catalog knows (retired groups get no lab key)."""
+    return [str(group.id) for group in catalog.csvlk_groups(include_retired=False)]
+
+
+def group_is_office(group_id: str) -> bool:
+    """Office host-key groups activate the Office application."""
+    return bool(catalog.csvlk_group(group_id).family == "office")
+
+
+def group_target(group_id: str) -> str:
+    """The product a group is named for (``Windows Server 2022``, ``Windows 10``, ``Office LTSC 2021``)."""
+    group = catalog.csvlk_group(group_id)
+    return str(group.office_version or group.target or group.name)
+
+
+def office_label(group_id: str) -> str:
+    """``Office 21`` for the Office LTSC 2021 group, etc. (the licence name prefix Office uses)."""
+    digits = "".join(ch for ch in group_target(group_id) if ch.isdigit())
+    return f"Office {digits[-2:]}" if digits else "Office"
+
+
+def channel_tag(group_id: str) -> str:
+    """The Description tag of a Windows host key: VOLUME_KMS_WS22 for Windows Server 2022, W10, ..."""
+    target = group_target(group_id)
+    digits = "".join(ch for ch in target if ch.isdigit())
+    if "server" in target.lower():
+        return f"WS{digits[-2:]}"
+    return f"W{digits}" if digits else "W"
+
+
+def host_os_name(host: HostState) -> str:
+    """The host OS as the catalog names it (``Windows Server 2022``)."""
+    return str(catalog.os_product(host.os.build, host.os.product_type))
+
+
+def carry_verdict(group_name: str, host: HostState) -> tuple[bool, str, list[str]]:
+    """Can this host carry a host key of that group: (ok, reason, required KBs)."""
+    group = catalog.csvlk_group(group_name)
+    verdict = catalog.host_can_carry(group, host_os_name(host), edition_id=host.os.edition_id)
+    kbs = [str(update.kb) for update in getattr(verdict, "required_updates", ())]
+    return bool(verdict.ok), str(getattr(verdict, "reason", "") or ""), kbs
+
+
+# --------------------------------------------------------------------------- identification
+
+
+def windows_entry(host: HostState) -> Any:
+    """The catalog's client-key entry for the host's edition (None: not volume-licensable)."""
+    return catalog.identify_windows(
+        caption=host.os.caption,
+        edition_id=host.os.edition_id,
+        build=host.os.build,
+        sku=host.os.sku,
+        product_type=host.os.product_type,
+    )
+
+
+def client_entry(host: HostState, product: Product) -> Any:
+    """The catalog's client-key entry for a product (Windows by the OS, Office by the licence name)."""
+    if product.application_id == catalog.WINDOWS_APP_ID:
+        return windows_entry(host)
+    return catalog.identify_office(product.name, product.description)
+
+
+# --------------------------------------------------------------------------- key installation
+
+
+def windows_gvlk_product(host: HostState, gvlk: str, now: datetime) -> Product:
+    """The Windows product of a volume installation: the edition's GVLK, in its 30-day grace."""
+    return Product(
+        activation_id=lab_activation_id("windows", host.os.edition_id, CHANNEL_GVLK),
+        application_id=catalog.WINDOWS_APP_ID,
+        name=f"Windows(R), {host.os.edition_id} edition",
+        description="Windows(R) Operating System, VOLUME_KMSCLIENT channel",
+        channel=CHANNEL_GVLK,
+        edition=host.os.edition_id,
+        partial_key=gvlk[-5:],
+        key_digest=key_digest(gvlk),
+        gvlk=gvlk,
+        license_status=OOB_GRACE,
+        grace_expires=utc_iso(now + timedelta(days=OOB_GRACE_DAYS)),
+    )
+
+
+def windows_other_product(host: HostState, channel: str, key: str, now: datetime) -> Product:
+    """A retail or MAK Windows product (key made up by the lab), in its grace period."""
+    tag = "RETAIL" if channel == CHANNEL_RETAIL else "VOLUME_MAK"
+    return Product(
+        activation_id=lab_activation_id("windows", host.os.edition_id, channel),
+        application_id=catalog.WINDOWS_APP_ID,
+        name=f"Windows(R), {host.os.edition_id} edition",
+        description=f"Windows(R) Operating System, {tag} channel",
+        channel=channel,
+        edition=host.os.edition_id,
+        partial_key=key[-5:],
+        key_digest=key_digest(key),
+        license_status=OOB_GRACE,
+        grace_expires=utc_iso(now + timedelta(days=OOB_GRACE_DAYS)),
+    )
+
+
+def office_gvlk_product(suite_name: str, label: str, gvlk: str | None, now: datetime) -> Product:
+    """An Office volume suite as Office volume media installs it: its licence with the GVLK."""
+    return Product(
+        activation_id=lab_activation_id("office", suite_name, CHANNEL_GVLK),
+        application_id=catalog.OFFICE_APP_ID,
+        name=suite_name,
+        description=f"{label}, VOLUME_KMSCLIENT channel",
+        channel=CHANNEL_GVLK,
+        edition=suite_name,
+        partial_key=gvlk[-5:] if gvlk else None,
+        key_digest=key_digest(gvlk) if gvlk else None,
+        gvlk=gvlk,
+        license_status=OOB_GRACE,
+        grace_expires=utc_iso(now + timedelta(days=OOB_GRACE_DAYS)),
+    )
+
+
+def _replace_product(host: HostState, old: Product | None, new: Product) -> None:
+    if old is not None and old in host.products:
+        host.products[host.products.index(old)] = new
+    else:
+        host.products.append(new)
+
+
+def install_product_key(host: HostState, raw_key: str, host_keys: HostKeys, now: datetime) -> Product:
+    """SoftwareLicensingService.InstallProductKey + RefreshLicenseStatus on the model.
+
+    Raises :class:`LabFailure` with 0xC004F050 (invalid key, or a host key this OS cannot carry)
+    or 0xC004F069 (a GVLK whose licence is not installed here).
+    """
+    try:
+        key = validate.product_key(raw_key)
+    except InvalidInput:
+        # "Typo, beta key, or em-dashes instead of hyphens" [ERR] 0xC004F050
+        raise LabFailure(SL_E_INVALID_PRODUCT_KEY, "InstallProductKey", "malformed product key") from None
+    group = host_keys.group_of(key)
+    if group is not None:
+        return _install_host_key(host, key, group, now)
+    check = catalog.check_key(key)
+    if check.is_gvlk:
+        return _install_gvlk(host, key, now)
+    # neither a GVLK nor a key the lab issued: the lab's "Microsoft" knows no other keys
+    raise LabFailure(
+        SL_E_INVALID_PRODUCT_KEY, "InstallProductKey", f"key ending {key[-5:]} is not known to the lab"
+    )
+
+
+def _install_gvlk(host: HostState, key: str, now: datetime) -> Product:
+    entry = windows_entry(host)
+    if entry is not None and entry.gvlk == key:
+        old = next(iter(host.products_of(catalog.WINDOWS_APP_ID)), None)
+        product = windows_gvlk_product(host, key, now)
+        if old is not None and old.partial_key == product.partial_key:
+            return old
+        _keep_client_settings(old, product)
+        _replace_product(host, old, product)
+        return product
+    for office in host.products_of(catalog.OFFICE_APP_ID):
+        office_entry = catalog.identify_office(office.name, office.description)
+        if office_entry is not None and office_entry.gvlk == key:
+            if office.partial_key != key[-5:]:
+                office.partial_key = key[-5:]
+                office.key_digest = key_digest(key)
+                office.gvlk = key
+                office.license_status = OOB_GRACE
+                office.license_status_reason = 0
+                office.grace_expires = utc_iso(now + timedelta(days=OOB_GRACE_DAYS))
+            return office
+    # a GVLK of another edition, or of an Office product whose licence is absent:
+    # SL_E_MISMATCHED_PRODUCT_SKU "the product SKU is not found" (microsoft.md §g, [SLERR])
+    raise LabFailure(
+        SL_E_MISMATCHED_PRODUCT_SKU,
+        "InstallProductKey",
+        f"the GVLK ending {key[-5:]} belongs to an edition not installed on {host.os.caption}",
+    )
+
+
+def _keep_client_settings(old: Product | None, new: Product) -> None:
+    if old is None:
+        return
+    new.kms_machine, new.kms_port, new.lookup_domain = old.kms_machine, old.kms_port, old.lookup_domain
+
+
+def _install_host_key(host: HostState, key: str, group: str, now: datetime) -> Product:
+    ok, reason, kbs = carry_verdict(group, host)
+    if not ok:
+        # host OS outside the group's "can be hosted on" list [PLAN24]; a client-OS host key on a
+        # server: "A client KMS key can't be installed into the KMS in Windows Server" [ITPRO]
+        raise LabFailure(
+            SL_E_INVALID_PRODUCT_KEY, "InstallProductKey", reason or f"{host.os.caption} cannot carry it"
+        )
+    missing = [kb for kb in kbs if kb not in host.hotfixes]
+    if missing:
+        # "the fix for 0xC004F050 ... when installing a newer CSVLK ... is to install" the host KB [KEYS17]
+        raise LabFailure(
+            SL_E_INVALID_PRODUCT_KEY,
+            "InstallProductKey",
+            "required update not installed: " + ", ".join(missing),
+        )
+    if group_is_office(group):
+        label = office_label(group)
+        # the Office KMS host Activation IDs of [OHOST] (catalog; LTSC 2024: the fixed F3D89BBF-...)
+        known = catalog.csvlk_group(group).kms_host_activation_ids
+        activation_id = str(known[0]).lower() if known else lab_activation_id("office-host", group)
+        product = Product(
+            activation_id=activation_id,
+            application_id=catalog.OFFICE_APP_ID,
+            name=f"{label}, {label.replace(' ', '')}_KMSHostVL_KMS_Host edition",
+            description=f"{label}, VOLUME_KMS channel",
+            channel=CHANNEL_CSVLK,
+            edition=group,
+            host_key_group=group,
+        )
+        old = next(
+            (p for p in host.products_of(catalog.OFFICE_APP_ID) if p.activation_id == activation_id), None
+        )
+    else:
+        product = Product(
+            activation_id=lab_activation_id("windows-host", group),
+            application_id=catalog.WINDOWS_APP_ID,
+            name=f"Windows(R), {host.os.edition_id} edition",
+            description=f"Windows(R) Operating System, VOLUME_KMS_{channel_tag(group)} channel",
+            channel=CHANNEL_CSVLK,
+            edition=host.os.edition_id,
+            host_key_group=group,
+        )
+        old = next(iter(host.products_of(catalog.WINDOWS_APP_ID)), None)
+    product.partial_key = key[-5:]
+    product.key_digest = key_digest(key)
+    product.license_status = OOB_GRACE
+    grace_left = old.grace_expires if old is not None and old.license_status == OOB_GRACE else None
+    product.grace_expires = grace_left or utc_iso(now + timedelta(days=OOB_GRACE_DAYS))
+    _keep_client_settings(old, product)
+    _replace_product(host, old, product)
+    return product
+
+
+# --------------------------------------------------------------------------- online / phone activation
+
+
+@dataclass(slots=True)
+class ActivationLedger:
+    """What the lab's stand-in for Microsoft's activation service remembers per host key digest."""
+
+    hosts: dict[str, list[str]]
+    activations: dict[str, int]
+
+    def record(self, digest: str, host: str) -> None:
+        """Count one activation of a host key; 0xC004C008 past the limits [PLAN24][ERR]."""
+        machines = self.hosts.setdefault(digest, [])
+        count = self.activations.get(digest, 0)
+        if (
+            host not in machines and len(machines) >= MAX_HOSTS_PER_HOST_KEY
+        ) or count >= MAX_ACTIVATIONS_PER_HOST_KEY:
+            raise LabFailure(
+                SL_E_CHPA_MAXIMUM_UNLOCK_EXCEEDED,
+                "Activate",
+                f"host key used on {len(machines)} computers, activated {count} times",
+            )
+        if host not in machines:
+            machines.append(host)
+        self.activations[digest] = count + 1
+
+
+def activate_online(host: HostState, product: Product, ledger: ActivationLedger) -> None:
+    """Activation "over the internet" of a host key, MAK or retail key: the lab always answers yes."""
+    if product.is_kms_host and product.key_digest:
+        ledger.record(product.key_digest, host.name)
+    product.license_status = LICENSED
+    product.license_status_reason = 0
+    product.grace_expires = None
+
+
+def installation_id(host: HostState, product: Product) -> str:
+    """OfflineInstallationId (lab rule in the module docstring): 63 digits, stable per host and key."""
+    seed = f"kmsadmin-lab-iid/1|{host.service.cmid}|{product.activation_id}|{product.key_digest or ''}"
+    return str(int.from_bytes(hashlib.sha256(seed.encode()).digest(), "big") % 10**63).zfill(63)
+
+
+def confirmation_id_for(iid: str) -> str:
+    """The Confirmation ID the lab accepts for an Installation ID (48 digits)."""
+    digits = "".join(ch for ch in iid if ch.isdigit())
+    seed = f"kmsadmin-lab-cid/1|{digits}"
+    return str(int.from_bytes(hashlib.sha256(seed.encode()).digest(), "big") % 10**48).zfill(48)
+
+
+def format_confirmation_id(cid: str) -> str:
+    """8 blocks of 6 digits, as the activation line reads it out."""
+    return "-".join(cid[i : i + 6] for i in range(0, 48, 6))
+
+
+def deposit_confirmation(host: HostState, product: Product, cid: str, ledger: ActivationLedger) -> None:
+    """DepositOfflineConfirmationId(OfflineInstallationId, CID) on the model."""
+    digits = "".join(ch for ch in cid if ch.isdigit())
+    if len(digits) != 48 or len(digits) != len(cid.replace("-", "").replace(" ", "")):
+        # SL_E_CIDIID_INVALID_DATA_LENGTH: "the length of the offline Confirmation ID (CID) is incorrect"
+        raise LabFailure(SL_E_CIDIID_INVALID_DATA_LENGTH, "DepositOfflineConfirmationId")
+    if digits != confirmation_id_for(installation_id(host, product)):
+        # SL_E_CIDIID_MISMATCHED: "The Installation ID (IID) and the Confirmation ID (CID) do not match"
+        raise LabFailure(SL_E_CIDIID_MISMATCHED, "DepositOfflineConfirmationId")
+    if product.is_kms_host and product.key_digest:
+        ledger.record(product.key_digest, host.name)
+    product.license_status = LICENSED
+    product.license_status_reason = 0
+    product.grace_expires = None
+
+
+# --------------------------------------------------------------------------- KMS client requests
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """How a client finds lab KMS hosts: name resolution and (optional) DNS SRV records."""
+
+    resolve: Callable[[str], HostState | None]
+    #: ``_vlmcs._tcp.<domain>`` SRV answers (hosts); empty when the lab has no DNS
+    srv: Callable[[str], list[HostState]]
+
+
+def _firewall_open(kms: HostState) -> bool:
+    # the client reaches TCP 1688 only through an enabled SPPSVC rule for the host's network profile
+    # ([HOST25] Set-NetFirewallRule -Name SPPSVC-In-TCP ...; rule defaults in microsoft.md §h)
+    return any(
+        rule.enabled and (kms.network_profile in rule.profiles or "Any" in rule.profiles)
+        for rule in kms.firewall
+        if rule.name.upper().startswith("SPPSVC-IN-TCP")
+    )
+
+
+def _candidates(client: HostState, product: Product, net: Network) -> tuple[list[tuple[HostState, int]], str]:
+    """Where the client sends its request: the pinned host, else the SRV records of its lookup domain."""
+    service = client.service
+    pinned = product.kms_machine or service.kms_machine
+    port = product.kms_port or service.kms_port or DEFAULT_KMS_PORT
+    if pinned:
+        # `slmgr /skms <host[:port]>` pins one host and disables auto-discovery [DNS][SLMGRDOC]
+        name = pinned.rsplit(":", 1)[0] if pinned.count(":") == 1 else pinned
+        kms = net.resolve(name)
+        return ([(kms, port)] if kms is not None else []), f"KMS host {pinned}:{port}"
+    # auto-discovery: `_vlmcs._tcp` SRV records in the lookup domain (/skms-domain) or the client's
+    # DNS suffix; a cached host is tried first when host caching is on [DNS][ODNS]
+    domain = product.lookup_domain or service.lookup_domain or client.security.dns_suffix
+    found = [(kms, kms.service.listening_port) for kms in net.srv(domain)]
+    cached = service.discovered_kms if service.host_caching else None
+    found.sort(key=lambda item: 0 if cached and item[0].fqdn.lower() == cached.lower() else 1)
+    return found, f"_vlmcs._tcp.{domain}"
+
+
+def kms_activate(client: HostState, product: Product, net: Network, now: datetime) -> HostState:
+    """One KMS activation request of ``product`` on ``client``; returns the KMS host that activated it.
+
+    On failure the product keeps its state, gets the HRESULT as LicenseStatusReason, and
+    :class:`LabFailure` is raised.
+    """
+    try:
+        return _kms_activate(client, product, net, now)
+    except LabFailure as failure:
+        if failure.hresult is not None:
+            product.license_status_reason = failure.hresult
+        raise
+
+
+def _kms_activate(client: HostState, product: Product, net: Network, now: datetime) -> HostState:
+    candidates, target = _candidates(client, product, net)
+    if not candidates:
+        raise LabFailure(SL_E_VL_BINDING_SERVICE_UNAVAILABLE, "Activate", f"no KMS host found at {target}")
+    errors: list[LabFailure] = []
+    for kms, port in candidates:
+        kms_product = kms.kms_host_product(product.application_id)
+        if kms_product is None or not _firewall_open(kms) or port != kms.service.listening_port:
+            # nothing answers on that name and port: "No Key Management Service (KMS) could be
+            # contacted" [SLERR] 0xC004F074
+            errors.append(
+                LabFailure(
+                    SL_E_VL_BINDING_SERVICE_UNAVAILABLE, "Activate", f"{kms.fqdn}:{port} did not answer"
+                )
+            )
+            continue
+        if kms_product.license_status != LICENSED:
+            # SL_E_VL_KEY_MANAGEMENT_SERVICE_NOT_ACTIVATED: KMS host not activated [ERR]
+            errors.append(LabFailure(SL_E_VL_KEY_MANAGEMENT_SERVICE_NOT_ACTIVATED, "Activate", f"{kms.fqdn}"))
+            continue
+        try:
+            _request(client, product, kms, kms_product, now)
+        except LabFailure as failure:
+            if failure.hresult == SL_E_VL_INVALID_TIMESTAMP:
+                errors.append(failure)
+                continue
+            raise
+        product.discovered_kms = kms.fqdn
+        product.discovered_port = port
+        client.service.discovered_kms = kms.fqdn
+        client.service.discovered_port = port
+        return kms
+    if len(errors) == 1:
+        raise errors[0]
+    # "All of the KMS host systems returned an error" [ERR] 0xC004F074
+    raise LabFailure(
+        SL_E_VL_BINDING_SERVICE_UNAVAILABLE, "Activate", f"all {len(errors)} KMS hosts at {target} failed"
+    )
+
+
+def _request(
+    client: HostState, product: Product, kms: HostState, kms_product: Product, now: datetime
+) -> None:
+    service = kms.service
+    entry = client_entry(client, product)
+    if abs(client.clock(now) - kms.clock(now)) > MAX_CLOCK_SKEW:
+        service.requests.total += 1
+        service.requests.failed += 1
+        raise LabFailure(SL_E_VL_INVALID_TIMESTAMP, "Activate", "client and KMS host clocks differ")
+    group = kms_product.host_key_group or ""
+    if entry is None or not _activates(group, entry):
+        # the host's key group does not list this edition (compatibility matrix [PLAN24]):
+        # SL_E_VL_KEY_MANAGEMENT_SERVICE_ID_MISMATCH [ERR]
+        service.requests.total += 1
+        service.requests.failed += 1
+        raise LabFailure(
+            SL_E_VL_KEY_MANAGEMENT_SERVICE_ID_MISMATCH,
+            "Activate",
+            f"a {group_target(group)} host cannot activate {product.name}",
+        )
+    threshold = int(catalog.threshold_for(entry))
+    count = record_contact(kms, product.application_id, client.service.cmid, threshold, now)
+    service.requests.total += 1
+    service.requests.count(product.license_status)
+    if count < threshold:
+        # "Clients activate if the count is 25 or higher"; "Servers and volume editions of Microsoft
+        # Office products activate if the count is five or greater" [PLAN24]; the count includes the
+        # requesting client. SL_E_VL_NOT_ENOUGH_COUNT [ERR]
+        raise LabFailure(SL_E_VL_NOT_ENOUGH_COUNT, "Activate", f"count {count}, needs {threshold}")
+    # "KMS activations are valid for 180 days" [PLAN24]
+    product.license_status = LICENSED
+    product.license_status_reason = 0
+    product.grace_expires = utc_iso(now + timedelta(days=KMS_VALIDITY_DAYS))
+
+
+def _activates(group: str, entry: Any) -> bool:
+    return bool(catalog.group_activates(catalog.csvlk_group(group), entry))
+
+
+def record_contact(kms: HostState, application_id: str, cmid: str, threshold: int, now: datetime) -> int:
+    """Count a client machine on a KMS host and return the host's current count for that application."""
+    contacts = kms.service.contacts.setdefault(application_id.lower(), [])
+    horizon = now - timedelta(days=COUNT_WINDOW_DAYS)
+    # "only counts unique connections from the past 30 days" [PLAN24]
+    kept = [c for c in contacts if c.cmid != cmid and parse_iso(c.last_seen) >= horizon]
+    kept.append(Contact(cmid=cmid, last_seen=utc_iso(now), threshold=threshold))
+    # "only stores the 50 most recent contacts" [PLAN24]
+    kept = kept[-MAX_CONTACTS:]
+    contacts[:] = kept
+    return current_count(kms, application_id, now)
+
+
+def current_count(kms: HostState, application_id: str, now: datetime) -> int:
+    """KeyManagementServiceCurrentCount for one application; -1 before any request [SPPWMI]."""
+    contacts = kms.service.contacts.get(application_id.lower())
+    if not contacts:
+        return -1
+    horizon = now - timedelta(days=COUNT_WINDOW_DAYS)
+    live = [c for c in contacts if parse_iso(c.last_seen) >= horizon]
+    if not live:
+        return 0
+    # the count never exceeds twice the highest threshold it has seen: "50 or 2 x 25", "server-only
+    # environments max 10" [TSKMS]; Office: "The maximum current count is ... 10" [OHOST]
+    ceiling = 2 * max(c.threshold for c in live)
+    return min(len(live), ceiling)
