@@ -55,6 +55,14 @@ from kmsadmin.lab.winrs import WinrsShell
 log = logging.getLogger("kmsadmin.lab.server")
 
 _SOAP_CONTENT_TYPE = "application/soap+xml;charset=UTF-8"
+# HTTP.sys's own error page (it is HTML, not XML, so clients report a transport error, not a fault).
+_HTTP_SYS_503 = (
+    b'<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN""http://www.w3.org/TR/html4/strict.dtd">\r\n'
+    b"<HTML><HEAD><TITLE>Service Unavailable</TITLE>\r\n"
+    b'<META HTTP-EQUIV="Content-Type" Content="text/html; charset=us-ascii"></HEAD>\r\n'
+    b"<BODY><h2>Service Unavailable</h2>\r\n<hr><p>HTTP Error 503. The service is unavailable.</p>\r\n"
+    b"</BODY></HTML>\r\n"
+)
 _RESPONSE_NS = {
     wsman.ACTION_CREATE: ("s", "a", "x", "w", "rsp", "p"),
     wsman.ACTION_DELETE: ("s", "a", "w", "p"),
@@ -494,7 +502,7 @@ class LabServer:
         if faults.latency_ms > 0 and self._stop.wait(faults.latency_ms / 1000):
             raise ConnectionAbort
         if self._take_503(host):
-            self._reply(h, 503, b"<h1>Service Unavailable</h1>", content_type="text/html; charset=us-ascii")
+            self._reply(h, 503, _HTTP_SYS_503, content_type="text/html; charset=us-ascii")
 
         final_token = self._authenticate(h)
         extra: dict[str, str] = {}
