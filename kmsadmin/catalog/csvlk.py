@@ -10,7 +10,7 @@ Data: ``data/csvlk.toml``, from Microsoft's "KMS activation planning" page ([PLA
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -443,8 +443,3 @@ def compat(*, host_os: str | None, csvlk: str | None, client: str | None) -> Com
         )
     answer["notes"] = tuple(notes)
     return CompatAnswer(**answer)
-
-
-def describe_hosts(group: CsvlkGroup) -> Sequence[str]:
-    """Host OS names (Windows groups) or the host requirement text (Office groups)."""
-    return group.hosts if group.family == "windows" else (group.host_text,)
