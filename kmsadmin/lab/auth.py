@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import os
 import re
@@ -54,8 +55,14 @@ def split_principal(name: str) -> tuple[str, str]:
     return "", name
 
 
+@functools.lru_cache(maxsize=256)
+def _hashes(password: str) -> tuple[bytes, bytes]:
+    # pyspnego's MD4/DES are pure Python (~1 ms a hash); lab hosts mostly share a password.
+    return bytes(ntowfv1(password)), bytes(lmowfv1(password))
+
+
 def nt_hash(password: str) -> bytes:
-    return bytes(ntowfv1(password))
+    return _hashes(password)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,18 +113,26 @@ class NtlmUserStore:
                     os.environ["NTLM_USER_FILE"] = store._previous_env
             store._dir.cleanup()
 
-    def register(self, owner: int, host: str, username: str, password: str) -> None:
-        if any(c in username for c in ":\\@\r\n"):
-            raise ValueError("lab user names must not contain ':', '\\', '@' or line breaks")
-        account = _Account(host, username, nt_hash(password), bytes(lmowfv1(password)))
+    def register(self, owner: int, accounts: list[tuple[str, str, str]]) -> None:
+        """Add (host, user name, password) accounts; the file is rewritten once per call."""
+        made = []
+        for host, username, password in accounts:
+            if any(c in username for c in ":\\@\r\n"):
+                raise ValueError("lab user names must not contain ':', '\\', '@' or line breaks")
+            made.append(((owner, host.upper()), _Account(host, username, *_hashes(password))))
         with self._lock:
-            self._accounts[(owner, host.upper())] = account
+            self._accounts.update(made)
             self._rebuild()
 
     def unregister(self, owner: int, host: str) -> None:
         with self._lock:
             if self._accounts.pop((owner, host.upper()), None) is not None:
                 self._rebuild()
+
+    def unregister_all(self, owner: int) -> None:
+        with self._lock:
+            self._accounts = {key: acc for key, acc in self._accounts.items() if key[0] != owner}
+            self._rebuild()
 
     def allows(self, host: str, username: str, password_hash: bytes, principal: str) -> bool:
         """Whether the NTLM-authenticated ``principal`` is this host's account."""

@@ -205,8 +205,11 @@ class LabServer:
         self._wake_r.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         try:
-            for cfg in self._initial:
-                host = self._open_host(cfg)
+            opened = [self._open_host(cfg) for cfg in self._initial]
+            self._ntlm.register(
+                id(self), [(h.config.name, h.config.username, h.config.password) for h in opened]
+            )
+            for host in opened:
                 self._selector.register(host.listener, selectors.EVENT_READ, host)
         except BaseException:
             self.stop()
@@ -226,6 +229,8 @@ class LabServer:
         with self._lock:
             hosts = list(self._hosts.values())
             self._hosts.clear()
+        if self._ntlm is not None:
+            self._ntlm.unregister_all(id(self))
         for host in hosts:
             self._close_host(host)
         with self._lock:
@@ -304,6 +309,9 @@ class LabServer:
         if not self._started or self._stop.is_set():
             raise RuntimeError("the lab server is not running")
         host = self._open_host(config)
+        _need(self._ntlm, "NTLM user store").register(
+            id(self), [(config.name, config.username, config.password)]
+        )
         self._submit("add", host)
         return host.endpoint
 
@@ -355,7 +363,6 @@ class LabServer:
             password_hash=nt_hash(config.password),
             http_503_left=config.faults.http_503,
         )
-        _need(self._ntlm, "NTLM user store").register(id(self), config.name, config.username, config.password)
         with self._lock:
             self._hosts[config.name] = host
         return host
