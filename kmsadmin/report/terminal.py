@@ -1,0 +1,120 @@
+"""Terminal summaries of a run report: rich tables, and a plain-text form for pipes and logs.
+
+Imported lazily by the CLI (rich is only needed when a summary is printed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from kmsadmin.report.document import NOT_STARTED, STATUSES, failures
+
+_STYLES = {"ok": "green", "changed": "blue", "pending": "yellow", "failed": "bold red", NOT_STARTED: "dim"}
+
+
+def _title(report: Mapping[str, Any]) -> str:
+    title = f"kmsadmin {report['kind']}"
+    if report.get("playbook"):
+        title += f" {report['playbook']}"
+    flags = [
+        flag for flag, on in (("check mode", report["check"]), ("interrupted", report["interrupted"])) if on
+    ]
+    return title + (f" ({', '.join(flags)})" if flags else "")
+
+
+MAX_FAILURES = 20
+"""Failures listed one by one in a terminal summary; the rest are counted (the files list them all)."""
+
+
+def render_summary(report: Mapping[str, Any], *, max_failures: int = MAX_FAILURES) -> Group:
+    """Rich renderable: host counts per state, KMS host counts, failures with their remediation."""
+    summary = report["summary"]
+    counts = Table(title=_title(report), title_justify="left")
+    for status in ("hosts", *STATUSES, NOT_STARTED, "activated"):
+        counts.add_column(status.replace("_", " "), justify="right", style=_STYLES.get(status))
+    counts.add_row(*(str(summary[key]) for key in ("hosts", *STATUSES, NOT_STARTED, "activated")))
+    parts: list[Table | Text] = [counts]
+    if summary["kms_hosts"]:
+        kms = Table(title="KMS hosts", title_justify="left")
+        kms.add_column("host")
+        kms.add_column("current count", justify="right")
+        kms.add_column("required", justify="right")
+        kms.add_column("threshold")
+        for entry in summary["kms_hosts"]:
+            met = entry["threshold_met"]
+            kms.add_row(
+                Text(entry["host"]),
+                "unknown" if entry["current_count"] is None else str(entry["current_count"]),
+                str(entry["required_count"]),
+                Text("met", style="green")
+                if met
+                else Text("unknown", style="dim")
+                if met is None
+                else Text("not met", style="bold red"),
+            )
+        parts.append(kms)
+    rows = failures(report)
+    if rows:
+        table = Table(title=f"Failures ({len(rows)})", title_justify="left", show_lines=True)
+        for column in ("host", "step", "HRESULT", "message", "remediation"):
+            table.add_column(column, overflow="fold")
+        for row in rows[:max_failures]:
+            hresult = row["hresult"] or ""
+            if row["meaning"]:
+                hresult += f"\n{row['meaning']}"
+            # Text() keeps remote text literal: no rich markup is interpreted from hosts' messages.
+            table.add_row(
+                Text(row["host"]),
+                Text(row["step"] or ""),
+                Text(hresult),
+                Text(row["message"] or ""),
+                Text(row["remediation"] or ""),
+            )
+        parts.append(table)
+        if len(rows) > max_failures:
+            parts.append(
+                Text(
+                    f"... and {len(rows) - max_failures} more failed hosts (see the JSON, CSV or HTML report)"
+                )
+            )
+    return Group(*parts)
+
+
+def summary_text(report: Mapping[str, Any], *, max_failures: int = MAX_FAILURES) -> str:
+    """The same summary as plain text (no colours, no box drawing)."""
+    summary = report["summary"]
+    lines = [_title(report)]
+    lines.append(
+        "  ".join(
+            f"{key.replace('_', ' ')}: {summary[key]}"
+            for key in ("hosts", *STATUSES, NOT_STARTED, "activated")
+        )
+    )
+    for entry in summary["kms_hosts"]:
+        current = "unknown" if entry["current_count"] is None else entry["current_count"]
+        met = {True: "met", False: "NOT met", None: "unknown"}[entry["threshold_met"]]
+        lines.append(
+            f"KMS host {entry['host']}: current count {current} / required {entry['required_count']} ({met})"
+        )
+    rows = failures(report)
+    if rows:
+        lines.append(f"Failures ({len(rows)}):")
+        for row in rows[:max_failures]:
+            hresult = (
+                f" {row['hresult']}" + (f" ({row['meaning']})" if row["meaning"] else "")
+                if row["hresult"]
+                else ""
+            )
+            lines.append(f"  {row['host']}: {row['step']}:{hresult} {row['message'] or ''}".rstrip())
+            if row["remediation"]:
+                lines.append(f"    fix: {row['remediation']}")
+        if len(rows) > max_failures:
+            lines.append(
+                f"  ... and {len(rows) - max_failures} more failed hosts (see the JSON, CSV or HTML report)"
+            )
+    return "\n".join(lines)

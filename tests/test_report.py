@@ -1,0 +1,456 @@
+"""Run reports: the document built from fixture inputs, its JSON Schema, and the CSV, JUnit, HTML and
+terminal forms (each must show exactly the document's numbers and escape untrusted text)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from rich.console import Console
+
+from kmsadmin.report import build_report, from_input, write_csv, write_html, write_json, write_junit
+from kmsadmin.report.document import DAYS_LEFT_BUCKETS, required_count
+from kmsadmin.report.tabular import CSV_COLUMNS, NOT_STARTED_SUITE, read_csv_cell
+from kmsadmin.report.terminal import render_summary, summary_text
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures" / "reports"
+SCHEMA = json.loads((ROOT / "docs" / "report.schema.json").read_text(encoding="utf-8"))
+NAMES = ("rollout-fleet", "status-branch", "check-dmz", "empty")
+HOSTILE = "<script>alert(1)</script>"
+
+
+def _input(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8"))
+    return data
+
+
+def _report(name: str) -> dict[str, Any]:
+    return from_input(_input(name))
+
+
+def _parse_xml(path: Path) -> ET.Element:
+    # The file is one these tests just wrote from fixture data, not untrusted input.
+    return ET.parse(path).getroot()  # noqa: S314
+
+
+def _validate(report: dict[str, Any]) -> None:
+    jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker()).validate(report)
+
+
+# --- the document ---------------------------------------------------------------------------------------
+
+
+def test_schema_is_a_valid_json_schema() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fixture_reports_validate_against_the_schema(name: str, tmp_path: Path) -> None:
+    report = _report(name)
+    _validate(report)
+    written = json.loads(write_json(report, tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert written == report
+    _validate(written)
+
+
+def test_schema_rejects_extra_host_keys() -> None:
+    report = _report("check-dmz")
+    report["hosts"][0]["vars"] = {"ansible_user": "x"}
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(report)
+
+
+def test_rollout_fleet_summary() -> None:
+    report = _report("rollout-fleet")
+    summary = report["summary"]
+    assert report["kmsadmin_report"] == 1
+    assert summary["hosts"] == 200 == len(report["hosts"]) + len(report["not_started"])
+    assert summary["hosts"] == sum(
+        summary[key] for key in ("ok", "changed", "pending", "failed", "not_started")
+    )
+    assert (
+        summary["ok"],
+        summary["changed"],
+        summary["pending"],
+        summary["failed"],
+        summary["not_started"],
+    ) == (47, 127, 0, 18, 8)
+    hresults = [host["error"]["hresult"] for host in report["hosts"] if host["error"]]
+    assert hresults.count("0xC004F038") == 7 and hresults.count("0xC004F074") == 5
+    assert summary["activated"] == sum(
+        1 for host in report["hosts"] if host["state"].get("license_status") == 1
+    )
+    read = [host for host in report["hosts"] if host["state"]]
+    assert sum(n for row in summary["by_edition"].values() for n in row.values()) == len(read)
+    assert sum(summary["days_left"].values()) == len(read)
+    assert list(summary["days_left"]) == [label for label, _, _ in DAYS_LEFT_BUCKETS]
+    assert summary["kms_hosts"] == [
+        {"host": "kms01.corp.example.com", "current_count": 31, "required_count": 25, "threshold_met": True},
+        {"host": "kms02.corp.example.com", "current_count": 12, "required_count": 25, "threshold_met": False},
+    ]
+    assert report["duration"] == 1843.25 and report["interrupted"] is True
+    assert report["hosts"][0]["play"] == "KMS hosts" and report["hosts"][0]["role"] == "kms_host"
+
+
+def test_server_only_fleet_needs_five() -> None:
+    report = _report("check-dmz")
+    assert report["check"] is True
+    assert report["summary"]["pending"] == 10
+    assert report["summary"]["kms_hosts"] == [
+        {"host": "kms-dmz.dmz.example.net", "current_count": 6, "required_count": 5, "threshold_met": True}
+    ]
+
+
+def test_required_count_follows_the_catalog_rules() -> None:
+    client = {"state": {"os": "Microsoft Windows 11 Enterprise", "is_kms_host": False}}
+    server = {"state": {"os": "Microsoft Windows Server 2022 Standard", "is_kms_host": False}}
+    host = {"state": {"os": "Microsoft Windows Server 2022 Standard", "is_kms_host": True}}
+    unknown: dict[str, Any] = {"state": {}}
+    assert required_count([host, server, unknown]) == 5
+    assert required_count([host, server, client]) == 25
+    assert required_count([]) == 5
+
+
+def test_empty_run() -> None:
+    report = _report("empty")
+    summary = report["summary"]
+    assert summary["hosts"] == 0 and report["hosts"] == [] and summary["kms_hosts"] == []
+    assert summary["by_edition"] == {} and set(summary["days_left"].values()) == {0}
+
+
+def test_build_report_is_pure() -> None:
+    data = _input("rollout-fleet")
+    before = copy.deepcopy(data)
+    first = from_input(data)
+    assert data == before
+    first["hosts"][0]["state"]["edition"] = "changed"
+    assert from_input(data) != first
+    assert from_input(data) == from_input(data)
+
+
+def test_unknown_status_is_refused() -> None:
+    with pytest.raises(ValueError, match="status"):
+        build_report(
+            "rollout",
+            [{"host": "pc1", "status": "skipped"}],
+            started="2024-01-01T00:00:00+00:00",
+            finished="2024-01-01T00:00:01+00:00",
+        )
+    with pytest.raises(ValueError, match="kind"):
+        build_report("deploy", [], started="2024-01-01T00:00:00", finished="2024-01-01T00:00:01")  # type: ignore[arg-type]
+
+
+def test_missing_meaning_comes_from_the_catalog() -> None:
+    host = {
+        "host": "pc1",
+        "status": "failed",
+        "error": {"host": "pc1", "step": "activate", "message": "failed", "hresult": "c004f074"},
+    }
+    report = build_report("rollout", [host], started="2024-01-01T00:00:00Z", finished="2024-01-01T00:00:05Z")
+    error = report["hosts"][0]["error"]
+    assert error["hresult"] == "0xC004F074"
+    assert error["meaning"] and error["remediation"]
+    _validate(report)
+
+
+def test_secrets_in_host_vars_never_reach_any_report(tmp_path: Path) -> None:
+    data = _input("rollout-fleet")
+    secret = "Winter2024!kms"
+    assert any(host.get("vars", {}).get("ansible_password") == secret for host in data["hosts"])
+    data["hosts"][2]["ansible_password"] = secret
+    data["hosts"][3]["vars"]["ansible_become_password"] = secret
+    report = from_input(data)
+    assert secret not in json.dumps(report)
+    assert "ansible_password" not in json.dumps(report)
+    outputs = [
+        write_json(report, tmp_path / "r.json"),
+        write_csv(report, tmp_path / "r.csv"),
+        write_junit(report, tmp_path / "r.xml"),
+        write_html(report, tmp_path / "r.html"),
+    ]
+    for path in outputs:
+        text = path.read_text(encoding="utf-8")
+        assert secret not in text and "ansible_password" not in text, path.name
+    assert secret not in summary_text(report)
+
+
+# --- CSV -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_csv_has_one_row_per_host_and_round_trips(name: str, tmp_path: Path) -> None:
+    report = _report(name)
+    raw = write_csv(report, tmp_path / "r.csv").read_bytes()
+    with (tmp_path / "r.csv").open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == report["summary"]["hosts"]
+    if rows:
+        assert b"\r\n" in raw
+        assert tuple(rows[0]) == CSV_COLUMNS
+    by_host = {row["host"]: row for row in rows}
+    for host in report["hosts"]:
+        row = by_host[host["host"]]
+        state, error = host["state"], host["error"] or {}
+        assert row["status"] == host["status"]
+        assert row["changes"] == str(host["changes"])
+        assert row["edition"] == (state.get("edition") or "")
+        assert row["license_status"] == (state.get("license_status_name") or "")
+        assert row["days_left"] == ("" if state.get("days_left") is None else str(state["days_left"]))
+        assert read_csv_cell(row["message"]) == (error.get("message") or "")
+        assert row["hresult"] == (error.get("hresult") or "")
+        assert row["remediation"] == (error.get("remediation") or "")
+    for name_ in report["not_started"]:
+        assert by_host[name_]["status"] == "not_started"
+
+
+def test_csv_neutralises_formulas_and_keeps_hostile_text(tmp_path: Path) -> None:
+    host = {
+        "host": "pc1",
+        "status": "failed",
+        "error": {"step": "activate", "message": '=HYPERLINK("http://x")', "hresult": None},
+    }
+    other = {"host": 'pc2,"quoted"\nline', "status": "ok", "state": {"edition": HOSTILE}}
+    report = build_report(
+        "rollout", [host, other], started="2024-01-01T00:00:00Z", finished="2024-01-01T00:00:01Z"
+    )
+    text = write_csv(report, tmp_path / "r.csv").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert rows[0]["message"] == '\'=HYPERLINK("http://x")'
+    assert read_csv_cell(rows[0]["message"]) == '=HYPERLINK("http://x")'
+    assert rows[1]["host"] == 'pc2,"quoted"\nline' and rows[1]["edition"] == HOSTILE
+
+
+# --- JUnit -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_junit_counts(name: str, tmp_path: Path) -> None:
+    report = _report(name)
+    root = _parse_xml(write_junit(report, tmp_path / "r.xml"))
+    summary = report["summary"]
+    assert root.tag == "testsuites"
+    cases = root.findall("testsuite/testcase")
+    assert len(cases) == summary["hosts"] == int(root.get("tests", "-1"))
+    assert (
+        len(root.findall("testsuite/testcase/failure"))
+        == summary["failed"]
+        == int(root.get("failures", "-1"))
+    )
+    assert (
+        len(root.findall("testsuite/testcase/skipped"))
+        == summary["not_started"]
+        == int(root.get("skipped", "-1"))
+    )
+    for suite in root.findall("testsuite"):
+        assert suite.get("name")
+        assert int(suite.get("tests", "-1")) == len(suite.findall("testcase"))
+        assert int(suite.get("failures", "-1")) == len(suite.findall("testcase/failure"))
+        assert int(suite.get("skipped", "-1")) == len(suite.findall("testcase/skipped"))
+        assert int(suite.get("errors", "-1")) == 0
+        assert float(suite.get("time", "x")) >= 0
+        for case in suite.findall("testcase"):
+            assert case.get("name") and case.get("classname") and float(case.get("time", "x")) >= 0
+
+
+def test_junit_suites_are_plays_and_failures_carry_the_error(tmp_path: Path) -> None:
+    report = _report("rollout-fleet")
+    root = _parse_xml(write_junit(report, tmp_path / "r.xml"))
+    assert [suite.get("name") for suite in root.findall("testsuite")] == [
+        "KMS hosts",
+        "Windows clients",
+        "Member servers",
+        NOT_STARTED_SUITE,
+    ]
+    failures = {
+        case.get("name"): case.find("failure")
+        for case in root.iter("testcase")
+        if case.find("failure") is not None
+    }
+    host = next(h for h in report["hosts"] if h["error"] and h["error"]["hresult"] == "0xC004F038")
+    failure = failures[host["host"]]
+    assert failure is not None and failure.get("type") == "0xC004F038"
+    assert failure.get("message") == host["error"]["message"]
+    assert "step: activate" in (failure.text or "") and host["error"]["remediation"] in (failure.text or "")
+
+
+def test_junit_survives_control_characters(tmp_path: Path) -> None:
+    host = {"host": "pc1", "status": "failed", "error": {"step": "x", "message": "bad\x00\x1bbytes <&>"}}
+    report = build_report("rollout", [host], started="2024-01-01T00:00:00Z", finished="2024-01-01T00:00:01Z")
+    failure = _parse_xml(write_junit(report, tmp_path / "r.xml")).find(".//failure")
+    assert failure is not None and failure.get("message") == "bad\ufffd\ufffdbytes <&>"
+
+
+# --- HTML ------------------------------------------------------------------------------------------------
+
+
+class _Page(HTMLParser):
+    """Collects data-metric values, tags, attributes and script/style/link use of a page."""
+
+    VOID = frozenset({"meta", "link", "input", "br", "img", "hr"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.metrics: list[tuple[str, str]] = []
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self._open: list[tuple[str, str, list[str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        self.tags.append((tag, attributes))
+        metric = attributes.get("data-metric")
+        if metric is not None:
+            value = attributes.get("data-value")
+            if value is not None:
+                self.metrics.append((metric, value))
+            elif tag not in self.VOID:
+                self._open.append((tag, metric, []))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open and self._open[-1][0] == tag:
+            _, metric, parts = self._open.pop()
+            self.metrics.append((metric, "".join(parts)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        for _, _, parts in self._open:
+            parts.append(data)
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    page.close()
+    return page
+
+
+def _resolve(report: dict[str, Any], pointer: str) -> Any:
+    value: Any = report
+    for part in pointer.split("/")[1:]:
+        key = part.replace("~1", "/").replace("~0", "~")
+        value = value[int(key)] if isinstance(value, list) else value[key]
+    return value
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_html_metrics_equal_the_json(name: str, tmp_path: Path) -> None:
+    report = _report(name)
+    page = _parse(write_html(report, tmp_path / "r.html"))
+    assert page.metrics
+    for pointer, shown in page.metrics:
+        assert shown == str(_resolve(report, pointer)), pointer
+    pointers = {pointer for pointer, _ in page.metrics}
+    summary = report["summary"]
+    expected = {
+        f"/summary/{key}"
+        for key in ("hosts", "ok", "changed", "pending", "failed", "not_started", "activated")
+    }
+    expected |= {f"/summary/days_left/{label}" for label in summary["days_left"]}
+    expected |= {
+        f"/summary/by_edition/{edition.replace('~', '~0').replace('/', '~1')}/{status}"
+        for edition, row in summary["by_edition"].items()
+        for status in row
+    }
+    for index, host in enumerate(summary["kms_hosts"]):
+        expected.add(f"/summary/kms_hosts/{index}/required_count")
+        if host["current_count"] is not None:
+            expected.add(f"/summary/kms_hosts/{index}/current_count")
+    assert expected <= pointers
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_html_is_self_contained(name: str, tmp_path: Path) -> None:
+    page = _parse(write_html(_report(name), tmp_path / "r.html"))
+    for tag, attributes in page.tags:
+        for attribute in ("src", "href", "action", "srcset", "xlink:href", "style"):
+            value = attributes.get(attribute)
+            assert value is None or (attribute == "href" and value == "data:,"), (tag, attribute, value)
+        assert not any(key.startswith("on") for key in attributes), (tag, attributes)
+    scripts = [attributes for tag, attributes in page.tags if tag == "script"]
+    assert scripts == [{}]
+    assert [tag for tag, _ in page.tags].count("link") == 1
+    csp = next(
+        a["content"] for t, a in page.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"
+    )
+    assert csp is not None and "default-src 'none'" in csp and "unsafe-inline" not in csp
+
+
+def test_html_escapes_hostile_text(tmp_path: Path) -> None:
+    data = _input("rollout-fleet")
+    data["hosts"] = data["hosts"][:6]
+    data["hosts"][0]["host"] = HOSTILE
+    data["hosts"][0]["play"] = '"><img src=x onerror=alert(1)>'
+    data["hosts"][1]["state"]["edition"] = "</title><script>alert(2)</script>"
+    data["hosts"][2]["status"] = "failed"
+    data["hosts"][2]["error"] = {
+        "host": "x",
+        "step": "<b>step</b>",
+        "message": HOSTILE,
+        "hresult": None,
+        "meaning": None,
+        "remediation": "'single' & \"double\"",
+    }
+    data["not_started"] = ["<svg onload=alert(3)>"]
+    report = from_input(data)
+    path = write_html(report, tmp_path / "r.html")
+    text = path.read_text(encoding="utf-8")
+    assert "<script>alert" not in text and "<img" not in text and "<svg onload" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    page = _parse(path)
+    assert [tag for tag, _ in page.tags].count("script") == 1
+    assert not any(tag in ("img", "b") for tag, _ in page.tags)
+    shown = "".join(page.text)
+    assert HOSTILE in shown and "'single' & \"double\"" in shown and "<svg onload=alert(3)>" in shown
+    for pointer, value in page.metrics:
+        assert value == str(_resolve(report, pointer))
+
+
+# --- terminal --------------------------------------------------------------------------------------------
+
+
+def test_terminal_summary() -> None:
+    report = _report("rollout-fleet")
+    console = Console(record=True, width=160, color_system=None)
+    console.print(render_summary(report))
+    out = console.export_text()
+    for number in ("200", "47", "127", "18", "174"):
+        assert number in out
+    assert "kms02.corp.example.com" in out and "not met" in out
+    assert "0xC004F038" in out and "slmgr /dli" in out
+    assert "and 0 more" not in out
+    small = Console(record=True, width=160, color_system=None)
+    small.print(render_summary(report, max_failures=3))
+    assert "and 15 more failed hosts" in small.export_text()
+
+
+def test_terminal_keeps_markup_literal() -> None:
+    host = {"host": "[bold]pc1[/bold]", "status": "failed", "error": {"step": "x", "message": "[red]boom"}}
+    report = build_report("rollout", [host], started="2024-01-01T00:00:00Z", finished="2024-01-01T00:00:01Z")
+    console = Console(record=True, width=120, color_system=None)
+    console.print(render_summary(report))
+    out = console.export_text()
+    assert "[bold]pc1[/bold]" in out and "[red]boom" in out
+
+
+def test_plain_text_summary() -> None:
+    text = summary_text(_report("rollout-fleet"))
+    lines = text.splitlines()
+    assert lines[0] == "kmsadmin rollout playbooks/convert-fleet.yml (interrupted)"
+    assert (
+        lines[1] == "hosts: 200  ok: 47  changed: 127  pending: 0  failed: 18  not started: 8  activated: 174"
+    )
+    assert "KMS host kms02.corp.example.com: current count 12 / required 25 (NOT met)" in lines
+    assert "Failures (18):" in lines
+    assert summary_text(_report("empty")).splitlines()[1].startswith("hosts: 0")
