@@ -202,6 +202,8 @@ def test_refuses_basic_over_http_unless_allowed() -> None:
         ({"auth": "digest"}, {}, "auth must be one of"),
         ({"port": "http"}, {}, "whole number"),
         ({"deadline": 0}, {}, "more than 0"),
+        ({"reconnection_backoff": "soon"}, {}, "number of seconds"),
+        ({"deadline": "nan"}, {}, "more than 0"),
         ({"bogus": 1}, {}, "unknown connection option"),
         ({"read_timeout": 10, "operation_timeout": 20}, {}, "must exceed the operation timeout"),
         ({"ca_bundle": "/nonexistent/ca.pem"}, {}, "CA bundle"),

@@ -13,6 +13,7 @@ Negotiate auth, message encryption whenever the channel is plain HTTP, no proxy.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -115,12 +116,12 @@ def _as_int(name: str, what: str, value: object, *, minimum: int = 0) -> int:
     return number
 
 
-def _as_float(name: str, what: str, value: object) -> float:
+def _as_float(name: str, what: str, value: object, *, allow_zero: bool = False) -> float:
     try:
         number = float(str(value).strip()) if not isinstance(value, int | float) else float(value)
     except ValueError:
         raise ConfigError(f"{name}: {what} must be a number of seconds, not {value!r}") from None
-    if number <= 0:
+    if math.isnan(number) or number < 0 or (number == 0 and not allow_zero):
         raise ConfigError(f"{name}: {what} must be more than 0 seconds, not {number}")
     return number
 
@@ -331,7 +332,7 @@ _CONVERTERS: Mapping[str, Callable[[str, str, object], object]] = {
     "reconnection_retries": _as_int,
     "connection_timeout": _as_float,
     "read_timeout": _as_float,
-    "reconnection_backoff": lambda n, w, v: float(str(v)),
+    "reconnection_backoff": lambda n, w, v: _as_float(n, w, v, allow_zero=True),
     "deadline": _as_float,
     "https": _as_bool,
     "cert_validation": _as_bool,
