@@ -22,6 +22,8 @@ class Secret:
     """A value that must never be printed, logged or reported beyond its last five characters."""
 
     value: str = field(repr=False)
+    #: for ``--dry-run`` without the secret: what to show instead (e.g. "KMS host key from --host-key-file")
+    placeholder: str = ""
 
     @property
     def tail(self) -> str:
@@ -30,6 +32,8 @@ class Secret:
 
     def masked(self) -> str:
         """A display form such as ``*****-*****-*****-*****-ABCDE`` for a product key."""
+        if not self.value and self.placeholder:
+            return f"<{self.placeholder}>"
         if len(self.value) == 29 and self.value.count("-") == 4:
             return "*****-*****-*****-*****-" + self.tail
         return "…" + self.tail

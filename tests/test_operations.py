@@ -33,7 +33,11 @@ def steps(plan: object) -> list[str]:
 
 
 def test_setup_host_fresh_server_plans_every_step_in_order() -> None:
-    plan = plan_setup_host("kms01", facts("server2022-fresh"), SetupHostArgs(host_key=HOST_KEY, csvlk="Windows Server 2022", dns_publishing=False))
+    plan = plan_setup_host(
+        "kms01",
+        facts("server2022-fresh"),
+        SetupHostArgs(host_key=HOST_KEY, csvlk="Windows Server 2022", dns_publishing=False),
+    )
     assert not plan.blocked
     assert steps(plan) == ["install-feature", "firewall", "install-host-key", "activate", "kms-host-settings"]
     firewall = plan.steps[1].ref.params
@@ -55,13 +59,17 @@ def test_setup_host_already_done_plans_nothing() -> None:
         products__0__description="Windows(R) Operating System, VOLUME_KMS_2022 channel",
         service__dns_publishing=False,
     )
-    plan = plan_setup_host("kms01", done, SetupHostArgs(host_key=HOST_KEY, csvlk="Windows Server 2022", dns_publishing=False))
+    plan = plan_setup_host(
+        "kms01", done, SetupHostArgs(host_key=HOST_KEY, csvlk="Windows Server 2022", dns_publishing=False)
+    )
     assert plan.steps == ()
     assert not plan.changes
 
 
 def test_setup_host_key_too_new_for_host_os_is_blocked() -> None:
-    plan = plan_setup_host("oldkms", facts("server2016-fresh"), SetupHostArgs(host_key=HOST_KEY, csvlk="Windows Server 2025"))
+    plan = plan_setup_host(
+        "oldkms", facts("server2016-fresh"), SetupHostArgs(host_key=HOST_KEY, csvlk="Windows Server 2025")
+    )
     assert plan.blocked
     assert plan.steps == ()
     assert plan.problems[0].check == "host-key-group"
@@ -78,14 +86,21 @@ def test_setup_host_missing_required_update_is_blocked_until_installed() -> None
 
 
 def test_setup_host_refuses_non_admin_and_azure_edition() -> None:
-    plan = plan_setup_host("kms01", facts("server2022-fresh", security__is_admin=False), SetupHostArgs(host_key=HOST_KEY))
+    plan = plan_setup_host(
+        "kms01", facts("server2022-fresh", security__is_admin=False), SetupHostArgs(host_key=HOST_KEY)
+    )
     assert plan.problems[0].hresult == "0x80070005"
     azure = facts("server2022-fresh", os__edition_id="ServerTurbine", os__sku=407)
-    assert any(p.check == "edition" for p in plan_setup_host("kms01", azure, SetupHostArgs(host_key=HOST_KEY)).problems)
+    assert any(
+        p.check == "edition"
+        for p in plan_setup_host("kms01", azure, SetupHostArgs(host_key=HOST_KEY)).problems
+    )
 
 
 def test_setup_host_phone_activation_stops_after_installation_id() -> None:
-    plan = plan_setup_host("kms01", facts("server2022-fresh"), SetupHostArgs(host_key=HOST_KEY, activation="phone"))
+    plan = plan_setup_host(
+        "kms01", facts("server2022-fresh"), SetupHostArgs(host_key=HOST_KEY, activation="phone")
+    )
     assert steps(plan)[-1] == "phone-iid"
     assert plan.stop_after == "phone-iid"
 
@@ -114,13 +129,17 @@ def test_convert_client_second_run_is_a_no_op() -> None:
 
 
 def test_convert_client_auto_discovery_clears_pins() -> None:
-    pinned = facts("win11-enterprise", service__kms_machine="old.contoso.com", service__lookup_domain="contoso.com")
+    pinned = facts(
+        "win11-enterprise", service__kms_machine="old.contoso.com", service__lookup_domain="contoso.com"
+    )
     plan = plan_convert_client("pc0001", pinned, ConvertClientArgs(target="auto"))
     assert steps(plan) == ["install-gvlk", "clear-kms-host", "clear-lookup-domain", "activate"]
 
 
 def test_convert_client_unknown_edition_is_blocked() -> None:
-    home = facts("win11-enterprise", os__edition_id="Core", os__sku=101, os__caption="Microsoft Windows 11 Home")
+    home = facts(
+        "win11-enterprise", os__edition_id="Core", os__sku=101, os__caption="Microsoft Windows 11 Home"
+    )
     plan = plan_convert_client("pc0001", home, ConvertClientArgs())
     assert plan.blocked
     assert plan.problems[0].check == "edition"

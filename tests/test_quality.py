@@ -39,15 +39,27 @@ def test_mypy_strict() -> None:
 @pytest.mark.slow
 def test_import_layers() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([str(BIN / "lint-imports")], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          check=False, env=env)
+    proc = subprocess.run(
+        [str(BIN / "lint-imports")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```(?:sh|bash|console)?\n(.*?)```", readme, flags=re.S)
-    commands = [line.strip() for block in blocks for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    commands = [
+        line.strip()
+        for block in blocks
+        for line in block.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert len(commands) >= 2
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert commands[1] in [line.strip() for line in ci], "the README's test command must be what .ci/run runs"

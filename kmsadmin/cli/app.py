@@ -21,7 +21,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-keys_app = typer.Typer(help="KMS client setup keys (GVLKs) from Microsoft's official tables.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="KMS client setup keys (GVLKs) from Microsoft's official tables.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
@@ -52,12 +54,17 @@ def keys_list(
     if json_out:
         emit_json([e.to_dict() for e in entries])
         return
-    table(f"{len(entries)} KMS client setup keys", ["product", "edition", "GVLK", "name"],
-          ((e.product, e.edition, e.gvlk, e.name) for e in entries))
+    table(
+        f"{len(entries)} KMS client setup keys",
+        ["product", "edition", "GVLK", "name"],
+        ((e.product, e.edition, e.gvlk, e.name) for e in entries),
+    )
 
 
 @keys_app.command("show")
-def keys_show(name: Annotated[str, typer.Argument(help="catalog name or product + edition")], json_out: JsonOpt = False) -> None:
+def keys_show(
+    name: Annotated[str, typer.Argument(help="catalog name or product + edition")], json_out: JsonOpt = False
+) -> None:
     """Show one catalog entry with its identification data and source."""
     from kmsadmin import catalog
     from kmsadmin.cli.output import emit_json, fail, table
@@ -70,7 +77,11 @@ def keys_show(name: Annotated[str, typer.Argument(help="catalog name or product 
     if json_out:
         emit_json(data)
         return
-    table(entry.name, ["field", "value"], ((k, v if not isinstance(v, list | tuple) else ", ".join(map(str, v))) for k, v in data.items()))
+    table(
+        entry.name,
+        ["field", "value"],
+        ((k, v if not isinstance(v, list | tuple) else ", ".join(map(str, v))) for k, v in data.items()),
+    )
 
 
 @keys_app.command("check")
@@ -95,9 +106,13 @@ def keys_check(key: Annotated[str, typer.Argument(help="a product key")], json_o
 # ------------------------------------------------------------------------------------------- compat
 @app.command()
 def compat(
-    host_os: Annotated[str | None, typer.Option("--host-os", help='KMS host OS, e.g. "Windows Server 2019"')] = None,
+    host_os: Annotated[
+        str | None, typer.Option("--host-os", help='KMS host OS, e.g. "Windows Server 2019"')
+    ] = None,
     csvlk: Annotated[str | None, typer.Option(help='host key group, e.g. "Windows Server 2025"')] = None,
-    client: Annotated[str | None, typer.Option(help="client edition (catalog name or product + edition)")] = None,
+    client: Annotated[
+        str | None, typer.Option(help="client edition (catalog name or product + edition)")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Which KMS host key groups an OS can carry, what they activate, and which updates the host needs."""
@@ -115,7 +130,9 @@ def compat(
     rows: list[tuple[str, Any]] = []
     for key, value in data.items():
         if isinstance(value, list):
-            value = "\n".join(v if isinstance(v, str) else ", ".join(f"{a}: {b}" for a, b in v.items()) for v in value)
+            value = "\n".join(
+                v if isinstance(v, str) else ", ".join(f"{a}: {b}" for a, b in v.items()) for v in value
+            )
         rows.append((key, value))
     table("KMS host key compatibility", ["", ""], rows)
 
@@ -147,9 +164,9 @@ def _print_scripts(plans: list[Any], fmt: str, json_out: bool) -> None:
     """--dry-run output: the exact scripts, secrets masked."""
     from kmsadmin.cli.output import emit_json
     from kmsadmin.render import render
-    from kmsadmin.values import ScriptRef
+    from kmsadmin.values import ScriptFormat, ScriptRef
 
-    script_fmt = "cmd" if fmt == "slmgr" else "ps1"
+    script_fmt: ScriptFormat = "cmd" if fmt == "slmgr" else "ps1"
     documents = []
     for plan in plans:
         scripts = []
@@ -164,15 +181,23 @@ def _print_scripts(plans: list[Any], fmt: str, json_out: bool) -> None:
         for note in doc["notes"]:
             typer.echo(f"# note: {note}")
         for problem in doc["problems"]:
-            typer.echo(f"# problem ({problem['check']}): {problem['message']} -- fix: {problem['remediation']}")
+            typer.echo(
+                f"# problem ({problem['check']}): {problem['message']} -- fix: {problem['remediation']}"
+            )
         for script in doc["scripts"]:
             typer.echo(f"# ---- {doc['host']}: {script['step']} ({script['reason']})")
             typer.echo(script["script"].replace("\r\n", "\n"), nl=False)
 
 
-FormatOpt = Annotated[str, typer.Option("--format", help="ps1 (PowerShell/CIM, default) or slmgr (cmd for hand-off)")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Do not connect: print the scripts that would run.")]
-CheckOpt = Annotated[bool, typer.Option("--check", help="Connect read-only and print what would change (exit 3 if anything).")]
+FormatOpt = Annotated[
+    str, typer.Option("--format", help="ps1 (PowerShell/CIM, default) or slmgr (cmd for hand-off)")
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Do not connect: print the scripts that would run.")
+]
+CheckOpt = Annotated[
+    bool, typer.Option("--check", help="Connect read-only and print what would change (exit 3 if anything).")
+]
 
 
 def _validate_format(fmt: str) -> None:
@@ -184,18 +209,36 @@ def _validate_format(fmt: str) -> None:
 @app.command("setup-host")
 def setup_host(
     host: Annotated[str, typer.Argument(help="the KMS host to set up (name or address)")],
-    host_key_file: Annotated[Path | None, typer.Option(help="file holding the KMS host key (CSVLK); or set KMSADMIN_HOST_KEY")] = None,
-    csvlk: Annotated[str | None, typer.Option(help='the host key\'s group, e.g. "Windows Server 2022", checked against the host OS before installing')] = None,
+    host_key_file: Annotated[
+        Path | None, typer.Option(help="file holding the KMS host key (CSVLK); or set KMSADMIN_HOST_KEY")
+    ] = None,
+    csvlk: Annotated[
+        str | None,
+        typer.Option(
+            help='the host key\'s group, e.g. "Windows Server 2022", checked against the host OS before installing'
+        ),
+    ] = None,
     activation: Annotated[str, typer.Option(help="online, or phone (prints the Installation ID)")] = "online",
     confirmation_id: Annotated[str | None, typer.Option(help="Confirmation ID for phone activation")] = None,
     firewall_profiles: Annotated[str, typer.Option(help="profiles for SPPSVC-In-TCP")] = "Domain,Private",
-    tools: Annotated[bool, typer.Option("--tools/--no-tools", help="also install the Volume Activation Tools")] = True,
-    kms_port: Annotated[int | None, typer.Option("--kms-port", help="KMS listening port (default 1688)")] = None,
-    dns_publishing: Annotated[bool | None, typer.Option("--dns-publishing/--no-dns-publishing", help="publish the _vlmcs._tcp SRV record")] = None,
+    tools: Annotated[
+        bool, typer.Option("--tools/--no-tools", help="also install the Volume Activation Tools")
+    ] = True,
+    kms_port: Annotated[
+        int | None, typer.Option("--kms-port", help="KMS listening port (default 1688)")
+    ] = None,
+    dns_publishing: Annotated[
+        bool | None,
+        typer.Option("--dns-publishing/--no-dns-publishing", help="publish the _vlmcs._tcp SRV record"),
+    ] = None,
     low_priority: Annotated[bool | None, typer.Option("--low-priority/--normal-priority")] = None,
-    activation_interval: Annotated[int | None, typer.Option(help="minutes unactivated clients wait between attempts (15..43200)")] = None,
+    activation_interval: Annotated[
+        int | None, typer.Option(help="minutes unactivated clients wait between attempts (15..43200)")
+    ] = None,
     renewal_interval: Annotated[int | None, typer.Option(help="minutes between renewals (15..43200)")] = None,
-    assume_updates: Annotated[bool, typer.Option(help="treat required host updates as installed (a later cumulative update)")] = False,
+    assume_updates: Annotated[
+        bool, typer.Option(help="treat required host updates as installed (a later cumulative update)")
+    ] = False,
     fmt: FormatOpt = "ps1",
     dry_run: DryRunOpt = False,
     check: CheckOpt = False,
@@ -221,8 +264,12 @@ def setup_host(
             listening_port=validate.port(kms_port) if kms_port is not None else None,
             dns_publishing=dns_publishing,
             low_priority=low_priority,
-            activation_interval=validate.interval(activation_interval, what="activation interval") if activation_interval is not None else None,
-            renewal_interval=validate.interval(renewal_interval, what="renewal interval") if renewal_interval is not None else None,
+            activation_interval=validate.interval(activation_interval, what="activation interval")
+            if activation_interval is not None
+            else None,
+            renewal_interval=validate.interval(renewal_interval, what="renewal interval")
+            if renewal_interval is not None
+            else None,
             assume_updates=assume_updates,
         )
         if dry_run:
@@ -245,12 +292,18 @@ def _csvlk(value: str | None) -> str | None:
 @app.command("convert-client")
 def convert_client(
     hosts: Annotated[list[str], typer.Argument(help="machines to convert")],
-    kms_host: Annotated[str | None, typer.Option("--kms-host", help="pin a KMS host: NAME[:PORT] (slmgr /skms)")] = None,
+    kms_host: Annotated[
+        str | None, typer.Option("--kms-host", help="pin a KMS host: NAME[:PORT] (slmgr /skms)")
+    ] = None,
     lookup_domain: Annotated[str | None, typer.Option(help="SRV lookup domain (slmgr /skms-domain)")] = None,
-    auto_discover: Annotated[bool, typer.Option("--auto-discover", help="clear pinned host and domain (slmgr /ckms)")] = False,
+    auto_discover: Annotated[
+        bool, typer.Option("--auto-discover", help="clear pinned host and domain (slmgr /ckms)")
+    ] = False,
     key: Annotated[str, typer.Option(help="auto (from the detected edition) or a GVLK")] = "auto",
     force: Annotated[bool, typer.Option(help="install --key even if it is not a GVLK")] = False,
-    edition: Annotated[str | None, typer.Option(help="edition for --dry-run (see `kmsadmin keys list`)")] = None,
+    edition: Annotated[
+        str | None, typer.Option(help="edition for --dry-run (see `kmsadmin keys list`)")
+    ] = None,
     office: Annotated[bool, typer.Option("--office", help="also convert Office volume products")] = False,
     fmt: FormatOpt = "ps1",
     dry_run: DryRunOpt = False,
@@ -265,8 +318,13 @@ def convert_client(
     try:
         _validate_format(fmt)
         names = [validate.hostname(h) for h in hosts]
-        if sum(x is not None and x is not False for x in (kms_host, lookup_domain, auto_discover or None)) > 1:
-            raise InvalidInput("KMS target", "", "give only one of --kms-host, --lookup-domain, --auto-discover")
+        if (
+            sum(x is not None and x is not False for x in (kms_host, lookup_domain, auto_discover or None))
+            > 1
+        ):
+            raise InvalidInput(
+                "KMS target", "", "give only one of --kms-host, --lookup-domain, --auto-discover"
+            )
         target: Any = "keep"
         kms_name, kms_port_num = None, 1688
         if kms_host:
@@ -280,12 +338,22 @@ def convert_client(
         if key != "auto":
             checked = catalog.check_key(key)
             if not checked.is_gvlk and not force:
-                raise InvalidInput("--key", "…" + checked.key[-5:], f"{checked.note}; pass --force to install it anyway")
+                raise InvalidInput(
+                    "--key", "…" + checked.key[-5:], f"{checked.note}; pass --force to install it anyway"
+                )
             key = checked.key
         if edition is not None:
             catalog.find_client_key(edition)
-        args = ConvertClientArgs(key=key, force=force, edition=edition, target=target, kms_host=kms_name,
-                                 kms_port=kms_port_num, lookup_domain=lookup_domain, office=office)
+        args = ConvertClientArgs(
+            key=key,
+            force=force,
+            edition=edition,
+            target=target,
+            kms_host=kms_name,
+            kms_port=kms_port_num,
+            lookup_domain=lookup_domain,
+            office=office,
+        )
         if dry_run:
             plans = [plan_convert_client(n, None, args) for n in names]
             _print_scripts(plans, fmt, json_out)

@@ -55,8 +55,14 @@ class StepRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
-        return {"step": self.step, "changed": self.changed, "duration": round(self.duration, 3),
-                "reason": self.reason, "data": self.data, "error": self.error}
+        return {
+            "step": self.step,
+            "changed": self.changed,
+            "duration": round(self.duration, 3),
+            "reason": self.reason,
+            "data": self.data,
+            "error": self.error,
+        }
 
 
 @dataclass(slots=True)
@@ -91,8 +97,9 @@ class HostReport:
 def summarize_state(facts: HostFacts) -> dict[str, Any]:
     """The final state worth reporting: edition, license status, days left, KMS host counters."""
     os = facts.os
-    entry = catalog.identify_windows(caption=os.caption, edition_id=os.edition_id, build=os.build, sku=os.sku,
-                                     product_type=os.product_type)
+    entry = catalog.identify_windows(
+        caption=os.caption, edition_id=os.edition_id, build=os.build, sku=os.sku, product_type=os.product_type
+    )
     product = facts.windows_product() or next(iter(facts.kms_host_products()), None)
     state: dict[str, Any] = {
         "computer_name": facts.computer_name,
@@ -119,7 +126,12 @@ def summarize_state(facts: HostFacts) -> dict[str, Any]:
     offices = facts.office_products()
     if offices:
         state["office"] = [
-            {"name": p.name, "license_status": p.license_status, "partial_key": p.partial_key, "days_left": p.days_left}
+            {
+                "name": p.name,
+                "license_status": p.license_status,
+                "partial_key": p.partial_key,
+                "days_left": p.days_left,
+            }
             for p in offices
         ]
     return state
@@ -129,7 +141,9 @@ def _remaining(deadline_at: float | None) -> float | None:
     return None if deadline_at is None else max(0.1, deadline_at - time.monotonic())
 
 
-def _run_step(session: Session, host: str, ref: ScriptRef, deadline_at: float | None) -> tuple[StepOutcome, ScriptResult, float]:
+def _run_step(
+    session: Session, host: str, ref: ScriptRef, deadline_at: float | None
+) -> tuple[StepOutcome, ScriptResult, float]:
     started = time.monotonic()
     result = session.run(render(ref), deadline=_remaining(deadline_at))
     duration = time.monotonic() - started
@@ -145,31 +159,45 @@ def gather_facts(session: Session, host: str, deadline_at: float | None = None) 
 
 def make_plan(operation: str, host: str, facts: HostFacts | None, args: Any) -> Plan:
     """Dispatch to the operation's planner."""
-    if operation == "setup-host":
-        assert isinstance(args, SetupHostArgs)
+    if operation == "setup-host" and isinstance(args, SetupHostArgs):
         return plan_setup_host(host, facts, args)
-    if operation == "convert-client":
-        assert isinstance(args, ConvertClientArgs)
+    if operation == "convert-client" and isinstance(args, ConvertClientArgs):
         return plan_convert_client(host, facts, args)
-    raise KmsAdminError(f"unknown operation {operation!r}")
+    raise KmsAdminError(f"unknown operation {operation!r} or arguments {type(args).__name__}")
 
 
 def _verify(operation: str, host: str, facts: HostFacts, args: Any) -> None:
     """Read back what the operation promised."""
     if operation == "setup-host":
         if not facts.service.is_kms_host:
-            raise HostError(host, "verify", "the host does not report itself as a KMS host after set-up",
-                            remediation="check the host key and its activation (slmgr /dlv)")
-        for name in ("listening_port", "dns_publishing", "low_priority", "activation_interval", "renewal_interval"):
+            raise HostError(
+                host,
+                "verify",
+                "the host does not report itself as a KMS host after set-up",
+                remediation="check the host key and its activation (slmgr /dlv)",
+            )
+        for name in (
+            "listening_port",
+            "dns_publishing",
+            "low_priority",
+            "activation_interval",
+            "renewal_interval",
+        ):
             wanted = getattr(args, name)
             if wanted is not None and getattr(facts.service, name) != wanted:
-                raise HostError(host, "verify", f"{name} reads back {getattr(facts.service, name)!r}, expected {wanted!r}",
-                                remediation="restart the Software Protection service (net stop sppsvc && net start sppsvc)")
+                raise HostError(
+                    host,
+                    "verify",
+                    f"{name} reads back {getattr(facts.service, name)!r}, expected {wanted!r}",
+                    remediation="restart the Software Protection service (net stop sppsvc && net start sppsvc)",
+                )
     elif operation == "convert-client":
         product = facts.windows_product()
         if product is None or product.license_status != 1:
             status = catalog.license_status_name(product.license_status) if product else "no key installed"
-            raise HostError(host, "verify", f"Windows is not activated after conversion (LicenseStatus: {status})")
+            raise HostError(
+                host, "verify", f"Windows is not activated after conversion (LicenseStatus: {status})"
+            )
 
 
 def run_host(
@@ -181,7 +209,12 @@ def run_host(
     check: bool = False,
     deadline: float | None = None,
 ) -> HostReport:
-    """Run ``operation`` on ``host``; never raises for a host-level failure (it is in the report)."""
+    """Run ``operation`` on ``host``; never raises for a host-level failure (it is in the report).
+
+    ``operation`` is ``setup-host``, ``convert-client`` or ``status`` (facts only: the report's
+    ``state``, no plan, no change). A failure's ``error`` carries ``kind``, the error class name
+    (``ConnectionFailed``, ``HostTimeout``...), so callers can tell retryable failures apart.
+    """
     started = time.monotonic()
     deadline_at = None if deadline is None else started + deadline
     report = HostReport(host=host, operation=operation)
@@ -191,12 +224,20 @@ def run_host(
         session = session_factory(host)
         step_name = "facts"
         facts = gather_facts(session, host, deadline_at)
+        if operation == "status":
+            report.state = summarize_state(facts)
+            return report
         plan = make_plan(operation, host, facts, args)
         report.plan = plan.to_dict()
         if plan.blocked:
             first = plan.problems[0]
-            raise PreflightFailed(host, f"preflight:{first.check}", "; ".join(p.message for p in plan.problems),
-                                  hresult=first.hresult, remediation=first.remediation)
+            raise PreflightFailed(
+                host,
+                f"preflight:{first.check}",
+                "; ".join(p.message for p in plan.problems),
+                hresult=first.hresult,
+                remediation=first.remediation,
+            )
         if check:
             report.status = "pending" if plan.changes else "ok"
             report.state = summarize_state(facts)
@@ -211,7 +252,10 @@ def run_host(
                 raise_for_error(result, outcome)
             report.changes += int(outcome.changed)
         if plan.stop_after:
-            report.state = {**summarize_state(facts), **{k: v for s in report.steps for k, v in s.data.items()}}
+            report.state = {
+                **summarize_state(facts),
+                **{k: v for s in report.steps for k, v in s.data.items()},
+            }
             report.status = "changed" if report.changes else "ok"
             return report
         step_name = "verify"
@@ -221,10 +265,10 @@ def run_host(
         report.status = "changed" if report.changes else "ok"
     except HostError as exc:
         report.status = "failed"
-        report.error = exc.to_dict()
+        report.error = {**exc.to_dict(), "kind": type(exc).__name__}
     except KmsAdminError as exc:
         report.status = "failed"
-        report.error = HostError(host, step_name, str(exc)).to_dict()
+        report.error = {**HostError(host, step_name, str(exc)).to_dict(), "kind": type(exc).__name__}
     finally:
         report.duration = time.monotonic() - started
         if session is not None:

@@ -37,7 +37,12 @@ class Problem:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
-        return {"check": self.check, "message": self.message, "remediation": self.remediation, "hresult": self.hresult}
+        return {
+            "check": self.check,
+            "message": self.message,
+            "remediation": self.remediation,
+            "hresult": self.hresult,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +74,12 @@ class Plan:
             "host": self.host,
             "operation": self.operation,
             "steps": [
-                {"step": s.step, "reason": s.reason, "params": dict(s.ref.params), "secrets": sorted(s.ref.secrets)}
+                {
+                    "step": s.step,
+                    "reason": s.reason,
+                    "params": dict(s.ref.params),
+                    "secrets": sorted(s.ref.secrets),
+                }
                 for s in self.steps
             ],
             "notes": list(self.notes),

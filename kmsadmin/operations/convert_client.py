@@ -33,68 +33,107 @@ class ConvertClientArgs:
     office: bool = False
 
 
-def _windows_key(facts: HostFacts | None, args: ConvertClientArgs) -> tuple[catalog.ClientKey | None, str | None, Problem | None]:
+def _windows_key(
+    facts: HostFacts | None, args: ConvertClientArgs
+) -> tuple[catalog.ClientKey | None, str | None, Problem | None]:
     """Pick the GVLK: an explicit key, an explicit edition, or the edition the host reports."""
     if args.key != "auto":
         check = catalog.check_key(args.key)
         match = check.matches[0] if check.is_gvlk and check.matches else None
         return match, check.key, None
     if args.edition:
-        entry = catalog.find_client_key(args.edition)
-        return entry, entry.gvlk, None
+        named = catalog.find_client_key(args.edition)
+        return named, named.gvlk, None
     if facts is None:
-        return None, None, Problem(
-            "edition",
-            "--dry-run has no host to read the edition from",
-            "pass --edition NAME (see `kmsadmin keys list`) or --key GVLK",
+        return (
+            None,
+            None,
+            Problem(
+                "edition",
+                "--dry-run has no host to read the edition from",
+                "pass --edition NAME (see `kmsadmin keys list`) or --key GVLK",
+            ),
         )
     os = facts.os
     entry = catalog.identify_windows(
         caption=os.caption, edition_id=os.edition_id, build=os.build, sku=os.sku, product_type=os.product_type
     )
     if entry is None:
-        why = "an evaluation edition" if catalog.is_evaluation(os.edition_id) else "not a volume-licensable edition"
-        return None, None, Problem(
-            "edition",
-            f"no KMS client key for {os.caption or '?'} (EditionID {os.edition_id}, build {os.build}, SKU {os.sku}): {why}",
-            "Home and evaluation editions cannot be KMS clients; upgrade the edition, or pass --key with a GVLK",
-            hresult="0xC004F069",
+        why = (
+            "an evaluation edition"
+            if catalog.is_evaluation(os.edition_id)
+            else "not a volume-licensable edition"
+        )
+        return (
+            None,
+            None,
+            Problem(
+                "edition",
+                f"no KMS client key for {os.caption or '?'} (EditionID {os.edition_id}, build {os.build}, SKU {os.sku}): {why}",
+                "Home and evaluation editions cannot be KMS clients; upgrade the edition, or pass --key with a GVLK",
+                hresult="0xC004F069",
+            ),
         )
     return entry, entry.gvlk, None
 
 
-def _target_steps(current_host: str | None, current_port: int | None, current_domain: str | None,
-                  args: ConvertClientArgs, activation_id: str) -> list[PlannedStep]:
+def _target_steps(
+    current_host: str | None,
+    current_port: int | None,
+    current_domain: str | None,
+    args: ConvertClientArgs,
+    activation_id: str,
+) -> list[PlannedStep]:
     steps: list[PlannedStep] = []
     port = current_port or 1688
     if args.target == "host" and args.kms_host:
         if (current_host or "").lower() != args.kms_host.lower() or port != args.kms_port:
             steps.append(
                 PlannedStep(
-                    ScriptRef("set-kms-host", {"kms_host": args.kms_host, "kms_port": args.kms_port, "activation_id": activation_id}),
+                    ScriptRef(
+                        "set-kms-host",
+                        {
+                            "kms_host": args.kms_host,
+                            "kms_port": args.kms_port,
+                            "activation_id": activation_id,
+                        },
+                    ),
                     f"KMS host is {current_host or 'not set'}, want {args.kms_host}:{args.kms_port}",
                 )
             )
     elif args.target == "domain" and args.lookup_domain:
         if current_host:
             steps.append(
-                PlannedStep(ScriptRef("clear-kms-host", {"activation_id": activation_id}),
-                            "a pinned KMS host overrides the SRV lookup domain (slmgr /skms-domain)")
+                PlannedStep(
+                    ScriptRef("clear-kms-host", {"activation_id": activation_id}),
+                    "a pinned KMS host overrides the SRV lookup domain (slmgr /skms-domain)",
+                )
             )
         if (current_domain or "").lower() != args.lookup_domain.lower():
             steps.append(
                 PlannedStep(
-                    ScriptRef("set-lookup-domain", {"lookup_domain": args.lookup_domain, "activation_id": activation_id}),
+                    ScriptRef(
+                        "set-lookup-domain",
+                        {"lookup_domain": args.lookup_domain, "activation_id": activation_id},
+                    ),
                     f"SRV lookup domain is {current_domain or 'not set'}, want {args.lookup_domain}",
                 )
             )
     elif args.target == "auto":
         if current_host:
-            steps.append(PlannedStep(ScriptRef("clear-kms-host", {"activation_id": activation_id}),
-                                     "return to DNS auto-discovery (slmgr /ckms)"))
+            steps.append(
+                PlannedStep(
+                    ScriptRef("clear-kms-host", {"activation_id": activation_id}),
+                    "return to DNS auto-discovery (slmgr /ckms)",
+                )
+            )
         if current_domain:
-            steps.append(PlannedStep(ScriptRef("clear-lookup-domain", {"activation_id": activation_id}),
-                                     "clear the SRV lookup domain (slmgr /ckms-domain)"))
+            steps.append(
+                PlannedStep(
+                    ScriptRef("clear-lookup-domain", {"activation_id": activation_id}),
+                    "clear the SRV lookup domain (slmgr /ckms-domain)",
+                )
+            )
     return steps
 
 
@@ -116,7 +155,9 @@ def _plan_windows(host: str, facts: HostFacts | None, args: ConvertClientArgs) -
         key_params = ({"product_key": gvlk}, {}) if is_public else ({}, {"product_key": Secret(gvlk)})
         steps.append(
             PlannedStep(
-                ScriptRef("install-gvlk", {**key_params[0], "application_id": catalog.WINDOWS_APP_ID}, key_params[1]),
+                ScriptRef(
+                    "install-gvlk", {**key_params[0], "application_id": catalog.WINDOWS_APP_ID}, key_params[1]
+                ),
                 f"installed key ends {product.partial_key if product else 'nothing'}, want the GVLK ending {gvlk[-5:]}",
             )
         )
@@ -132,14 +173,25 @@ def _plan_windows(host: str, facts: HostFacts | None, args: ConvertClientArgs) -
     if key_changes or target_steps or product is None or product.license_status != 1:
         steps.append(
             PlannedStep(
-                ScriptRef("activate", {"application_id": catalog.WINDOWS_APP_ID, "activation_id": "", "force": bool(target_steps)}),
-                "not activated" if product is None or product.license_status != 1 else "re-activate against the new KMS target",
+                ScriptRef(
+                    "activate",
+                    {
+                        "application_id": catalog.WINDOWS_APP_ID,
+                        "activation_id": "",
+                        "force": bool(target_steps),
+                    },
+                ),
+                "not activated"
+                if product is None or product.license_status != 1
+                else "re-activate against the new KMS target",
             )
         )
     return Plan(host, "convert-client", tuple(steps), details=details)
 
 
-def _plan_office_product(product: ProductFacts, args: ConvertClientArgs) -> tuple[list[PlannedStep], list[str]]:
+def _plan_office_product(
+    product: ProductFacts, args: ConvertClientArgs
+) -> tuple[list[PlannedStep], list[str]]:
     entry = catalog.identify_office(product.name, product.description)
     if entry is None:
         return [], [f"Office product {product.name!r} is not a volume (KMS client) product: skipped"]
@@ -148,7 +200,9 @@ def _plan_office_product(product: ProductFacts, args: ConvertClientArgs) -> tupl
     if key_changes:
         steps.append(
             PlannedStep(
-                ScriptRef("install-gvlk", {"product_key": entry.gvlk, "application_id": catalog.OFFICE_APP_ID}),
+                ScriptRef(
+                    "install-gvlk", {"product_key": entry.gvlk, "application_id": catalog.OFFICE_APP_ID}
+                ),
                 f"{entry.product}: install its GVLK ending {entry.gvlk[-5:]}",
             )
         )
@@ -157,7 +211,14 @@ def _plan_office_product(product: ProductFacts, args: ConvertClientArgs) -> tupl
     if key_changes or target or product.license_status != 1:
         steps.append(
             PlannedStep(
-                ScriptRef("activate", {"application_id": catalog.OFFICE_APP_ID, "activation_id": product.id, "force": bool(target)}),
+                ScriptRef(
+                    "activate",
+                    {
+                        "application_id": catalog.OFFICE_APP_ID,
+                        "activation_id": product.id,
+                        "force": bool(target),
+                    },
+                ),
                 f"{entry.product}: activate against KMS",
             )
         )

@@ -8,12 +8,12 @@ activate the CSVLK, then configure the KMS host (slmgr /sprt, /sdns|/cdns, /spri
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kmsadmin import catalog
 from kmsadmin.facts import HostFacts
 from kmsadmin.operations import Plan, PlannedStep, Problem
-from kmsadmin.values import Secret, ScriptRef
+from kmsadmin.values import ScriptRef, Secret
 
 FIREWALL_RULE = "SPPSVC-In-TCP"
 #: [HOST25]: "Set-NetFirewallRule -Name SPPSVC-In-TCP -Profile Domain,Private -Enabled True"
@@ -102,7 +102,9 @@ def _preflight(facts: HostFacts, args: SetupHostArgs) -> tuple[list[Problem], li
                 )
             )
     else:
-        notes.append("host key group not given (--csvlk): cannot check before installing whether this OS can carry it")
+        notes.append(
+            "host key group not given (--csvlk): cannot check before installing whether this OS can carry it"
+        )
     return problems, notes, required
 
 
@@ -121,7 +123,11 @@ def plan_setup_host(host: str, facts: HostFacts | None, args: SetupHostArgs) -> 
     tools = args.include_tools and not (facts is not None and facts.os.is_core)
     features = facts.features if facts else {}
     if facts is None or not features.get("VolumeActivation") or (tools and not features.get("RSAT-VA-Tools")):
-        steps.append(PlannedStep(ScriptRef("install-feature", {"include_tools": tools}), "VolumeActivation role not installed"))
+        steps.append(
+            PlannedStep(
+                ScriptRef("install-feature", {"include_tools": tools}), "VolumeActivation role not installed"
+            )
+        )
 
     profiles = ",".join(args.firewall_profiles)
     rule = facts.firewall_rule(FIREWALL_RULE) if facts else None
@@ -137,6 +143,9 @@ def plan_setup_host(host: str, facts: HostFacts | None, args: SetupHostArgs) -> 
     key_tail = args.host_key.tail if args.host_key else None
     installed = next((p for p in host_products if key_tail and p.partial_key == key_tail), None)
     if installed is None:
+        if args.host_key is None and facts is None:
+            # --dry-run without the key: show where it would go, never a made-up key
+            args = replace(args, host_key=Secret("", placeholder="KMS host key from --host-key-file"))
         if args.host_key is None:
             problems.append(
                 Problem(
@@ -148,8 +157,12 @@ def plan_setup_host(host: str, facts: HostFacts | None, args: SetupHostArgs) -> 
             return Plan(host, "setup-host", (), tuple(notes), tuple(problems), details=details)
         steps.append(
             PlannedStep(
-                ScriptRef("install-host-key", {"application_id": catalog.WINDOWS_APP_ID}, {"product_key": args.host_key}),
-                f"host key ending {key_tail} not installed",
+                ScriptRef(
+                    "install-host-key",
+                    {"application_id": catalog.WINDOWS_APP_ID},
+                    {"product_key": args.host_key},
+                ),
+                f"host key ending {key_tail} not installed" if key_tail else "install the KMS host key",
             )
         )
     activation_id = installed.id if installed else ""
@@ -172,17 +185,32 @@ def plan_setup_host(host: str, facts: HostFacts | None, args: SetupHostArgs) -> 
             else:
                 steps.append(
                     PlannedStep(
-                        ScriptRef("phone-iid", {"application_id": catalog.WINDOWS_APP_ID, "activation_id": activation_id}),
+                        ScriptRef(
+                            "phone-iid",
+                            {"application_id": catalog.WINDOWS_APP_ID, "activation_id": activation_id},
+                        ),
                         "show the Installation ID to read to the Microsoft activation line (slui 4)",
                     )
                 )
-                return Plan(host, "setup-host", tuple(steps), tuple(notes), (), stop_after="phone-iid", details=details)
+                return Plan(
+                    host,
+                    "setup-host",
+                    tuple(steps),
+                    tuple(notes),
+                    (),
+                    stop_after="phone-iid",
+                    details=details,
+                )
         else:
             steps.append(
                 PlannedStep(
                     ScriptRef(
                         "activate",
-                        {"application_id": catalog.WINDOWS_APP_ID, "activation_id": activation_id, "force": False},
+                        {
+                            "application_id": catalog.WINDOWS_APP_ID,
+                            "activation_id": activation_id,
+                            "force": False,
+                        },
                     ),
                     "host key not activated",
                 )
