@@ -115,7 +115,9 @@ class BoundedWSMan(WSMan):
         left = self.budget.remaining()
         if left < _MIN_REQUEST_SECONDS:
             raise DeadlineExpired
-        transport.connection_timeout = min(connect, left)
+        # urllib3 retries a failed connect reconnection_retries times with this same timeout, so
+        # the attempts share what is left rather than each taking all of it.
+        transport.connection_timeout = min(connect, left / (self._busy_retries + 1))
         transport.read_timeout = min(read, left)
         # The host must answer a Receive with "no output yet" before our read timeout fires,
         # so the WS-Man OperationTimeout stays a second under the time left.
