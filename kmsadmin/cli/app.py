@@ -129,11 +129,12 @@ def compat(
         return
     rows: list[tuple[str, Any]] = []
     for key, value in data.items():
+        shown = value
         if isinstance(value, list):
-            value = "\n".join(
+            shown = "\n".join(
                 v if isinstance(v, str) else ", ".join(f"{a}: {b}" for a, b in v.items()) for v in value
             )
-        rows.append((key, value))
+        rows.append((key, shown))
     table("KMS host key compatibility", ["", ""], rows)
 
 
