@@ -204,6 +204,19 @@ def test_winrs_script_over_stdin(lab: LabServer, engine: EchoEngine) -> None:
     assert engine.calls[-1][2] == len(script)
 
 
+def test_pywinrm_protocol_plain_stdin(lab: LabServer) -> None:
+    protocol = winrm.protocol.Protocol(lab.url("web"), transport="ntlm", username=USER, password=PASSWORD)
+    shell_id = protocol.open_shell(codepage=65001)
+    try:
+        command_id = protocol.run_command(shell_id, "powershell", ["-NoProfile", "-Command", "-"])
+        protocol.send_command_input(shell_id, command_id, "Get-Item 'ä'\r\n".encode(), end=True)
+        stdout, stderr, rc = protocol.get_command_output(shell_id, command_id)
+        protocol.cleanup_command(shell_id, command_id)
+    finally:
+        protocol.close_shell(shell_id)
+    assert (first_json(stdout.decode("utf-8"))["first"], stderr, rc) == ("Get-Item 'ä'", b"", 0)
+
+
 def test_winrs_codepages(lab: LabServer) -> None:
     for codepage, codec in ((437, "cp437"), (65001, "utf-8")):
         with wsman_for(lab, "web") as wsman, WinRS(wsman, codepage=codepage) as shell:
