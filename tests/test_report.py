@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,15 @@ import jsonschema
 import pytest
 from rich.console import Console
 
-from kmsadmin.report import build_report, from_input, write_csv, write_html, write_json, write_junit
+from kmsadmin.report import (
+    build_report,
+    from_input,
+    from_rollout,
+    write_csv,
+    write_html,
+    write_json,
+    write_junit,
+)
 from kmsadmin.report.document import DAYS_LEFT_BUCKETS, required_count
 from kmsadmin.report.tabular import CSV_COLUMNS, NOT_STARTED_SUITE, read_csv_cell
 from kmsadmin.report.terminal import render_summary, summary_text
@@ -98,6 +107,7 @@ def test_rollout_fleet_summary() -> None:
         {"host": "kms02.corp.example.com", "current_count": 12, "required_count": 25, "threshold_met": False},
     ]
     assert report["duration"] == 1843.25 and report["interrupted"] is True
+    assert summary["skipped"] == 2 == len(report["skipped"])
     assert report["hosts"][0]["play"] == "KMS hosts" and report["hosts"][0]["role"] == "kms_host"
 
 
@@ -449,8 +459,117 @@ def test_plain_text_summary() -> None:
     lines = text.splitlines()
     assert lines[0] == "kmsadmin rollout playbooks/convert-fleet.yml (interrupted)"
     assert (
-        lines[1] == "hosts: 200  ok: 47  changed: 127  pending: 0  failed: 18  not started: 8  activated: 174"
+        lines[1]
+        == "hosts: 200  ok: 47  changed: 127  pending: 0  failed: 18  not started: 8  skipped: 2  activated: 174"
     )
     assert "KMS host kms02.corp.example.com: current count 12 / required 25 (NOT met)" in lines
     assert "Failures (18):" in lines
     assert summary_text(_report("empty")).splitlines()[1].startswith("hosts: 0")
+
+
+# --- rollout adapter -------------------------------------------------------------------------------------
+
+
+def test_from_rollout() -> None:
+    from kmsadmin.fleet.rollout import HostResult, NotStarted, RolloutResult, Skipped
+    from kmsadmin.fleet.runner import HostReport, StepRecord
+
+    start = datetime(2024, 11, 4, 8, 0, tzinfo=UTC)
+    kms_state = {
+        "os": "Microsoft Windows Server 2022 Standard",
+        "edition": "Windows Server 2022 Standard",
+        "license_status": 1,
+        "license_status_name": "Licensed",
+        "days_left": 0,
+        "is_kms_host": True,
+        "current_count": 3,
+    }
+    client_state = {
+        "os": "Microsoft Windows 11 Enterprise",
+        "edition": "Windows 11 Enterprise",
+        "license_status": 1,
+        "license_status_name": "Licensed",
+        "days_left": 180,
+        "is_kms_host": False,
+    }
+    kms = HostResult(
+        "KMS hosts",
+        "kms01",
+        "changed",
+        [
+            HostReport(
+                "kms01",
+                "setup-host",
+                "changed",
+                1,
+                [StepRecord("install-host-key", True, 2.0)],
+                state=kms_state,
+            )
+        ],
+        1,
+        start,
+        start + timedelta(seconds=12),
+        vars={"kmsadmin_role": "kms_host", "ansible_password": "Winter2024!kms"},
+    )
+    error = {
+        "host": "pc2",
+        "step": "activate",
+        "message": "no KMS",
+        "hresult": "0xC004F074",
+        "meaning": None,
+        "remediation": None,
+    }
+    pc1 = HostResult(
+        "Clients",
+        "pc1",
+        "ok",
+        [HostReport("pc1", "convert-client", "ok", state=client_state)],
+        1,
+        start,
+        start + timedelta(seconds=3),
+    )
+    pc2 = HostResult(
+        "Clients",
+        "pc2",
+        "failed",
+        [HostReport("pc2", "convert-client", "failed", 2, error=error)],
+        2,
+        start,
+        start + timedelta(seconds=30),
+    )
+    result = RolloutResult(
+        "run1",
+        Path("playbooks/fleet.yml"),
+        Path("inv.yml"),
+        False,
+        start,
+        start + timedelta(seconds=40),
+        [kms, pc1, pc2],
+        skipped=[Skipped("Clients", "pc9", "done in an earlier run")],
+        not_started=[NotStarted("Clients", "pc3", "interrupted"), NotStarted("Verify", "pc3", "interrupted")],
+        interrupted=True,
+    )
+    report = from_rollout(result)
+    _validate(report)
+    summary = report["summary"]
+    assert (
+        summary["hosts"],
+        summary["ok"],
+        summary["changed"],
+        summary["failed"],
+        summary["not_started"],
+        summary["skipped"],
+    ) == (4, 1, 1, 1, 1, 1)
+    assert summary["kms_hosts"] == [
+        {"host": "kms01", "current_count": 3, "required_count": 25, "threshold_met": False}
+    ]
+    first = report["hosts"][0]
+    assert (first["play"], first["role"], first["duration"], first["steps"][0]["step"]) == (
+        "KMS hosts",
+        "kms_host",
+        12.0,
+        "install-host-key",
+    )
+    assert report["hosts"][2]["error"]["meaning"]  # filled in from the catalog
+    assert report["playbook"] == "playbooks/fleet.yml" and report["interrupted"] is True
+    assert "Winter2024!kms" not in json.dumps(report)

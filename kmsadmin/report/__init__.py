@@ -10,6 +10,7 @@ from __future__ import annotations
 from kmsadmin.report.document import REPORT_VERSION, Report, build_report, failures, from_input
 from kmsadmin.report.htmlpage import render_html, write_html
 from kmsadmin.report.jsonout import write_json
+from kmsadmin.report.rollout import from_rollout
 from kmsadmin.report.tabular import write_csv, write_junit
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "build_report",
     "failures",
     "from_input",
+    "from_rollout",
     "render_html",
     "write_csv",
     "write_html",

@@ -78,6 +78,10 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def _host_entry(source: Mapping[str, Any]) -> dict[str, Any]:
     host = source.get("host")
     if not isinstance(host, str) or not host:
@@ -238,13 +242,23 @@ def build_report(
     check: bool = False,
     interrupted: bool = False,
     not_started: Iterable[str] = (),
+    skipped: Iterable[Mapping[str, Any]] = (),
 ) -> Report:
-    """Build the report document. Pure: same input, same output; the input is never modified."""
+    """Build the report document. Pure: same input, same output; the input is never modified.
+
+    ``not_started`` names hosts the run never reached (duplicates are dropped); ``skipped`` lists
+    ``{"play", "host", "reason"}`` for (play, host) pairs left out on purpose (done in an earlier run
+    that is being resumed, or failed in an earlier play). Skipped pairs are not counted in ``hosts``.
+    """
     if kind not in ("rollout", "status"):
         raise ValueError(f"report kind must be 'rollout' or 'status', not {kind!r}")
     begin, end = _iso(started), _iso(finished)
     hosts = [_host_entry(item) for item in host_reports]
-    waiting = [str(name) for name in not_started]
+    waiting = list(dict.fromkeys(str(name) for name in not_started))
+    left_out = [
+        {"play": _text(item.get("play")), "host": str(item["host"]), "reason": _text(item.get("reason"))}
+        for item in skipped
+    ]
     return {
         "kmsadmin_report": REPORT_VERSION,
         "kind": kind,
@@ -255,9 +269,10 @@ def build_report(
         "finished": end.isoformat(),
         "duration": round(max(0.0, (end - begin).total_seconds()), 3),
         "interrupted": bool(interrupted),
-        "summary": summarize(hosts, waiting),
+        "summary": {**summarize(hosts, waiting), "skipped": len(left_out)},
         "hosts": hosts,
         "not_started": waiting,
+        "skipped": left_out,
     }
 
 
@@ -286,7 +301,7 @@ def from_input(data: Mapping[str, Any]) -> Report:
     """Build a report from the JSON-able *report input* (docs/report-schema.md, "Report input").
 
     ``{"kind", "hosts": [HostReport dict + "play" + "role"|"vars"], "started", "finished",
-    "playbook"?, "inventory"?, "check"?, "interrupted"?, "not_started"?}``
+    "playbook"?, "inventory"?, "check"?, "interrupted"?, "not_started"?, "skipped"?}``
     """
     return build_report(
         data.get("kind", "rollout"),
@@ -298,4 +313,5 @@ def from_input(data: Mapping[str, Any]) -> Report:
         check=bool(data.get("check", False)),
         interrupted=bool(data.get("interrupted", False)),
         not_started=data.get("not_started") or (),
+        skipped=data.get("skipped") or (),
     )

@@ -55,7 +55,7 @@ h2 { margin: 0 0 12px; font-size: 17px; }
 .tile .l { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
 .tile.ok { border-left-color: var(--ok); } .tile.changed { border-left-color: var(--changed); }
 .tile.pending { border-left-color: var(--pending); } .tile.failed { border-left-color: var(--failed); }
-.tile.not_started { border-left-color: var(--not_started); }
+.tile.not_started, .tile.skipped { border-left-color: var(--not_started); }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 18px;
   margin: 0 0 18px; }
 .charts .wide { grid-column: 1 / -1; }
@@ -454,10 +454,24 @@ def _hosts_section(report: Mapping[str, Any]) -> str:
     )
 
 
+def _skipped_section(report: Mapping[str, Any]) -> str:
+    if not report["skipped"]:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(item['host'])}</td><td>{_e(item['play'])}</td><td>{_e(item['reason'])}</td></tr>"
+        for item in report["skipped"]
+    )
+    count = _metric(pointer("summary", "skipped"), report["summary"]["skipped"])
+    return (
+        f'<section><h2>Skipped ({count})</h2><div class="scroll"><table id="skipped-table"><thead><tr>'
+        f"<th>Host</th><th>Play</th><th>Reason</th></tr></thead><tbody>{rows}</tbody></table></div></section>"
+    )
+
+
 def _tiles(report: Mapping[str, Any]) -> str:
     summary = report["summary"]
     tiles = [("hosts", "hosts", "")]
-    tiles += [(status, status.replace("_", " "), status) for status in (*STATUSES, NOT_STARTED)]
+    tiles += [(status, status.replace("_", " "), status) for status in (*STATUSES, NOT_STARTED, "skipped")]
     tiles.append(("activated", "activated", "ok"))
     html_tiles = "".join(
         f'<div class="tile {css}">{_metric(pointer("summary", key), summary[key], css="n")}'
@@ -505,7 +519,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"{_tiles(report)}"
         f'<div class="charts">{_edition_section(summary)}{_kms_section(summary)}'
         f"{_days_section(summary)}</div>"
-        f"{_failures_section(report)}{_hosts_section(report)}"
+        f"{_failures_section(report)}{_hosts_section(report)}{_skipped_section(report)}"
         f"</main><script>{_SCRIPT}</script></body></html>\n"
     )
 

@@ -35,9 +35,9 @@ def render_summary(report: Mapping[str, Any], *, max_failures: int = MAX_FAILURE
     """Rich renderable: host counts per state, KMS host counts, failures with their remediation."""
     summary = report["summary"]
     counts = Table(title=_title(report), title_justify="left")
-    for status in ("hosts", *STATUSES, NOT_STARTED, "activated"):
+    for status in ("hosts", *STATUSES, NOT_STARTED, "skipped", "activated"):
         counts.add_column(status.replace("_", " "), justify="right", style=_STYLES.get(status))
-    counts.add_row(*(str(summary[key]) for key in ("hosts", *STATUSES, NOT_STARTED, "activated")))
+    counts.add_row(*(str(summary[key]) for key in ("hosts", *STATUSES, NOT_STARTED, "skipped", "activated")))
     parts: list[Table | Text] = [counts]
     if summary["kms_hosts"]:
         kms = Table(title="KMS hosts", title_justify="left")
@@ -92,7 +92,7 @@ def summary_text(report: Mapping[str, Any], *, max_failures: int = MAX_FAILURES)
     lines.append(
         "  ".join(
             f"{key.replace('_', ' ')}: {summary[key]}"
-            for key in ("hosts", *STATUSES, NOT_STARTED, "activated")
+            for key in ("hosts", *STATUSES, NOT_STARTED, "skipped", "activated")
         )
     )
     for entry in summary["kms_hosts"]:
