@@ -30,7 +30,7 @@ from pydantic import TypeAdapter
 
 from kmsadmin import catalog
 from kmsadmin.errors import ConfigError
-from kmsadmin.lab import kms, osmix
+from kmsadmin.lab import dnspublish, kms, osmix
 from kmsadmin.lab.model import (
     CHANNEL_MAK,
     CHANNEL_RETAIL,
@@ -99,6 +99,8 @@ class Fleet:
         #: guards the KMS hosts' counters, contacts and the activation ledger; take it after a host lock
         self.kms_lock = threading.RLock()
         self.ledger = kms.ActivationLedger(meta.ledger_hosts, meta.ledger_activations)
+        #: lab DNS on a real DNS server (``lab up --dns-server``), else None (kmsadmin.lab.dnspublish)
+        self.dns = dnspublish.Publisher.load(state_dir)
 
     # ------------------------------------------------------------------ construction
 
@@ -238,8 +240,10 @@ class Fleet:
         return None
 
     def names(self, role: Role | None = None) -> list[str]:
-        """Host names in creation order, optionally of one role."""
-        return [n for n, r in self.meta.hosts.items() if role is None or r == role]
+        """Host names, KMS hosts first, each role in name order; optionally of one role only."""
+        order = {"kms_host": 0, "client": 1}
+        chosen = [n for n, r in self.meta.hosts.items() if role is None or r == role]
+        return sorted(chosen, key=lambda n: (order[self.meta.hosts[n]], n))
 
     def now(self) -> datetime:
         """The lab clock (UTC; can be moved forward with :meth:`advance`)."""
@@ -256,6 +260,9 @@ class Fleet:
         return kms.Network(resolve=self.find, srv=self._srv)
 
     def _srv(self, domain: str) -> list[HostState]:
+        if self.dns is not None:
+            # a real DNS server: clients query its _vlmcs._tcp SRV records (kmsadmin.lab.dnspublish)
+            return self.dns.srv_hosts(domain, self.find)
         # a KMS host "dynamically registers a DNS SRV record" unless publishing is disabled [DNS];
         # the lab only has DNS when dns_srv is on
         if not self.meta.dns_srv:
