@@ -47,7 +47,7 @@ main { padding: 20px 28px 40px; max-width: 1400px; }
 section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 20px;
   margin: 0 0 18px; }
 h2 { margin: 0 0 12px; font-size: 17px; }
-.tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(130px, 1fr)); gap: 12px;
+.tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(112px, 1fr)); gap: 10px;
   background: none; border: 0; padding: 0; }
 .tile { background: #fff; border: 1px solid var(--line); border-left: 5px solid #1f3a5f; border-radius: 8px;
   padding: 10px 14px; }
