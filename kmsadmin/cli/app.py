@@ -206,6 +206,96 @@ def _validate_format(fmt: str) -> None:
         raise InvalidInput("format", fmt, "must be ps1 or slmgr")
 
 
+# ---------------------------------------------------------------------------------- connection options
+UserOpt = Annotated[
+    str | None, typer.Option("--user", "-u", help="WinRM user (DOMAIN\\user or .\\user); or KMSADMIN_USER")
+]
+PasswordFileOpt = Annotated[
+    Path | None, typer.Option(help="file holding the WinRM password; or KMSADMIN_PASSWORD / a prompt")
+]
+TransportOpt = Annotated[str | None, typer.Option("--transport", help="psrp (default), winrs or pywinrm")]
+AuthOpt = Annotated[
+    str | None,
+    typer.Option("--auth", help="negotiate (default), ntlm, kerberos, basic, credssp, certificate"),
+]
+HttpOpt = Annotated[
+    bool | None,
+    typer.Option("--https/--http", help="HTTPS (default, 5986) or HTTP with message encryption (5985)"),
+]
+WinrmPortOpt = Annotated[int | None, typer.Option("--winrm-port", help="WinRM listener port")]
+CaBundleOpt = Annotated[
+    Path | None, typer.Option(help="CA bundle (PEM) to validate the hosts' HTTPS certificates")
+]
+NoVerifyOpt = Annotated[
+    bool, typer.Option("--no-cert-validation", help="do not validate HTTPS certificates (not recommended)")
+]
+DeadlineOpt = Annotated[float | None, typer.Option(help="seconds one host may take for one step")]
+InsecureBasicOpt = Annotated[
+    bool, typer.Option("--allow-unencrypted-basic", help="allow Basic auth over plain HTTP")
+]
+InventoryOpt = Annotated[
+    Path | None, typer.Option("--inventory", "-i", help="Ansible inventory: host vars (ansible_*) and groups")
+]
+
+
+def _explicit(
+    user: str | None,
+    password_file: Path | None,
+    transport: str | None,
+    auth: str | None,
+    https: bool | None,
+    winrm_port: int | None,
+    ca_bundle: Path | None,
+    no_cert_validation: bool,
+    deadline: float | None,
+    allow_unencrypted_basic: bool,
+) -> dict[str, object]:
+    """CLI connection flags as the transports' explicit layer (None = not given)."""
+    explicit: dict[str, object] = {
+        "user": user,
+        "transport": transport,
+        "auth": auth,
+        "https": https,
+        "port": winrm_port,
+        "ca_bundle": str(ca_bundle) if ca_bundle else None,
+        "cert_validation": False if no_cert_validation else None,
+        "deadline": deadline,
+        "allow_unencrypted_basic": True if allow_unencrypted_basic else None,
+    }
+    if password_file is not None:
+        explicit["password_file"] = str(password_file)
+    elif (
+        user
+        and not os.environ.get("KMSADMIN_PASSWORD")
+        and not os.environ.get("KMSADMIN_PASSWORD_FILE")
+        and sys.stdin.isatty()
+    ):
+        from kmsadmin.values import Secret
+
+        explicit["password"] = Secret(typer.prompt(f"password for {user}", hide_input=True))
+    return explicit
+
+
+def _hosts_and_vars(
+    hosts: list[str], inventory: Path | None
+) -> tuple[list[str], dict[str, dict[str, object]]]:
+    """Expand inventory patterns (with -i) and collect each host's vars."""
+    from kmsadmin import validate
+
+    if inventory is None:
+        return [validate.hostname(h) for h in hosts], {}
+    from kmsadmin.fleet.inventory import load_inventory
+
+    inv = load_inventory(inventory)
+    names: list[str] = []
+    for pattern in hosts or ["all"]:
+        selected = inv.select(pattern)
+        if not selected:
+            raise InvalidInput("host pattern", pattern, f"matches no host in {inventory}")
+        names.extend(n for n in selected if n not in names)
+    return names, {n: dict(inv.vars_for(n)) for n in names}
+
+
 # ------------------------------------------------------------------------------------------ setup-host
 @app.command("setup-host")
 def setup_host(
@@ -244,6 +334,17 @@ def setup_host(
     dry_run: DryRunOpt = False,
     check: CheckOpt = False,
     json_out: JsonOpt = False,
+    inventory: InventoryOpt = None,
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
+    transport: TransportOpt = None,
+    auth: AuthOpt = None,
+    https: HttpOpt = None,
+    winrm_port: WinrmPortOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    no_cert_validation: NoVerifyOpt = False,
+    deadline: DeadlineOpt = None,
+    allow_unencrypted_basic: InsecureBasicOpt = False,
 ) -> None:
     """Make HOST a KMS host: preflight, role, firewall, host key, activation, settings, verify."""
     from kmsadmin import validate
@@ -252,7 +353,7 @@ def setup_host(
 
     try:
         _validate_format(fmt)
-        name = validate.hostname(host)
+        name = validate.hostname(host) if inventory is None else host
         if activation not in ("online", "phone"):
             raise InvalidInput("activation", activation, "must be online or phone")
         args = SetupHostArgs(
@@ -276,9 +377,26 @@ def setup_host(
         if dry_run:
             _print_scripts([plan_setup_host(name, None, args)], fmt, json_out)
             return
+        names, hostvars = _hosts_and_vars([name], inventory)
+        if len(names) != 1:
+            raise InvalidInput("host", host, f"matches {len(names)} hosts; setup-host takes one KMS host")
+        explicit = _explicit(
+            user,
+            password_file,
+            transport,
+            auth,
+            https,
+            winrm_port,
+            ca_bundle,
+            no_cert_validation,
+            deadline,
+            allow_unencrypted_basic,
+        )
     except KmsAdminError as exc:
         fail(exc)
-    _run_remote("setup-host", [name], args, check=check, json_out=json_out)
+    _run_remote(
+        "setup-host", names, args, explicit=explicit, hostvars=hostvars, check=check, json_out=json_out
+    )
 
 
 def _csvlk(value: str | None) -> str | None:
@@ -310,6 +428,17 @@ def convert_client(
     dry_run: DryRunOpt = False,
     check: CheckOpt = False,
     json_out: JsonOpt = False,
+    inventory: InventoryOpt = None,
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
+    transport: TransportOpt = None,
+    auth: AuthOpt = None,
+    https: HttpOpt = None,
+    winrm_port: WinrmPortOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    no_cert_validation: NoVerifyOpt = False,
+    deadline: DeadlineOpt = None,
+    allow_unencrypted_basic: InsecureBasicOpt = False,
 ) -> None:
     """Make HOSTS KMS clients: detect the edition, install its GVLK, point at KMS, activate, verify."""
     from kmsadmin import catalog, validate
@@ -318,11 +447,8 @@ def convert_client(
 
     try:
         _validate_format(fmt)
-        names = [validate.hostname(h) for h in hosts]
-        if (
-            sum(x is not None and x is not False for x in (kms_host, lookup_domain, auto_discover or None))
-            > 1
-        ):
+        names, hostvars = _hosts_and_vars(hosts, inventory)
+        if sum(bool(x) for x in (kms_host, lookup_domain, auto_discover)) > 1:
             raise InvalidInput(
                 "KMS target", "", "give only one of --kms-host, --lookup-domain, --auto-discover"
             )
@@ -361,17 +487,127 @@ def convert_client(
             if any(p.blocked for p in plans):
                 raise typer.Exit(2)
             return
+        explicit = _explicit(
+            user,
+            password_file,
+            transport,
+            auth,
+            https,
+            winrm_port,
+            ca_bundle,
+            no_cert_validation,
+            deadline,
+            allow_unencrypted_basic,
+        )
     except KmsAdminError as exc:
         fail(exc)
-    _run_remote("convert-client", names, args, check=check, json_out=json_out)
+    _run_remote(
+        "convert-client", names, args, explicit=explicit, hostvars=hostvars, check=check, json_out=json_out
+    )
 
 
-def _run_remote(operation: str, hosts: list[str], args: Any, *, check: bool, json_out: bool) -> None:
+def _run_remote(
+    operation: str,
+    hosts: list[str],
+    args: Any,
+    *,
+    explicit: dict[str, object],
+    hostvars: dict[str, dict[str, object]],
+    check: bool,
+    json_out: bool,
+) -> None:
     """Connect to each host, plan from its facts, apply (unless --check), verify, report."""
     from kmsadmin.cli.remote import run_operation
 
-    code = run_operation(operation, hosts, args, check=check, json_out=json_out)
+    code = run_operation(
+        operation, hosts, args, explicit=explicit, hostvars=hostvars, check=check, json_out=json_out
+    )
     raise typer.Exit(code)
+
+
+# ------------------------------------------------------------------------------------- status, doctor
+@app.command()
+def status(
+    hosts: Annotated[list[str] | None, typer.Argument(help="hosts, or inventory patterns with -i")] = None,
+    inventory: InventoryOpt = None,
+    json_out: JsonOpt = False,
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
+    transport: TransportOpt = None,
+    auth: AuthOpt = None,
+    https: HttpOpt = None,
+    winrm_port: WinrmPortOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    no_cert_validation: NoVerifyOpt = False,
+    deadline: DeadlineOpt = None,
+    allow_unencrypted_basic: InsecureBasicOpt = False,
+) -> None:
+    """Licensing status of hosts (read-only): edition, license status, days left, KMS target and counts."""
+    from kmsadmin.cli import remote
+    from kmsadmin.cli.output import fail
+
+    try:
+        if not hosts and inventory is None:
+            raise InvalidInput("hosts", "", "name at least one host, or give -i INVENTORY")
+        names, hostvars = _hosts_and_vars(list(hosts or []), inventory)
+        explicit = _explicit(
+            user,
+            password_file,
+            transport,
+            auth,
+            https,
+            winrm_port,
+            ca_bundle,
+            no_cert_validation,
+            deadline,
+            allow_unencrypted_basic,
+        )
+    except KmsAdminError as exc:
+        fail(exc)
+    raise typer.Exit(remote.status(names, explicit=explicit, hostvars=hostvars, json_out=json_out))
+
+
+@app.command()
+def doctor(
+    host: Annotated[str, typer.Argument(help="the host to diagnose")],
+    inventory: InventoryOpt = None,
+    json_out: JsonOpt = False,
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
+    transport: TransportOpt = None,
+    auth: AuthOpt = None,
+    https: HttpOpt = None,
+    winrm_port: WinrmPortOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    no_cert_validation: NoVerifyOpt = False,
+    deadline: DeadlineOpt = None,
+    allow_unencrypted_basic: InsecureBasicOpt = False,
+) -> None:
+    """Diagnose WinRM reachability, auth and encryption, admin rights, UAC remote restrictions, clock skew."""
+    from kmsadmin.cli import remote
+    from kmsadmin.cli.output import fail
+
+    try:
+        names, hostvars = _hosts_and_vars([host], inventory)
+        if len(names) != 1:
+            raise InvalidInput("host", host, f"matches {len(names)} hosts; doctor takes one")
+        explicit = _explicit(
+            user,
+            password_file,
+            transport,
+            auth,
+            https,
+            winrm_port,
+            ca_bundle,
+            no_cert_validation,
+            deadline,
+            allow_unencrypted_basic,
+        )
+    except KmsAdminError as exc:
+        fail(exc)
+    raise typer.Exit(
+        remote.doctor(names[0], explicit=explicit, hostvars=hostvars.get(names[0]), json_out=json_out)
+    )
 
 
 def run() -> None:

@@ -1,0 +1,207 @@
+"""Running an operation on hosts named on the command line: options → sessions → runner → output."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import typer
+
+from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_OK, EXIT_PENDING, KmsAdminError
+from kmsadmin.fleet.runner import HostReport, SessionFactory, run_host
+
+#: Hosts named on the command line run in parallel up to this many at a time.
+CLI_FORKS = 32
+
+
+def session_factory(
+    explicit: Mapping[str, object], hostvars: Mapping[str, Mapping[str, object]]
+) -> SessionFactory:
+    """Build each host's connection options (CLI > inventory vars > environment) and open a session."""
+    from kmsadmin.transports import build_options, open_session
+
+    def factory(host: str) -> Any:
+        return open_session(build_options(host, explicit, hostvars.get(host, {})))
+
+    return factory
+
+
+def check_options(
+    hosts: Sequence[str], explicit: Mapping[str, object], hostvars: Mapping[str, Mapping[str, object]]
+) -> float:
+    """Validate every host's options before contacting any host (exit 4 on a bad combination)."""
+    from kmsadmin.transports import build_options
+
+    deadline = 0.0
+    for host in hosts:
+        deadline = max(deadline, build_options(host, explicit, hostvars.get(host, {})).deadline)
+    return deadline
+
+
+def run_operation(
+    operation: str,
+    hosts: Sequence[str],
+    args: Any,
+    *,
+    explicit: Mapping[str, object],
+    hostvars: Mapping[str, Mapping[str, object]] | None = None,
+    check: bool = False,
+    json_out: bool = False,
+) -> int:
+    """Run ``operation`` on each host; print the results; return the exit code."""
+    from kmsadmin.cli.output import fail
+
+    hostvars = hostvars or {}
+    try:
+        deadline = check_options(hosts, explicit, hostvars)
+    except KmsAdminError as exc:
+        fail(exc)
+    factory = session_factory(explicit, hostvars)
+    with ThreadPoolExecutor(max_workers=min(CLI_FORKS, max(1, len(hosts)))) as pool:
+        reports = list(
+            pool.map(lambda h: run_host(operation, h, args, factory, check=check, deadline=deadline), hosts)
+        )
+    print_reports(reports, json_out=json_out, check=check)
+    if any(r.status == "failed" for r in reports):
+        return EXIT_HOST_FAILED
+    if check and any(r.status == "pending" for r in reports):
+        return EXIT_PENDING
+    return EXIT_OK
+
+
+def print_reports(reports: Sequence[HostReport], *, json_out: bool, check: bool) -> None:
+    """Human or JSON output of host reports."""
+    from kmsadmin.cli.output import emit_json
+
+    if json_out:
+        docs = [r.to_dict() for r in reports]
+        emit_json(docs if len(docs) != 1 else docs[0])
+        return
+    for report in reports:
+        _print_one(report, check=check)
+
+
+def _print_one(report: HostReport, *, check: bool) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    err = Console(stderr=True, highlight=False)
+    colour = {"ok": "green", "changed": "yellow", "pending": "cyan", "failed": "red"}[report.status]
+    console.print(
+        f"[bold]{report.host}[/]: {report.operation} [{colour}]{report.status}[/] "
+        f"({report.changes} change{'s' if report.changes != 1 else ''}, {report.duration:.1f}s)"
+    )
+    plan = report.plan or {}
+    for note in plan.get("notes", []):
+        console.print(f"  note: {note}")
+    if check:
+        for step in plan.get("steps", []):
+            console.print(f"  would run {step['step']}: {step['reason']}")
+    for step in report.steps:
+        mark = "changed" if step.changed else "ok"
+        if step.error:
+            mark = "FAILED"
+        console.print(f"  {step.step}: {mark} ({step.duration:.2f}s)")
+        if step.data.get("installation_id"):
+            console.print(f"    Installation ID: {step.data['installation_id']}")
+            console.print(
+                "    Call the Microsoft activation line (run 'slui 4' on the host for the number), "
+                "then re-run with --confirmation-id"
+            )
+    state = report.state
+    if state:
+        parts = [f"{state.get('edition') or '?'}", f"license: {state.get('license_status_name') or '?'}"]
+        if state.get("days_left") is not None:
+            parts.append(f"{state['days_left']} days left")
+        if state.get("is_kms_host"):
+            parts.append(f"KMS count {state.get('current_count')}")
+        console.print("  " + ", ".join(parts))
+    if report.error:
+        e = report.error
+        err.print(f"  [red]error[/] {e['host']}: {e['step']}: {e['message']}")
+        if e.get("hresult"):
+            err.print(f"    HRESULT {e['hresult']}" + (f": {e['meaning']}" if e.get("meaning") else ""))
+        if e.get("remediation"):
+            err.print(f"    fix: {e['remediation']}")
+
+
+def status(
+    hosts: Sequence[str],
+    *,
+    explicit: Mapping[str, object],
+    hostvars: Mapping[str, Mapping[str, object]] | None = None,
+    json_out: bool = False,
+) -> int:
+    """Read-only licensing status of each host."""
+    from kmsadmin.cli.output import emit_json, fail, table
+    from kmsadmin.fleet.runner import read_status
+
+    hostvars = hostvars or {}
+    try:
+        deadline = check_options(hosts, explicit, hostvars)
+    except KmsAdminError as exc:
+        fail(exc)
+    factory = session_factory(explicit, hostvars)
+    with ThreadPoolExecutor(max_workers=min(CLI_FORKS, max(1, len(hosts)))) as pool:
+        reports = list(pool.map(lambda h: read_status(h, factory, deadline=deadline), hosts))
+    if json_out:
+        emit_json([r.to_dict() for r in reports])
+    else:
+        table(
+            None,
+            ["host", "status", "edition", "license", "days left", "KMS target", "KMS host count", "error"],
+            (
+                (
+                    r.host,
+                    r.status,
+                    r.state.get("edition"),
+                    r.state.get("license_status_name"),
+                    r.state.get("days_left"),
+                    r.state.get("kms_machine")
+                    or r.state.get("lookup_domain")
+                    or ("auto" if r.state else None),
+                    r.state.get("current_count") if r.state.get("is_kms_host") else None,
+                    (f"{r.error['step']}: {r.error['message']}" if r.error else None),
+                )
+                for r in reports
+            ),
+        )
+        for r in reports:
+            if r.error and r.error.get("remediation"):
+                sys.stderr.write(f"{r.host}: fix: {r.error['remediation']}\n")
+    return EXIT_HOST_FAILED if any(r.status == "failed" for r in reports) else EXIT_OK
+
+
+def doctor(
+    host: str,
+    *,
+    explicit: Mapping[str, object],
+    hostvars: Mapping[str, object] | None = None,
+    json_out: bool = False,
+) -> int:
+    """Connection and permission diagnosis for one host."""
+    from kmsadmin.cli.output import emit_json, fail, table
+    from kmsadmin.fleet.doctor import diagnose
+    from kmsadmin.transports import build_options
+
+    try:
+        options = build_options(host, explicit, hostvars or {})
+    except KmsAdminError as exc:
+        fail(exc)
+    checks = diagnose(options)
+    if json_out:
+        emit_json({"host": host, "checks": [c.to_dict() for c in checks]})
+    else:
+        table(
+            f"kmsadmin doctor {host}",
+            ["check", "result", "detail", "fix"],
+            ((c.name, "ok" if c.ok else ("warn" if c.warning else "FAIL"), c.detail, c.fix) for c in checks),
+        )
+    return EXIT_OK if all(c.ok or c.warning for c in checks) else EXIT_HOST_FAILED
+
+
+def exit_with(code: int) -> None:
+    """Leave with ``code``."""
+    raise typer.Exit(code)
