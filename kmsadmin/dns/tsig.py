@@ -26,7 +26,8 @@ from kmsadmin.values import Secret
 #: algorithms dnspython signs with (dns.tsig); BIND's names
 ALGORITHMS = ("hmac-md5", "hmac-sha1", "hmac-sha224", "hmac-sha256", "hmac-sha384", "hmac-sha512")
 
-_COMMENT_RE = re.compile(r"/\*.*?\*/|//[^\n]*|#[^\n]*", re.S)
+#: a quoted string (kept: base64 secrets contain "//") or a comment (dropped)
+_COMMENT_RE = re.compile(r'("(?:[^"\\\n]|\\.)*")|/\*.*?\*/|//[^\n]*|#[^\n]*', re.S)
 _KEY_RE = re.compile(r'key\s+"?(?P<name>[A-Za-z0-9._-]+)"?\s*\{(?P<body>[^{}]*)\}\s*;', re.S)
 _ALG_RE = re.compile(r"algorithm\s+\"?(?P<alg>[A-Za-z0-9.-]+)\"?\s*;")
 _SECRET_RE = re.compile(r'secret\s+"(?P<secret>[A-Za-z0-9+/=\s]+)"\s*;')
@@ -61,7 +62,7 @@ class TsigKey:
 
 def parse_key_text(text: str, *, source: str = "TSIG key file", name: str | None = None) -> TsigKey:
     """Read the first (or the named) ``key`` statement of a BIND configuration fragment."""
-    clean = _COMMENT_RE.sub("", text)
+    clean = _COMMENT_RE.sub(lambda m: m.group(1) or "", text)
     found = list(_KEY_RE.finditer(clean))
     if name is not None:
         found = [m for m in found if m["name"].rstrip(".").lower() == name.rstrip(".").lower()]

@@ -132,6 +132,9 @@ class LabEngine:
                         "data": result.data,
                     }
                     changed = result.changed
+                    if fleet.dns is not None:
+                        # lab DNS publishing: a KMS host registers its SRV record (kmsadmin.lab.dnspublish)
+                        fleet.dns.after_step(state, step, changed, ctx.now)
                 except (kms.LabFailure, StepFailed) as exc:
                     failure, changed = (
                         (exc.failure, exc.changed) if isinstance(exc, StepFailed) else (exc, False)
