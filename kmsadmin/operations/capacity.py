@@ -25,6 +25,7 @@ from typing import Any, Literal
 from kmsadmin import catalog
 from kmsadmin.catalog import ClientKey, CsvlkGroup, NotFoundInCatalog
 from kmsadmin.errors import InvalidInput
+from kmsadmin.facts import HostFacts
 
 Role = Literal["kms_host", "client"]
 
@@ -182,6 +183,22 @@ def machine_from_vars(name: str, hostvars: Mapping[str, Any], groups: Collection
         product_type=_opt_int(name, "kmsadmin_product_type", hostvars.get("kmsadmin_product_type")),
         hotfixes=None if hotfixes is None else tuple(h.upper() for h in _names(hotfixes)),
         office=_names(hostvars.get("kmsadmin_office")),
+    )
+
+
+def machine_from_facts(name: str, role: Role, facts: HostFacts) -> Machine:
+    """A machine from gathered facts (``kmsadmin plan --gather``): exact edition ID, build, SKU, updates."""
+    office = tuple(p.name for p in facts.office_products())
+    return Machine(
+        name=name,
+        role=role,
+        os=facts.os.caption,
+        edition_id=facts.os.edition_id,
+        build=facts.os.build,
+        sku=facts.os.sku,
+        product_type=facts.os.product_type,
+        hotfixes=tuple(h.upper() for h in facts.hotfixes),
+        office=office,
     )
 
 
