@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kmsadmin.catalog import OFFICE_APP_ID, WINDOWS_APP_ID, hresult_info
 from kmsadmin.errors import RemoteScriptError
@@ -192,6 +192,12 @@ class StepOutcome(_Model):
     after: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     error: StepError | None = None
+
+    @field_validator("before", "after", "data", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        """Scripts print null for the members a step does not use (templates/README.md)."""
+        return {} if value is None else value
 
 
 def parse_outcome(result: ScriptResult) -> StepOutcome:

@@ -5,6 +5,7 @@ Imports of anything heavier than typer happen inside the commands, so ``kmsadmin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -380,6 +381,12 @@ def setup_host(
         names, hostvars = _hosts_and_vars([name], inventory)
         if len(names) != 1:
             raise InvalidInput("host", host, f"matches {len(names)} hosts; setup-host takes one KMS host")
+        group_var = hostvars.get(names[0], {}).get("kmsadmin_csvlk_group") or hostvars.get(names[0], {}).get(
+            "kmsadmin_lab_host_key_group"
+        )
+        if args.csvlk is None and group_var:
+            # the inventory names the host key's group: the preflight can check it before installing
+            args = dataclasses.replace(args, csvlk=_csvlk(str(group_var)))
         explicit = _explicit(
             user,
             password_file,

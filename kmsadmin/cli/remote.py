@@ -86,8 +86,9 @@ def print_reports(reports: Sequence[HostReport], *, json_out: bool, check: bool)
 def _print_one(report: HostReport, *, check: bool) -> None:
     from rich.console import Console
 
-    console = Console(highlight=False)
-    err = Console(stderr=True, highlight=False)
+    # soft wrap: long error lines stay whole, so they can be grepped and copied
+    console = Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     colour = {"ok": "green", "changed": "yellow", "pending": "cyan", "failed": "red"}[report.status]
     console.print(
         f"[bold]{report.host}[/]: {report.operation} [{colour}]{report.status}[/] "
@@ -115,6 +116,8 @@ def _print_one(report: HostReport, *, check: bool) -> None:
         parts = [f"{state.get('edition') or '?'}", f"license: {state.get('license_status_name') or '?'}"]
         if state.get("days_left") is not None:
             parts.append(f"{state['days_left']} days left")
+        elif state.get("license_status") == 1:
+            parts.append("no expiry")
         if state.get("is_kms_host"):
             parts.append(f"KMS count {state.get('current_count')}")
         console.print("  " + ", ".join(parts))
@@ -122,7 +125,11 @@ def _print_one(report: HostReport, *, check: bool) -> None:
         e = report.error
         err.print(f"  [red]error[/] {e['host']}: {e['step']}: {e['message']}")
         if e.get("hresult"):
-            err.print(f"    HRESULT {e['hresult']}" + (f": {e['meaning']}" if e.get("meaning") else ""))
+            repeated = e.get("meaning") and e["meaning"] in e["message"]
+            err.print(
+                f"    HRESULT {e['hresult']}"
+                + (f": {e['meaning']}" if e.get("meaning") and not repeated else "")
+            )
         if e.get("remediation"):
             err.print(f"    fix: {e['remediation']}")
 

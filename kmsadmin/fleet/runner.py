@@ -109,7 +109,8 @@ def summarize_state(facts: HostFacts) -> dict[str, Any]:
         "license_status": product.license_status if product else None,
         "license_status_name": catalog.license_status_name(product.license_status) if product else None,
         "partial_key": product.partial_key if product else None,
-        "days_left": product.days_left if product else None,
+        # a KMS host (and any permanently activated product) reports 0 minutes left: no expiry
+        "days_left": product.days_left if product and product.grace_minutes else None,
         "kms_machine": facts.service.kms_machine,
         "lookup_domain": facts.service.lookup_domain,
         "is_kms_host": facts.service.is_kms_host,
