@@ -404,3 +404,83 @@ def test_dns_publishing_command_over_winrm(tmp_path: Path, dns_server: DnsServer
         assert lab.fleet.hosts["kms01"].service.dns_publishing is True
     finally:
         server.stop()
+
+
+def test_lab_up_with_dns_server_publishes_over_winrm(
+    tmp_path: Path, dns_server: DnsServer, listener: int
+) -> None:
+    """``kmsadmin lab up --dns-server`` as a real background process; the host is set up over WinRM."""
+    import os
+    import subprocess
+    import sys
+
+    from kmsadmin.dns.remote import run_on_hosts, winrm_session
+    from kmsadmin.fleet.inventory import load_inventory
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    state = tmp_path / "state"
+
+    def kmsadmin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kmsadmin", *args],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    up = kmsadmin(
+        "lab",
+        "up",
+        "--state-dir",
+        str(state),
+        "--hosts",
+        "1",
+        "--kms-hosts",
+        "1",
+        "--os-mix",
+        "server2022-standard=1",
+        "--dns-server",
+        dns_server.address,
+        "--dns-zone",
+        "lab.test",
+        "--tsig-key-file",
+        str(dns_server.key_file),
+        "--detach",
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        loaded = load_inventory(state / "inventory.yml")
+        kms_vars = loaded.vars_for("kms01")
+        key = Path(str(kms_vars["kmsadmin_lab_host_key_file"])).read_text(encoding="utf-8").strip()
+        hosts = [("kms01", kms_vars)]
+        sessions = winrm_session()
+        steps = [
+            ScriptRef("firewall", {"rule_name": "SPPSVC-In-TCP", "profiles": "Domain,Private"}),
+            ScriptRef("install-host-key", {"application_id": W}, {"product_key": Secret(key)}),
+            ScriptRef("activate", {"application_id": W, "activation_id": "", "force": False}),
+            ScriptRef(
+                "kms-host-settings",
+                {
+                    "listening_port": listener,
+                    "dns_publishing": "",
+                    "low_priority": "",
+                    "activation_interval": "",
+                    "renewal_interval": "",
+                },
+            ),
+        ]
+        for ref in steps:
+            (run,) = run_on_hosts(hosts, ref, sessions)
+            assert run.ok, run.to_dict()
+        inventory = write_inventory(tmp_path / "inv.yml", {"kms01": listener})
+        code, report = check_json(dns_server, inventory)
+        assert code == 0, report["findings"]
+        (record,) = report["domains"][0]["records"]
+        assert (record["target"], record["port"], record["port_open"]) == ("kms01.lab.test", listener, True)
+    finally:
+        down = kmsadmin("lab", "down", "--state-dir", str(state))
+        assert down.returncode == 0, down.stdout + down.stderr

@@ -116,6 +116,15 @@ def up(
         bool, typer.Option("--reset", help="discard an existing lab in the state directory")
     ] = False,
     foreground_child: Annotated[bool, typer.Option("--foreground-child", hidden=True)] = False,
+    dns_server: Annotated[
+        str | None, typer.Option("--dns-server", help="DNS server KMS hosts publish to: IP[:PORT] (RFC 2136)")
+    ] = None,
+    dns_zone: Annotated[
+        str | None, typer.Option("--dns-zone", help="zone they publish in (default: lab.test)")
+    ] = None,
+    tsig_key_file: Annotated[
+        Path | None, typer.Option("--tsig-key-file", help="BIND key file that may update the zone")
+    ] = None,
 ) -> None:
     """Create (or load) the lab in STATE_DIR and serve it."""
     state_dir = state_dir.resolve()
@@ -142,6 +151,7 @@ def up(
         base_port=base_port,
         reset=reset,
         quiet=foreground_child,
+        dns=(dns_server, dns_zone, tsig_key_file),
     )
 
 
@@ -265,6 +275,7 @@ def _serve(
     base_port: int,
     reset: bool,
     quiet: bool,
+    dns: tuple[str | None, str | None, Path | None] = (None, None, None),
 ) -> None:
     from kmsadmin.errors import KmsAdminError
     from kmsadmin.lab.api import EndpointConfig, HostFaults
@@ -277,6 +288,10 @@ def _serve(
         fleet = _open_fleet(
             state_dir, hosts=hosts, kms_hosts=kms_hosts, os_mix=os_mix, faults=faults, reset=reset
         )
+        # lab DNS publishing and discovery on a real DNS server (kmsadmin.lab.dnspublish)
+        from kmsadmin.lab import dnspublish
+
+        fleet.dns = dnspublish.publisher_for_options(state_dir, dns[0], dns[1] or fleet.meta.domain, dns[2])
     except KmsAdminError as exc:
         raise _fail(str(exc), exc.exit_code) from None
     specs = fleet.fault_specs()

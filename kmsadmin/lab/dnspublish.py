@@ -140,6 +140,17 @@ def remove_config(state_dir: Path) -> None:
     (state_dir / CONFIG_FILE).unlink(missing_ok=True)
 
 
+def publisher_for_options(
+    state_dir: Path, dns_server: str | None, zone: str, tsig_key_file: Path | str | None = None
+) -> Publisher | None:
+    """What ``lab up`` calls: with ``--dns-server`` store the settings and return a publisher; without
+    it forget any earlier DNS settings of this lab (the lab then has no DNS server)."""
+    if not dns_server:
+        remove_config(state_dir)
+        return None
+    return Publisher(configure(state_dir, dns_server, zone, tsig_key_file))
+
+
 @dataclass(frozen=True, slots=True)
 class PublishEvent:
     """One registration attempt (the lab's stand-in for the KMS host's event log)."""
