@@ -150,30 +150,6 @@ class StepRun:
         }
 
 
-def _nulls_as_empty(result: ScriptResult) -> ScriptResult:
-    """Steps print ``null`` for the before/after/data they do not set (templates/README.md, rule 4);
-    :class:`kmsadmin.facts.StepOutcome` wants objects there, so nulls become ``{}`` before parsing."""
-    import dataclasses
-    import json
-
-    lines = result.stdout.splitlines()
-    for index in range(len(lines) - 1, -1, -1):
-        text = lines[index].strip()
-        if not text.startswith("{"):
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            return result
-        if isinstance(value, dict):
-            for key in ("before", "after", "data"):
-                if key in value and value[key] is None:
-                    value[key] = {}
-            lines[index] = json.dumps(value, separators=(",", ":"))
-        return dataclasses.replace(result, stdout="\n".join(lines))
-    return result
-
-
 def run_step(name: str, hostvars: Mapping[str, Any], ref: ScriptRef, sessions: SessionFactory) -> StepRun:
     """Render ``ref``, run it on host ``name``, parse its one JSON object; never raises for the host."""
     from kmsadmin.facts import parse_outcome, raise_for_error
@@ -185,7 +161,7 @@ def run_step(name: str, hostvars: Mapping[str, Any], ref: ScriptRef, sessions: S
     try:
         script = render(ref)
         session = sessions(name, hostvars)
-        result = _nulls_as_empty(session.run(script))
+        result = session.run(script)
         outcome = parse_outcome(result)
         run.changed = outcome.changed
         run.before, run.after, run.data = outcome.before, outcome.after, outcome.data
