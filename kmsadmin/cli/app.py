@@ -533,11 +533,25 @@ def _run_remote(
 
 
 # ------------------------------------------------------------------------------------- status, doctor
+ReportJsonOpt = Annotated[Path | None, typer.Option("--report-json", help="write the JSON report here")]
+ReportHtmlOpt = Annotated[
+    Path | None, typer.Option("--report-html", help="write the self-contained HTML report here")
+]
+ReportCsvOpt = Annotated[Path | None, typer.Option("--report-csv", help="write one CSV row per host here")]
+JunitOpt = Annotated[Path | None, typer.Option("--junit", help="write a JUnit XML report here (for CI)")]
+ForksOpt = Annotated[int, typer.Option("--forks", "-f", help="hosts worked on at once")]
+
+
 @app.command()
 def status(
     hosts: Annotated[list[str] | None, typer.Argument(help="hosts, or inventory patterns with -i")] = None,
     inventory: InventoryOpt = None,
     json_out: JsonOpt = False,
+    forks: ForksOpt = 64,
+    report_json: ReportJsonOpt = None,
+    report_html: ReportHtmlOpt = None,
+    report_csv: ReportCsvOpt = None,
+    junit: JunitOpt = None,
     user: UserOpt = None,
     password_file: PasswordFileOpt = None,
     transport: TransportOpt = None,
@@ -549,14 +563,17 @@ def status(
     deadline: DeadlineOpt = None,
     allow_unencrypted_basic: InsecureBasicOpt = False,
 ) -> None:
-    """Licensing status of hosts (read-only): edition, license status, days left, KMS target and counts."""
+    """Licensing status of hosts (read-only): edition, license status, days left, KMS target and counts.
+
+    With -i INVENTORY the selected hosts (default: all) are read in parallel and the same reports as
+    a rollout can be written.
+    """
     from kmsadmin.cli import remote
     from kmsadmin.cli.output import fail
 
     try:
         if not hosts and inventory is None:
             raise InvalidInput("hosts", "", "name at least one host, or give -i INVENTORY")
-        names, hostvars = _hosts_and_vars(list(hosts or []), inventory)
         explicit = _explicit(
             user,
             password_file,
@@ -569,9 +586,111 @@ def status(
             deadline,
             allow_unencrypted_basic,
         )
+        if inventory is not None:
+            from kmsadmin.cli.rollout import fleet_status
+
+            code = fleet_status(
+                inventory,
+                ":".join(hosts or ["all"]),
+                explicit=explicit,
+                forks=forks,
+                deadline=deadline or 300.0,
+                json_out=json_out,
+                reports={"json": report_json, "html": report_html, "csv": report_csv, "junit": junit},
+            )
+            raise typer.Exit(code)
+        names, hostvars = _hosts_and_vars(list(hosts or []), None)
     except KmsAdminError as exc:
         fail(exc)
     raise typer.Exit(remote.status(names, explicit=explicit, hostvars=hostvars, json_out=json_out))
+
+
+# ------------------------------------------------------------------------------------------ rollout
+@app.command()
+def rollout(
+    playbook: Annotated[Path, typer.Argument(help="playbook (see playbooks/ for ready ones)")],
+    inventory: Annotated[
+        Path,
+        typer.Option("--inventory", "-i", help="Ansible inventory (YAML or ansible-inventory --list JSON)"),
+    ],
+    forks: ForksOpt = 64,
+    limit: Annotated[
+        str | None, typer.Option("--limit", "-l", help="Ansible host pattern to narrow the run")
+    ] = None,
+    check: CheckOpt = False,
+    journal: Annotated[
+        Path | None, typer.Option(help="append each host's result here (JSON lines, fsynced)")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="skip hosts the journal already has as done")] = False,
+    report_json: ReportJsonOpt = None,
+    report_html: ReportHtmlOpt = None,
+    report_csv: ReportCsvOpt = None,
+    junit: JunitOpt = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
+    transport: TransportOpt = None,
+    auth: AuthOpt = None,
+    https: HttpOpt = None,
+    winrm_port: WinrmPortOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    no_cert_validation: NoVerifyOpt = False,
+    deadline: Annotated[float, typer.Option(help="seconds each host may take for all its steps")] = 900.0,
+    allow_unencrypted_basic: InsecureBasicOpt = False,
+) -> None:
+    """Roll a playbook out over an inventory: parallel, resumable, with reports. --check plans only (exit 3 if changes)."""
+    from kmsadmin.cli.output import fail
+    from kmsadmin.cli.rollout import run_rollout
+
+    try:
+        explicit = _explicit(
+            user,
+            password_file,
+            transport,
+            auth,
+            https,
+            winrm_port,
+            ca_bundle,
+            no_cert_validation,
+            None,
+            allow_unencrypted_basic,
+        )
+        code, _ = run_rollout(
+            playbook,
+            inventory,
+            explicit=explicit,
+            forks=forks,
+            limit=limit,
+            check=check,
+            journal_path=journal,
+            resume=resume,
+            deadline=deadline,
+            progress=not no_progress,
+            reports={"json": report_json, "html": report_html, "csv": report_csv, "junit": junit},
+        )
+    except KmsAdminError as exc:
+        fail(exc)
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="where the reports (and the lab's state) go")] = Path(
+        "kmsadmin-demo"
+    ),
+    clients: Annotated[int, typer.Option(help="lab clients")] = 60,
+    kms_hosts: Annotated[int, typer.Option(help="lab KMS hosts")] = 2,
+    keep_lab: Annotated[bool, typer.Option(help="leave the lab running afterwards")] = False,
+) -> None:
+    """Try kmsadmin without Windows: start a lab, roll out the site playbook, show the report, stop the lab."""
+    from kmsadmin.cli.output import fail
+    from kmsadmin.cli.rollout import demo as run_demo
+
+    try:
+        code = run_demo(out, clients, kms_hosts, keep_lab)
+    except KmsAdminError as exc:
+        fail(exc)
+    raise typer.Exit(code)
 
 
 @app.command()

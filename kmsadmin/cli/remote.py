@@ -143,7 +143,6 @@ def status(
 ) -> int:
     """Read-only licensing status of each host."""
     from kmsadmin.cli.output import emit_json, fail, table
-    from kmsadmin.fleet.runner import read_status
 
     hostvars = hostvars or {}
     try:
@@ -152,7 +151,7 @@ def status(
         fail(exc)
     factory = session_factory(explicit, hostvars)
     with ThreadPoolExecutor(max_workers=min(CLI_FORKS, max(1, len(hosts)))) as pool:
-        reports = list(pool.map(lambda h: read_status(h, factory, deadline=deadline), hosts))
+        reports = list(pool.map(lambda h: run_host("status", h, None, factory, deadline=deadline), hosts))
     if json_out:
         emit_json([r.to_dict() for r in reports])
     else:

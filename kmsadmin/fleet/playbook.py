@@ -654,3 +654,16 @@ def batch_sizes(serial: int | str | list[int | str] | None, total: int) -> list[
 
 if __name__ == "__main__":
     sys.stdout.write(schema_text())
+
+
+def shipped_playbook(name: str) -> Path:
+    """A playbook shipped with kmsadmin (``site.yml``, ``clients.yml``, ``kms-hosts.yml``).
+
+    Looked up in the installed wheel's data first, then in the source tree, like the templates.
+    """
+    here = Path(__file__).resolve().parents[1]
+    for folder in (here / "_playbooks", here.parent / "playbooks"):
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"no shipped playbook named {name!r} (broken installation?)")

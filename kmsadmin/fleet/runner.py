@@ -278,28 +278,3 @@ def run_host(
             except Exception as exc:  # closing is best effort; the result is already known
                 log.debug("host=%s close failed: %s", host, type(exc).__name__)
     return report
-
-
-def read_status(host: str, session_factory: SessionFactory, *, deadline: float | None = None) -> HostReport:
-    """Read-only: gather facts and summarize the licensing state (``kmsadmin status``)."""
-    started = time.monotonic()
-    report = HostReport(host=host, operation="status")
-    session: Session | None = None
-    try:
-        session = session_factory(host)
-        facts = gather_facts(session, host, None if deadline is None else started + deadline)
-        report.state = summarize_state(facts)
-    except HostError as exc:
-        report.status = "failed"
-        report.error = exc.to_dict()
-    except KmsAdminError as exc:
-        report.status = "failed"
-        report.error = HostError(host, "facts", str(exc)).to_dict()
-    finally:
-        report.duration = time.monotonic() - started
-        if session is not None:
-            try:
-                session.close()
-            except Exception as exc:  # best effort, the status is already read
-                log.debug("host=%s close failed: %s", host, type(exc).__name__)
-    return report

@@ -1,0 +1,352 @@
+"""``kmsadmin rollout``, fleet-wide reports, and ``kmsadmin demo``.
+
+Progress is drawn from the rollout's events (a bar plus live counts per state); Ctrl-C sets the
+rollout's stop event (running hosts finish their step, nothing new starts), a second Ctrl-C aborts.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from kmsadmin.errors import EXIT_INTERRUPTED, KmsAdminError
+
+
+def write_reports(
+    report: Mapping[str, Any],
+    *,
+    json_path: Path | None,
+    html_path: Path | None,
+    csv_path: Path | None,
+    junit_path: Path | None,
+) -> list[Path]:
+    """Write each requested report format; return the paths written."""
+    from kmsadmin import report as reports
+
+    written: list[Path] = []
+    for path, writer in (
+        (json_path, reports.write_json),
+        (html_path, reports.write_html),
+        (csv_path, reports.write_csv),
+        (junit_path, reports.write_junit),
+    ):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer(report, path)
+            written.append(path)
+    return written
+
+
+def print_summary(report: Mapping[str, Any]) -> None:
+    """The terminal summary (rich on a terminal, plain text otherwise)."""
+    from kmsadmin.report.terminal import render_summary, summary_text
+
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(render_summary(report))
+    else:
+        sys.stdout.write(summary_text(report) + "\n")
+
+
+class _Progress:
+    """A rich progress bar fed by rollout events; counts per state in the description."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress: Any = None
+        self._task: Any = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=False,
+                redirect_stdout=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("starting", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __call__(self, event: Any) -> None:
+        counts = getattr(event, "counts", None)
+        if not self.enabled or counts is None:
+            return
+        with self._lock:
+            done = sum(counts.get(k, 0) for k in ("ok", "changed", "pending", "failed", "skipped"))
+            desc = " ".join(
+                f"{k} {counts.get(k, 0)}"
+                for k in ("running", "ok", "changed", "pending", "failed")
+                if counts.get(k)
+            )
+            if type(event).__name__ == "RolloutStopping":
+                desc = "stopping: waiting for running hosts " + desc
+            self._progress.update(
+                self._task, total=counts.get("total") or None, completed=done, description=desc or "starting"
+            )
+
+
+def run_rollout(
+    playbook_path: Path,
+    inventory_path: Path,
+    *,
+    explicit: Mapping[str, object],
+    forks: int,
+    limit: str | None,
+    check: bool,
+    journal_path: Path | None,
+    resume: bool,
+    deadline: float,
+    reports: Mapping[str, Path | None],
+    progress: bool,
+    quiet: bool = False,
+) -> tuple[int, dict[str, Any]]:
+    """Load, run, report. Returns (exit code, report document)."""
+    from kmsadmin.fleet.inventory import load_inventory
+    from kmsadmin.fleet.journal import Journal
+    from kmsadmin.fleet.playbook import load_playbook
+    from kmsadmin.fleet.rollout import rollout, transport_session_factory_for
+    from kmsadmin.report import from_rollout
+
+    playbook = load_playbook(playbook_path)
+    inventory = load_inventory(inventory_path)
+    journal = Journal(journal_path) if journal_path else None
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        sys.stderr.write(
+            "\nkmsadmin: stopping: running hosts finish, no new host starts (Ctrl-C again to abort)\n"
+        )
+
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with _Progress(progress and sys.stderr.isatty()) as bar:
+            result = rollout(
+                playbook,
+                inventory,
+                session_factory_for=transport_session_factory_for(explicit),
+                forks=forks,
+                limit=limit,
+                check=check,
+                journal=journal,
+                resume=resume,
+                deadline=deadline,
+                on_event=bar,
+                stop=stop,
+            )
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+    document = dict(from_rollout(result))
+    written = write_reports(
+        document,
+        json_path=reports.get("json"),
+        html_path=reports.get("html"),
+        csv_path=reports.get("csv"),
+        junit_path=reports.get("junit"),
+    )
+    if not quiet:
+        print_summary(document)
+        for path in written:
+            sys.stdout.write(f"report: {path}\n")
+        if result.interrupted:
+            done = len(result.hosts)
+            sys.stdout.write(
+                f"interrupted: {done} host result(s) recorded, {len(result.not_started)} not started"
+                + (f"; resume with --journal {journal_path} --resume\n" if journal_path else "\n")
+            )
+    return result.exit_code, document
+
+
+def fleet_status(
+    inventory_path: Path,
+    pattern: str,
+    *,
+    explicit: Mapping[str, object],
+    forks: int,
+    deadline: float,
+    reports: Mapping[str, Path | None],
+    json_out: bool,
+) -> int:
+    """``kmsadmin status -i INVENTORY``: read-only facts from every selected host, with reports."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime
+
+    from kmsadmin.cli.output import emit_json
+    from kmsadmin.fleet.inventory import load_inventory
+    from kmsadmin.fleet.rollout import transport_session_factory_for
+    from kmsadmin.fleet.runner import run_host
+    from kmsadmin.report import build_report
+
+    inventory = load_inventory(inventory_path)
+    names = inventory.select(pattern)
+    factory_for = transport_session_factory_for(explicit)
+    factories = {n: factory_for({**inventory.vars_for(n), "inventory_hostname": n}) for n in names}
+    started = datetime.now(UTC)
+    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(names) or 1))) as pool:
+        host_reports = list(
+            pool.map(lambda n: run_host("status", n, None, factories[n], deadline=deadline), names)
+        )
+    entries = []
+    for r in host_reports:
+        entry = r.to_dict()
+        entry["role"] = inventory.vars_for(r.host).get("kmsadmin_role")
+        entries.append(entry)
+    document = dict(
+        build_report(
+            "status", entries, started=started, finished=datetime.now(UTC), inventory=str(inventory_path)
+        )
+    )
+    written = write_reports(
+        document,
+        json_path=reports.get("json"),
+        html_path=reports.get("html"),
+        csv_path=reports.get("csv"),
+        junit_path=reports.get("junit"),
+    )
+    if json_out:
+        emit_json(document)
+    else:
+        print_summary(document)
+        for path in written:
+            sys.stdout.write(f"report: {path}\n")
+    return 1 if any(r.status == "failed" for r in host_reports) else 0
+
+
+def _counts_line(document: Mapping[str, Any]) -> str:
+    summary = document["summary"]
+    return ", ".join(f"{summary.get(k, 0)} {k}" for k in ("ok", "changed", "failed", "not_started"))
+
+
+def demo(out_dir: Path, clients: int, kms_hosts: int, keep_lab: bool) -> int:
+    """Start a lab, roll out the site playbook, print the summary and the HTML report path, stop the lab.
+
+    KMS clients that reach a host before it has counted enough clients stay in grace with 0xC004F038
+    and retry by themselves every 2 hours [PLAN24]; the demo does that retry at once (a resumed run of
+    the same playbook), then reads the whole fleet's status into the final reports.
+    """
+    from kmsadmin.fleet.playbook import shipped_playbook
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = Path(tempfile.mkdtemp(prefix="lab-", dir=out_dir))
+    inventory = out_dir / "inventory.yml"
+    journal = out_dir / "journal.jsonl"
+    up = [
+        sys.executable,
+        "-m",
+        "kmsadmin",
+        "lab",
+        "up",
+        "--hosts",
+        str(clients),
+        "--kms-hosts",
+        str(kms_hosts),
+        "--state-dir",
+        str(state),
+        "--inventory-out",
+        str(inventory),
+        "--detach",
+    ]
+    sys.stdout.write(f"starting a lab: {kms_hosts} KMS host(s), {clients} clients (state in {state})\n")
+    proc = subprocess.run(up, capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        return proc.returncode
+    try:
+        playbook = shipped_playbook("site.yml")
+        sys.stdout.write(f"rolling out {playbook} against {inventory}\n")
+        first_reports = {"json": out_dir / "rollout.json", "html": out_dir / "rollout.html"}
+        code, document = run_rollout(
+            playbook,
+            inventory,
+            explicit={},
+            forks=64,
+            limit=None,
+            check=False,
+            journal_path=journal,
+            resume=False,
+            deadline=300.0,
+            reports=first_reports,
+            progress=True,
+            quiet=True,
+        )
+        sys.stdout.write(f"first pass: {_counts_line(document)}\n")
+        waiting = [
+            h["host"] for h in document["hosts"] if (h.get("error") or {}).get("hresult") == "0xC004F038"
+        ]
+        if waiting:
+            sys.stdout.write(
+                f"{len(waiting)} client(s) reached a KMS host before it had counted enough clients "
+                "(0xC004F038); Windows retries every 2 hours, the demo retries now\n"
+            )
+            code, document = run_rollout(
+                playbook,
+                inventory,
+                explicit={},
+                forks=64,
+                limit=None,
+                check=False,
+                journal_path=journal,
+                resume=True,
+                deadline=300.0,
+                reports={},
+                progress=True,
+                quiet=True,
+            )
+            sys.stdout.write(f"retry: {_counts_line(document)}\n")
+        reports = {
+            "json": out_dir / "report.json",
+            "html": out_dir / "report.html",
+            "csv": out_dir / "report.csv",
+            "junit": out_dir / "report.junit.xml",
+        }
+        sys.stdout.write("fleet status after the rollout:\n")
+        status_code = fleet_status(
+            inventory, "all", explicit={}, forks=64, deadline=120.0, reports=reports, json_out=False
+        )
+        sys.stdout.write(f"\nHTML report: {reports['html'].resolve()}\n")
+        return code or status_code
+    finally:
+        if keep_lab:
+            sys.stdout.write(f"lab still running: kmsadmin lab down --state-dir {state}\n")
+        else:
+            subprocess.run(
+                [sys.executable, "-m", "kmsadmin", "lab", "down", "--state-dir", str(state)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            sys.stdout.write("lab stopped\n")
+
+
+def exit_interrupted() -> None:
+    """Exit 130 after an abort."""
+    raise typer.Exit(EXIT_INTERRUPTED)
+
+
+__all__ = ["KmsAdminError", "demo", "fleet_status", "run_rollout", "write_reports"]
