@@ -504,3 +504,93 @@ def test_missing_named_fails_with_the_install_command(monkeypatch: pytest.Monkey
     monkeypatch.setattr(dnsserver, "NAMED_CANDIDATES", ("/nonexistent/named",))
     with pytest.raises(pytest.fail.Exception, match="apt-get install -y bind9 bind9-utils"):
         dnsserver.named_binary()
+
+
+def test_record_via_winrm_renders_and_runs_the_step(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from kmsadmin.dns import remote
+
+    seen: dict[str, Any] = {}
+    answer = {
+        "kmsadmin": 1,
+        "step": "dns-srv-record",
+        "changed": True,
+        "before": {"records": []},
+        "after": {
+            "records": [{"target": "kms1.contoso.com", "port": 1688, "priority": 0, "weight": 0, "ttl": 3600}]
+        },
+        "data": {
+            "zone": "contoso.com",
+            "name": "_vlmcs._tcp.branch",
+            "is_ds_integrated": True,
+            "kms_hosts_group": "KMS Hosts",
+            "acl_changed": True,
+        },
+    }
+
+    def factory(name: str, hostvars: Any) -> FakeSession:
+        seen["host"], seen["vars"] = name, dict(hostvars)
+        session = FakeSession(answer)
+        seen["session"] = session
+        return session
+
+    monkeypatch.setattr(remote, "winrm_session", lambda explicit=None: factory)
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text("all:\n  hosts:\n    dc01.contoso.com: {ansible_port: 5986}\n", encoding="utf-8")
+    result = cli(
+        "dns",
+        "record",
+        "add",
+        "branch.contoso.com",
+        "--zone",
+        "contoso.com",
+        "--target",
+        "kms1.contoso.com",
+        "--via",
+        "winrm",
+        "--dns-server",
+        "dc01.contoso.com",
+        "--kms-hosts-group",
+        "KMS Hosts",
+        "-i",
+        str(inventory),
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["host"] == "dc01.contoso.com" and seen["vars"] == {"ansible_port": 5986}
+    params = pwsh.read_params(seen["session"].scripts[0].text)
+    assert params["record_name"] == "_vlmcs._tcp.branch" and params["kms_hosts_group"] == "KMS Hosts"
+    (run,) = json.loads(result.output)["hosts"]
+    assert run["changed"] is True and run["data"]["acl_changed"] is True
+
+
+def test_publish_list_runs_on_every_kms_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from kmsadmin.dns import remote
+
+    ran: list[str] = []
+
+    def factory(name: str, hostvars: Any) -> FakeSession:
+        ran.append(name)
+        return FakeSession(
+            {
+                "kmsadmin": 1,
+                "step": "kms-dns-publish-list",
+                "changed": True,
+                "before": {"domains": []},
+                "after": {"domains": ["contoso.com", "branch.contoso.com"]},
+                "data": {"restarted": True},
+            }
+        )
+
+    monkeypatch.setattr(remote, "winrm_session", lambda explicit=None: factory)
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text(
+        "all:\n  children:\n    kms_hosts:\n      hosts:\n        kms1: {}\n        kms2: {}\n"
+        "    clients:\n      hosts:\n        pc1: {}\n",
+        encoding="utf-8",
+    )
+    result = cli("dns", "publish-list", "-i", str(inventory), "--domains", "contoso.com,branch.contoso.com")
+    assert result.exit_code == 0, result.output
+    assert sorted(ran) == ["kms1", "kms2"]
+    assert "kms1: changed" in result.output
+    limited = cli("dns", "publish-list", "-i", str(inventory), "--domains", "contoso.com", "--limit", "kms2")
+    assert limited.exit_code == 0 and ran[-1] == "kms2" and len(ran) == 3

@@ -484,3 +484,50 @@ def test_lab_up_with_dns_server_publishes_over_winrm(
     finally:
         down = kmsadmin("lab", "down", "--state-dir", str(state))
         assert down.returncode == 0, down.stdout + down.stderr
+
+
+def test_large_answers_fall_back_to_tcp(dns_server: DnsServer) -> None:
+    key = load_key_file(dns_server.key_file)
+    update = dns.update.UpdateMessage("lab.test.", keyring=key.keyring(), keyname=key.keyname())
+    for index in range(40):
+        update.add("_vlmcs._tcp.lab.test.", 300, "SRV", f"0 0 1688 kms{index:02}.lab.test.")
+    assert (
+        dns.query.tcp(update, dns_server.host, timeout=3, port=dns_server.port).rcode() == dns.rcode.NOERROR
+    )
+    result = invoke("dns", "check", "lab.test", "--server", dns_server.address, "--json")
+    assert result.exit_code == 1
+    (status,) = json.loads(result.output)["domains"]
+    assert status["tcp"] is True and len(status["records"]) == 40
+
+
+def test_plan_gathers_facts_over_winrm(tmp_path: Path) -> None:
+    from kmsadmin.cli.dns import plan_command
+    from kmsadmin.lab.api import EndpointConfig
+    from kmsadmin.lab.inventory import write_inventory as write_lab_inventory
+    from kmsadmin.lab.server import LabServer
+
+    fleet = Fleet.create(tmp_path / "lab", hosts=25, kms_hosts=1, os_mix="win11-enterprise-ltsc2024=25")
+    configs = [
+        EndpointConfig(name=n, username=fleet.username, password=fleet.password, tls=True)
+        for n in fleet.names()
+    ]
+    server = LabServer(LabEngine(fleet), configs, state_dir=tmp_path / "tls")
+    server.start()
+    try:
+        ports = {n: server.port(n) for n in fleet.names()}
+        inventory = write_lab_inventory(tmp_path / "lab.yml", fleet, ports, tls=True, ca_cert=server.ca_path)
+        app = typer.Typer()
+        app.command("plan")(plan_command)
+        app.command("other")(lambda: None)
+        # from inventory vars alone the lab's caption "Windows 11 Enterprise LTSC" names no release
+        by_vars = json.loads(CliRunner().invoke(app, ["plan", "-i", str(inventory), "--json"]).output)
+        assert by_vars["clients"]["unidentified"] == 25
+        result = CliRunner().invoke(app, ["plan", "-i", str(inventory), "--gather", "--json"])
+        assert result.exit_code == 0, result.output
+        plan = json.loads(result.output)
+        assert plan["editions"] == {"windows-11-enterprise-ltsc-2024": 25}
+        assert plan["windows_host_key_group_id"] == "windows-server-2025"
+        (fit,) = plan["hosts"]
+        assert fit["host"] == "kms01" and fit["ok"] is True
+    finally:
+        server.stop()
