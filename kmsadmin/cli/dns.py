@@ -128,6 +128,7 @@ def check(
 
 def _print_check(report: CheckReport, json_out: bool) -> None:
     from kmsadmin.cli.output import emit_json
+    from kmsadmin.dns.check import client_error_meaning
 
     if json_out:
         emit_json(report.to_dict())
@@ -150,7 +151,7 @@ def _print_check(report: CheckReport, json_out: bool) -> None:
         return
     for finding in report.findings:
         typer.echo(f"{finding.severity.upper()} {finding.kind} ({finding.domain}): {finding.message}")
-        typer.echo(f"  client error: {finding.client_error}")
+        typer.echo(f"  client error: {finding.client_error} {client_error_meaning(finding.client_error)}")
         typer.echo(f"  fix: {finding.remediation}")
 
 

@@ -16,7 +16,8 @@ Modules:
 * :mod:`kmsadmin.dns.remote` — the Windows-side steps (``dns-srv-record``, ``kms-dns-publish-list``,
   ``kms-host-settings``) as :class:`~kmsadmin.values.ScriptRef` values, and running them.
 
-This layer sits between fleet and operations; it never imports the lab, the CLI or rich/typer.
+This layer sits between fleet and operations (it may use catalog, facts, render and transports); it
+never imports the lab, the CLI or rich/typer.
 """
 
 from __future__ import annotations

@@ -44,6 +44,16 @@ CLIENT_ERRORS = {
 }
 
 
+def client_error_meaning(code: str) -> str:
+    """The catalog's message and meaning of an activation HRESULT (activation-error-codes), else ours."""
+    from kmsadmin.catalog import hresult_info
+
+    info = hresult_info(code)
+    if info.known:
+        return f"{info.message} {info.meaning}".strip()
+    return CLIENT_ERRORS.get(code, "")
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One problem, the client error it causes, and how to fix it."""
@@ -64,7 +74,7 @@ class Finding:
             "domain": self.domain,
             "message": self.message,
             "client_error": self.client_error,
-            "client_error_meaning": CLIENT_ERRORS.get(self.client_error, ""),
+            "client_error_meaning": client_error_meaning(self.client_error),
             "remediation": self.remediation,
             "record": self.record.to_dict() if self.record else None,
         }
