@@ -1,0 +1,472 @@
+"""Write an :class:`~kmsadmin.export.plan.ExportPlan` as an Ansible project that ansible-core alone runs.
+
+Layout of the project directory::
+
+    site.yml            the plays, in order: same name, hosts pattern, serial, max_fail_percentage,
+                        any_errors_fatal; gather_facts: false
+    inventory.yml       a copy of the inventory (an ansible-inventory --list JSON is written as YAML)
+    ansible.cfg         inventory = inventory.yml, no host key checking, explicit gathering
+    host_vars/HOST.yml  kmsadmin_export: for each play, the host's scripts in order (file names)
+    scripts/*.ps1       the rendered scripts, content-addressed (hosts with equal scripts share a file)
+    README.md           how to run it and where the host key comes from
+    .kmsadmin-export    marks the directory as an export (a new export replaces it)
+
+Every step is one ``ansible.builtin.raw`` task whose argument is the script file's text (the psrp
+connection plugin runs it as one PowerShell pipeline), with ``register``, ``changed_when`` from the
+JSON result's ``changed`` and ``failed_when`` on its ``error`` (or no JSON, or a non-zero rc). After
+each operation a read-back task runs the ``facts`` script and fails as the rollout's verify does.
+
+The host key. ``install-host-key`` is written with a placeholder in its parameters block
+(:data:`~kmsadmin.export.plan.HOST_KEY_PLACEHOLDER`). Its task reads the key when it runs, from the
+same references the playbook gives (a file named by a host var, resolved against the original
+inventory's directory as the rollout does; a literal file; an environment variable), through
+``lookup('ansible.builtin.file')`` / ``lookup('ansible.builtin.env')``, and swaps it into the
+script text in memory. The task has ``no_log: true``, so neither its arguments nor its result are
+printed or logged. The key is never in the project directory. Caveat (from ansible-core's psrp
+connection plugin): at ``-vvv`` and above the plugin prints each command's text ("PSRP: EXEC"),
+whatever ``no_log`` says, so the key would be shown; run this project below ``-vvv``.
+
+Failures. The rollout never stops for a failed host unless a play has ``max_fail_percentage`` or
+``any_errors_fatal``; Ansible stops the whole playbook when every host of a ``serial`` batch fails
+(a new KMS host refuses the first clients with 0xC004F038, so the canary batch would stop it). Plays
+without a failure policy therefore run their tasks in a block whose ``rescue`` records the failure;
+the host sits out the later plays (``meta: end_host``) and a last play, ``kmsadmin: failed hosts``,
+fails it, so the recap and the exit code (2) still show it. Plays with a failure policy keep
+Ansible's own semantics, which match the rollout's. Unreachable hosts follow Ansible's rules.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kmsadmin import catalog
+from kmsadmin.errors import ConfigError
+from kmsadmin.export.plan import (
+    HOST_KEY_PLACEHOLDER,
+    ExportPlan,
+    HostOperation,
+    PlayCall,
+    PlayExport,
+    script_name,
+)
+from kmsadmin.fleet.playbook import EnvRef, FileRef, SetupHostParams, VarRef
+
+MARKER = ".kmsadmin-export"
+FAILED_PLAY = "kmsadmin: failed hosts"
+#: the single-quote characters PowerShell treats alike (kmsadmin.render.PS_SINGLE_QUOTES), as a regex
+_QUOTES_CLASS = "['\u2018\u2019\u201a\u201b]"
+
+
+# ------------------------------------------------------------------------------------------ expressions
+def _result_ok(var: str) -> str:
+    return f"({var}.stdout | default('') | trim).startswith('{{')"
+
+
+def changed_when(var: str) -> str:
+    """The step's JSON says ``changed``."""
+    return f"{_result_ok(var)} and ((({var}.stdout | from_json).changed | default(false)) is true)"
+
+
+def failed_when(var: str) -> str:
+    """A non-zero rc, no JSON object, or an ``error`` member in it."""
+    return (
+        f"({var}.rc | default(1)) != 0 or not {_result_ok(var)}"
+        f" or (({var}.stdout | from_json).error | default(none)) is not none"
+    )
+
+
+def _jinja_literal(value: Any) -> str:
+    return "true" if value is True else "false" if value is False else json.dumps(value)
+
+
+def verify_failed_when(var: str, operation: str, params: Any) -> str:
+    """The rollout's verify: Windows licensed (convert-client), a KMS host with the asked settings."""
+    base = failed_when(var)
+    data = f"({var}.stdout | from_json).data"
+    if operation == "convert-client":
+        status = (
+            f"({data}.products | default([], true)"
+            f" | selectattr('application_id', 'match', '(?i){catalog.WINDOWS_APP_ID}$')"
+            " | rejectattr('license_is_addon') | rejectattr('is_kms_host')"
+            " | map(attribute='license_status') | first | default(none))"
+        )
+        return f"{base} or {status} != 1"
+    if operation == "setup-host" and isinstance(params, SetupHostParams):
+        checks = [f"not ({data}.service.is_kms_host is true)"]
+        for name in (
+            "listening_port",
+            "dns_publishing",
+            "low_priority",
+            "activation_interval",
+            "renewal_interval",
+        ):
+            wanted = getattr(params, name)
+            if wanted is not None:
+                checks.append(f"{data}.service.{name} != {_jinja_literal(wanted)}")
+        return f"{base} or " + " or ".join(checks)
+    return base
+
+
+def _ref_expressions(ref: EnvRef | FileRef, inventory_dir: Path, play_dir: Path) -> tuple[str, str, str]:
+    """(condition, value, description) of one secret reference, as the rollout reads it."""
+    if isinstance(ref, EnvRef):
+        value = f"lookup('ansible.builtin.env', {json.dumps(ref.env)})"
+        return f"({value} | length > 0)", value, f"environment variable {ref.env}"
+    if isinstance(ref.file, VarRef):
+        name = ref.file.var
+        raw = f"({name} | string | expanduser)"
+        path = f"({raw} if {raw}.startswith('/') else kmsadmin_export_inventory_dir ~ '/' ~ {raw})"
+        condition = f"({name} | default('', true) | string | length > 0)"
+        return condition, f"lookup('ansible.builtin.file', {path})", f"host var {name}"
+    literal = Path(ref.file).expanduser()
+    absolute = literal if literal.is_absolute() else (play_dir / literal).resolve()
+    return "true", f"lookup('ansible.builtin.file', {json.dumps(str(absolute))})", f"file {ref.file}"
+
+
+def host_key_expressions(call: PlayCall, inventory_dir: Path, play_dir: Path) -> tuple[str, str, str]:
+    """(is any reference set, the key's quoted PowerShell literal, what was tried) for a task."""
+    parts = [_ref_expressions(r, inventory_dir, play_dir) for r in call.host_key_refs]
+    chain = "''"
+    for condition, value, _ in reversed(parts):
+        chain = f"({value} if {condition} else {chain})"
+    first_line = f"(({chain} | string).splitlines() | map('trim') | select | list | first | default(''))"
+    doubled = f'({first_line} | regex_replace("({_QUOTES_CLASS})", "\\\\1\\\\1"))'
+    quoted = f'"\'" ~ {doubled} ~ "\'"'
+    any_set = " or ".join(c for c, _, _ in parts) or "false"
+    tried = ", ".join(d for _, _, d in parts)
+    return any_set, quoted, tried
+
+
+# ------------------------------------------------------------------------------------------ tasks
+def _script(path_expr: str) -> str:
+    return f"{{{{ lookup('ansible.builtin.file', playbook_dir ~ '/' ~ {path_expr}) }}}}"
+
+
+def _step_tasks(
+    op: HostOperation, call: PlayCall, prefix: str, export: ExportPlan, play: PlayExport
+) -> list[dict[str, Any]]:
+    """The tasks of one operation shape; ``kmsadmin_op`` is the host's entry (block var)."""
+    tasks: list[dict[str, Any]] = []
+    name = op.operation
+    if op.failure is not None:
+        return [{"name": f"{name}: preflight", "ansible.builtin.fail": {"msg": "{{ kmsadmin_op.failure }}"}}]
+    inventory_dir = (export.inventory.path or Path("inventory.yml")).resolve().parent
+    registered: list[str] = []
+    for index, step in enumerate(op.steps):
+        var = f"{prefix}_{index}"
+        registered.append(var)
+        path = f"kmsadmin_op.scripts[{index}]"
+        task: dict[str, Any] = {"name": f"{name}: {step.step}"}
+        if step.forced is not None:
+            changed = " or ".join(f"({registered[i]} is changed)" for i in step.after_targets)
+            path = f"(kmsadmin_op.forced[{index}] if ({changed}) else kmsadmin_op.scripts[{index}])"
+        raw = _script(path)
+        if step.needs_host_key:
+            any_set, quoted, tried = host_key_expressions(call, inventory_dir, play.play.source.parent)
+            tasks.append(
+                {
+                    "name": f"{name}: a host key reference is set",
+                    "ansible.builtin.assert": {
+                        "that": [any_set],
+                        "fail_msg": f"no host key: none of {tried} is set",
+                        "quiet": True,
+                    },
+                }
+            )
+            placeholder = json.dumps(f"'{HOST_KEY_PLACEHOLDER}'")
+            raw = (
+                f"{{{{ lookup('ansible.builtin.file', playbook_dir ~ '/' ~ {path})"
+                f" | replace({placeholder}, kmsadmin_host_key_literal) }}}}"
+            )
+            # evaluated only when the task runs, in memory; no_log keeps args and result out of output
+            task["no_log"] = True
+            task["vars"] = {"kmsadmin_host_key_literal": f"{{{{ {quoted} }}}}"}
+        task["ansible.builtin.raw"] = raw
+        task["register"] = var
+        task["changed_when"] = changed_when(var)
+        task["failed_when"] = failed_when(var)
+        tasks.append(task)
+    verify = f"{prefix}_verify"
+    tasks.append(
+        {
+            "name": f"{name}: verify" if name != "status" else "status: facts",
+            "ansible.builtin.raw": _script("kmsadmin_op.verify"),
+            "register": verify,
+            "changed_when": False,
+            "failed_when": verify_failed_when(verify, name, call.params),
+        }
+    )
+    return tasks
+
+
+def _shapes(play: PlayExport, call_index: int) -> dict[str, HostOperation]:
+    shapes: dict[str, HostOperation] = {}
+    for host in play.hosts:
+        op = play.operations[host][call_index]
+        shapes.setdefault(op.signature, op)
+    return shapes
+
+
+def _play_tasks(export: ExportPlan, play_index: int, play: PlayExport) -> list[dict[str, Any]]:
+    key = json.dumps(play.play.name)
+    tasks: list[dict[str, Any]] = [
+        {
+            "name": "kmsadmin export: this host was exported",
+            "ansible.builtin.assert": {
+                "that": [f"kmsadmin_export is defined and {key} in kmsadmin_export"],
+                "fail_msg": "this host has no scripts in the export for this play"
+                + (f" (exported with --limit {export.limit!r}: use the same --limit)" if export.limit else "")
+                + "; export again",
+                "quiet": True,
+            },
+        }
+    ]
+    for call_index, call in enumerate(play.calls):
+        shapes = _shapes(play, call_index)
+        for shape_index, op in enumerate(shapes.values()):
+            prefix = f"kmsadmin_r{play_index}_{call_index}_{shape_index}"
+            block: dict[str, Any] = {
+                "name": f"{call.operation} ({call_index + 1} of {len(play.calls)})",
+                "vars": {"kmsadmin_op": f"{{{{ kmsadmin_export[{key}][{call_index}] }}}}"},
+                "block": _step_tasks(op, call, prefix, export, play),
+            }
+            if len(shapes) > 1:
+                block["when"] = f"kmsadmin_export[{key}][{call_index}].shape == {shape_index}"
+            tasks.append(block)
+    return tasks
+
+
+def _uses_rescue(play: PlayExport) -> bool:
+    return play.play.max_fail_percentage is None and not play.play.any_errors_fatal
+
+
+def build_site(export: ExportPlan) -> list[dict[str, Any]]:
+    """The plays of ``site.yml``."""
+    inventory_dir = (export.inventory.path or Path("inventory.yml")).resolve().parent
+    plays: list[dict[str, Any]] = []
+    rescuing = False
+    for index, play in enumerate(export.plays):
+        source = play.play
+        entry: dict[str, Any] = {"name": source.name, "hosts": source.hosts}
+        if source.serial is not None:
+            entry["serial"] = source.serial
+        if source.max_fail_percentage is not None:
+            share = source.max_fail_percentage
+            entry["max_fail_percentage"] = int(share) if share == int(share) else share
+        if source.any_errors_fatal:
+            entry["any_errors_fatal"] = True
+        entry["gather_facts"] = False
+        entry["vars"] = {**source.vars, "kmsadmin_export_inventory_dir": str(inventory_dir)}
+        tasks = _play_tasks(export, index, play)
+        pre: list[dict[str, Any]] = []
+        if rescuing:
+            pre.append(
+                {
+                    "name": "kmsadmin export: a host that failed in an earlier play sits this one out",
+                    "ansible.builtin.meta": "end_host",
+                    "when": "kmsadmin_failed_play is defined",
+                }
+            )
+        if _uses_rescue(play):
+            rescuing = True
+            tasks = [
+                {
+                    "name": source.name,
+                    "block": tasks,
+                    "rescue": [
+                        {
+                            "name": "kmsadmin export: record the failure (the host sits out later plays)",
+                            "ansible.builtin.set_fact": {
+                                "kmsadmin_failed_play": source.name,
+                                "kmsadmin_failed_task": "{{ ansible_failed_task.name }}",
+                            },
+                        }
+                    ],
+                }
+            ]
+        entry["tasks"] = pre + tasks
+        plays.append(entry)
+    if rescuing:
+        plays.append(
+            {
+                "name": FAILED_PLAY,
+                "hosts": "all",
+                "gather_facts": False,
+                "tasks": [
+                    {
+                        "name": "kmsadmin export: report a host that failed",
+                        "ansible.builtin.fail": {
+                            "msg": "failed in play '{{ kmsadmin_failed_play }}' at task '{{ kmsadmin_failed_task }}'"
+                        },
+                        "when": "kmsadmin_failed_play is defined",
+                    }
+                ],
+            }
+        )
+    return plays
+
+
+def build_host_vars(export: ExportPlan) -> dict[str, dict[str, Any]]:
+    """``host_vars/HOST.yml`` contents: per play, per operation, the host's script files."""
+    result: dict[str, dict[str, Any]] = {}
+    for play in export.plays:
+        shape_ids = [{sig: i for i, sig in enumerate(_shapes(play, c))} for c in range(len(play.calls))]
+        for host in play.hosts:
+            entries: list[dict[str, Any]] = []
+            for call_index, op in enumerate(play.operations[host]):
+                entries.append(
+                    {
+                        "operation": op.operation,
+                        "shape": shape_ids[call_index][op.signature],
+                        "scripts": [f"scripts/{script_name(s.script)}" for s in op.steps],
+                        "forced": [
+                            f"scripts/{script_name(s.forced)}" if s.forced else None for s in op.steps
+                        ],
+                        "verify": f"scripts/{script_name(op.verify)}",
+                        "failure": op.failure,
+                    }
+                )
+            result.setdefault(host, {}).setdefault("kmsadmin_export", {})[play.play.name] = entries
+    return result
+
+
+# ------------------------------------------------------------------------------------------ writing
+def _dump(value: Any) -> str:
+    return yaml.safe_dump(value, sort_keys=False, default_flow_style=False, width=100_000, allow_unicode=True)
+
+
+def _inventory_text(export: ExportPlan) -> tuple[str, bool]:
+    """The inventory to write and whether it is the original file's text."""
+    path = export.inventory.path
+    if path is not None:
+        text = path.read_text(encoding="utf-8-sig")
+        stripped = text.lstrip()
+        if not stripped.startswith(("{", "[")):
+            return text, True
+    inv = export.inventory
+    groups: dict[str, Any] = {}
+    for group, members in inv.groups.items():
+        if group in ("all", "ungrouped"):
+            continue
+        children = set(inv.children.get(group, ()))
+        child_hosts = {h for c in children for h in inv.groups.get(c, ())}
+        entry: dict[str, Any] = {}
+        own = [h for h in members if h not in child_hosts]
+        if own:
+            entry["hosts"] = dict.fromkeys(own)
+        if children:
+            entry["children"] = dict.fromkeys(inv.children.get(group, ()))
+        groups[group] = entry or None
+    hosts = {h: dict(v) for h, v in inv.hosts.items()}
+    data = {"all": {"hosts": hosts, "children": groups}}
+    return (
+        "# converted by kmsadmin export ansible from ansible-inventory JSON (vars merged per host)\n"
+        + _dump(data),
+        False,
+    )
+
+
+def _readme(export: ExportPlan, source: str) -> str:
+    plays = "\n".join(
+        f"- **{p.play.name}** (`hosts: {p.play.hosts}`): {len(p.hosts)} host(s), "
+        + ", ".join(c.operation for c in p.calls)
+        for p in export.plays
+    )
+    refs = sorted(
+        {
+            _ref_expressions(r, Path("."), p.play.source.parent)[2]
+            for p in export.plays
+            for c in p.calls
+            for r in c.host_key_refs
+        }
+    )
+    key_text = (
+        "The host key is read at run time from the first of: "
+        + ", ".join(refs)
+        + " (as the rollout reads it; "
+        "a relative path in a host var is relative to the original inventory's directory). It is swapped "
+        "into the `install-host-key` script in memory by a `no_log: true` task and is never written here. "
+        "Do not run this project at `-vvv` or above: ansible-core's psrp connection plugin prints command "
+        "text at that level whatever `no_log` says."
+        if refs
+        else "No step of this rollout needs a host key."
+    )
+    return f"""# Ansible export of a kmsadmin rollout
+
+Exported by `kmsadmin export ansible` from `{source}`{" with --limit " + repr(export.limit) if export.limit else ""}{" (facts gathered at export time)" if export.gathered else ""}.
+Do not edit: export again after changing the playbook or the inventory.
+
+    ansible-playbook site.yml{" --limit " + repr(export.limit) if export.limit else ""}
+
+Plays, in order:
+
+{plays}
+
+Every task is `ansible.builtin.raw` with one rendered kmsadmin script (`scripts/`, chosen per host by
+`host_vars/`). Each script checks the host's state before changing it and prints one JSON object;
+`changed_when` reads its `changed`, `failed_when` its `error`. A second run changes nothing.
+
+{key_text}
+
+A host that fails in a play without `max_fail_percentage` does not stop the others (as in kmsadmin):
+it is recorded, sits out later plays, and fails in the last play, `{FAILED_PLAY}`.
+"""
+
+
+def _prepare_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise ConfigError(f"{out} is not empty and not a kmsadmin export; choose an empty directory")
+        for name in ("scripts", "host_vars"):
+            shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def write_project(export: ExportPlan, out: Path, *, source: str | None = None) -> dict[str, Any]:
+    """Write the project into ``out`` (empty, missing, or an earlier export); return a summary."""
+    _prepare_dir(out)
+    scripts = export.scripts()
+    (out / "scripts").mkdir()
+    for name, script in scripts.items():
+        (out / "scripts" / name).write_text(script.text, encoding="utf-8", newline="")
+    (out / "host_vars").mkdir()
+    host_vars = build_host_vars(export)
+    header = "# generated by kmsadmin export ansible: this host's scripts per play (no secrets)\n"
+    for host, values in host_vars.items():
+        (out / "host_vars" / f"{host}.yml").write_text(header + _dump(values), encoding="utf-8")
+    origin = source or str(export.playbook.path)
+    site = build_site(export)
+    (out / "site.yml").write_text(
+        f"# generated by kmsadmin export ansible from {origin}; run: ansible-playbook site.yml\n"
+        + _dump(site),
+        encoding="utf-8",
+    )
+    text, copied = _inventory_text(export)
+    inventory = out / "inventory.yml"
+    inventory.write_text(text, encoding="utf-8")
+    inventory.chmod(0o600)
+    (out / "ansible.cfg").write_text(
+        "[defaults]\ninventory = inventory.yml\ngathering = explicit\nhost_key_checking = False\n"
+        "retry_files_enabled = False\n",
+        encoding="utf-8",
+    )
+    (out / "README.md").write_text(_readme(export, origin), encoding="utf-8")
+    (out / MARKER).write_text("kmsadmin export ansible\n", encoding="utf-8")
+    return {
+        "directory": str(out),
+        "plays": [{"name": p.play.name, "hosts": len(p.hosts)} for p in export.plays],
+        "hosts": len(host_vars),
+        "scripts": len(scripts),
+        "inventory": "copied" if copied else "converted from JSON",
+        "gathered": export.gathered,
+        "notes": sorted(
+            {n for p in export.plays for ops in p.operations.values() for op in ops for n in op.notes}
+        ),
+    }
