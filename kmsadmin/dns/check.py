@@ -18,6 +18,7 @@ So every finding is explained by the error a client sees (activation-error-codes
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +27,9 @@ from kmsadmin.dns.records import SrvRecord, srv_owner
 from kmsadmin.dns.resolver import DnsClient, Probe, QueryAnswer, probe_tcp
 
 Severity = Literal["error", "warning"]
+
+#: port probes run at the same time
+PROBE_WORKERS = 16
 
 #: client-side errors (activation-error-codes; slerror.h / winerror.h names)
 NAME_NOT_FOUND = "0x8007232B"  # DNS_ERROR_RCODE_NAME_ERROR: "DNS name does not exist"
@@ -334,17 +338,24 @@ def run_check(
     report = CheckReport(primary, client.describe(), inventory=view.source if view else None)
     client_domains = view.client_domains() if view else {}
     names = [primary, *sorted(d for d in client_domains if d != primary)]
+    resolved: list[tuple[DomainStatus, SrvRecord, list[str], str]] = []
     for name in names:
         answer, records = client.srv(name)
         status = DomainStatus(name, answer, clients=client_domains.get(name, 0))
+        report.domains.append(status)
         for record in records:
             addresses, how = client.addresses(record.target)
-            host = view.kms_host(record.target) if view else None
-            probes = tuple(probe(a, record.port) for a in addresses)
-            status.targets.append(
-                TargetStatus(record, tuple(addresses), how, probes, host.name if host else None)
-            )
-        report.domains.append(status)
+            resolved.append((status, record, addresses, how))
+    # probes run in parallel: a filtered port costs a full timeout, and a domain may list many hosts
+    endpoints = sorted({(a, r.port) for _, r, addresses, _ in resolved for a in addresses})
+    with ThreadPoolExecutor(max_workers=max(1, min(PROBE_WORKERS, len(endpoints)))) as pool:
+        probed = dict(zip(endpoints, pool.map(lambda e: probe(e[0], e[1]), endpoints), strict=True))
+    for status, record, addresses, how in resolved:
+        host = view.kms_host(record.target) if view else None
+        probes = tuple(probed[(a, record.port)] for a in addresses)
+        status.targets.append(
+            TargetStatus(record, tuple(addresses), how, probes, host.name if host else None)
+        )
     with_records = [d.domain for d in report.domains if d.targets]
     for status in report.domains:
         if status.answer.outcome in ("nxdomain", "nodata"):
