@@ -1,0 +1,271 @@
+"""``kmsadmin export ansible`` without a connection: the project's shape, scripts, secrets and refusals.
+
+Inventories are the lab's own (``kmsadmin.lab.inventory.build_inventory`` over a fresh ``Fleet``) with
+an OS mix whose captions name their edition, so no facts are needed. ansible-playbook only checks the
+syntax here; tests/lab/test_export_ansible.py runs the project against a lab.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kmsadmin import catalog
+from kmsadmin.errors import ConfigError
+from kmsadmin.export.ansible import FAILED_PLAY, MARKER, write_project
+from kmsadmin.export.plan import HOST_KEY_PLACEHOLDER, plan_export
+from kmsadmin.fleet.inventory import load_inventory
+from kmsadmin.fleet.playbook import load_playbook
+from kmsadmin.lab.fleet import Fleet
+from kmsadmin.lab.inventory import build_inventory
+from kmsadmin.render import parse_header
+
+REPO = Path(__file__).resolve().parents[1]
+PLAYBOOKS = REPO / "playbooks"
+MIX = "win11-enterprise=3,server2022-standard=2"
+
+
+def lab_inventory(tmp_path: Path, *, hosts: int = 5, kms_hosts: int = 1, os_mix: str = MIX) -> Path:
+    fleet = Fleet.create(tmp_path / "lab", hosts=hosts, kms_hosts=kms_hosts, os_mix=os_mix)
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(build_inventory(fleet, dict.fromkeys(fleet.names(), 5985), tls=False)))
+    return path
+
+
+def lab_key(inventory: Path, host: str = "kms01") -> str:
+    inv = load_inventory(inventory)
+    return Path(str(inv.hosts[host]["kmsadmin_lab_host_key_file"])).read_text().strip()
+
+
+def export(
+    tmp_path: Path, inventory: Path, playbook: str = "site.yml", **kwargs: Any
+) -> tuple[Path, dict[str, Any]]:
+    plan = plan_export(load_playbook(PLAYBOOKS / playbook), load_inventory(inventory), **kwargs)
+    out = tmp_path / "project"
+    return out, write_project(plan, out)
+
+
+def test_site_is_the_playbooks_plays_in_order_with_their_batching(tmp_path: Path) -> None:
+    out, summary = export(tmp_path, lab_inventory(tmp_path))
+    site = yaml.safe_load((out / "site.yml").read_text())
+    assert [p["name"] for p in site] == ["KMS hosts", "KMS clients", FAILED_PLAY]
+    kms, clients, failed = site
+    assert (kms["hosts"], kms["serial"], kms["max_fail_percentage"]) == ("kms_hosts", 1, 0)
+    assert (clients["hosts"], clients["serial"]) == ("clients:!kms_hosts", [1, "10%", "25%"])
+    assert "max_fail_percentage" not in clients
+    assert all(p["gather_facts"] is False for p in site)
+    assert failed["hosts"] == "all"
+    assert summary["plays"] == [{"name": "KMS hosts", "hosts": 1}, {"name": "KMS clients", "hosts": 5}]
+    assert (out / MARKER).is_file() and (out / "ansible.cfg").is_file() and (out / "README.md").is_file()
+
+
+def test_tasks_are_raw_scripts_with_changed_and_failed_from_the_json(tmp_path: Path) -> None:
+    out, _ = export(tmp_path, lab_inventory(tmp_path))
+    site = yaml.safe_load((out / "site.yml").read_text())
+
+    def tasks(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        flat: list[dict[str, Any]] = []
+        for item in items:
+            flat.extend(tasks(item["block"]) if "block" in item else [item])
+        return flat
+
+    kms_tasks = tasks(site[0]["tasks"])
+    names = [t["name"] for t in kms_tasks]
+    assert names == [
+        "kmsadmin export: this host was exported",
+        "setup-host: install-feature",
+        "setup-host: firewall",
+        "setup-host: a host key reference is set",
+        "setup-host: install-host-key",
+        "setup-host: activate",
+        "setup-host: verify",
+    ]
+    client_names = [t["name"] for t in tasks(site[1]["tasks"])]
+    assert client_names[1:] == [
+        "convert-client: install-gvlk",
+        "convert-client: set-kms-host",
+        "convert-client: activate",
+        "convert-client: verify",
+    ]
+    for task in kms_tasks + tasks(site[1]["tasks"]):
+        if "ansible.builtin.raw" in task:
+            assert set(task) >= {"register", "changed_when", "failed_when"}
+            assert "from_json" in task["failed_when"]
+            assert ".error" in task["failed_when"]
+    keyed = next(t for t in kms_tasks if t["name"] == "setup-host: install-host-key")
+    assert keyed["no_log"] is True
+    assert "kmsadmin_lab_host_key_file" in keyed["vars"]["kmsadmin_host_key_literal"]
+    assert "KMSADMIN_HOST_KEY" in keyed["vars"]["kmsadmin_host_key_literal"]
+    activate = next(t for t in tasks(site[1]["tasks"]) if t["name"] == "convert-client: activate")
+    assert "forced[2]" in activate["ansible.builtin.raw"] and "is changed" in activate["ansible.builtin.raw"]
+
+
+def test_host_vars_name_each_hosts_scripts_and_the_scripts_are_rendered_steps(tmp_path: Path) -> None:
+    inventory = lab_inventory(tmp_path)
+    out, _ = export(tmp_path, inventory)
+    inv = load_inventory(inventory)
+    for host in inv.hosts:
+        data = yaml.safe_load((out / "host_vars" / f"{host}.yml").read_text())["kmsadmin_export"]
+        play = "KMS hosts" if host == "kms01" else "KMS clients"
+        assert list(data) == [play]
+        (entry,) = data[play]
+        for name in [*entry["scripts"], entry["verify"], *(f for f in entry["forced"] if f)]:
+            text = (out / name).read_text(encoding="utf-8")
+            header = parse_header(text)
+            assert header is not None and name.split("/")[1].startswith(header[0])
+            assert b"\r\n" in (out / name).read_bytes()
+    client = yaml.safe_load((out / "host_vars" / "client001.yml").read_text())["kmsadmin_export"][
+        "KMS clients"
+    ][0]
+    gvlk = (out / client["scripts"][0]).read_text()
+    assert f"$ProductKey = '{catalog.find_client_key('windows-11-enterprise').gvlk}'" in gvlk
+    assert "$KmsHost = 'kms01.lab.test'" in (out / client["scripts"][1]).read_text()
+    assert "$Force = 'False'" in (out / client["scripts"][2]).read_text()
+    assert "$Force = 'True'" in (out / client["forced"][2]).read_text()
+
+
+def test_the_host_key_is_never_written_only_its_placeholder(tmp_path: Path) -> None:
+    inventory = lab_inventory(tmp_path)
+    key = lab_key(inventory)
+    out, _ = export(tmp_path, inventory)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert all(key.encode() not in p.read_bytes() for p in files)
+    keyed = [p for p in files if p.name.startswith("install-host-key-")]
+    assert len(keyed) == 1
+    assert f"$ProductKey = '{HOST_KEY_PLACEHOLDER}'" in keyed[0].read_text()
+    assert (out / "inventory.yml").stat().st_mode & 0o777 == 0o600
+    assert (out / "inventory.yml").read_text() == inventory.read_text()
+
+
+def test_limit_exports_only_those_hosts(tmp_path: Path) -> None:
+    out, summary = export(tmp_path, lab_inventory(tmp_path), limit="client00[1-2]")
+    assert sorted(p.stem for p in (out / "host_vars").iterdir()) == ["client001", "client002"]
+    assert summary["plays"] == [{"name": "KMS hosts", "hosts": 0}, {"name": "KMS clients", "hosts": 2}]
+    assert "--limit 'client00[1-2]'" in (out / "README.md").read_text()
+    with pytest.raises(ConfigError, match="matches no host"):
+        plan_export(
+            load_playbook(PLAYBOOKS / "site.yml"), load_inventory(out / "inventory.yml"), limit="nope"
+        )
+
+
+def test_clients_are_spread_over_the_kms_hosts_like_the_rollout(tmp_path: Path) -> None:
+    inventory = lab_inventory(tmp_path, hosts=4, kms_hosts=2)
+    out, _ = export(tmp_path, inventory, playbook="clients.yml")
+    pinned = {}
+    for host in ("client001", "client002", "client003", "client004"):
+        entry = yaml.safe_load((out / "host_vars" / f"{host}.yml").read_text())["kmsadmin_export"][
+            "KMS clients"
+        ][0]
+        text = (out / entry["scripts"][1]).read_text()
+        pinned[host] = text.split("$KmsHost = '", 1)[1].split("'", 1)[0]
+    assert pinned == {
+        "client001": "kms01.lab.test",
+        "client002": "kms02.lab.test",
+        "client003": "kms01.lab.test",
+        "client004": "kms02.lab.test",
+    }
+
+
+def test_an_unknown_edition_needs_inventory_vars_or_gather(tmp_path: Path) -> None:
+    inventory = lab_inventory(tmp_path, hosts=1, os_mix="win10-enterprise-ltsc2021=1")
+    with pytest.raises(ConfigError, match=r"edition is unknown.*--gather"):
+        export(tmp_path, inventory)
+    data = yaml.safe_load(inventory.read_text())
+    data["all"]["children"]["clients"]["hosts"]["client001"]["kmsadmin_edition"] = (
+        "windows-10-enterprise-ltsc-2021"
+    )
+    inventory.write_text(yaml.safe_dump(data))
+    out, _ = export(tmp_path, inventory)
+    assert (out / "host_vars" / "client001.yml").is_file()
+
+
+def test_a_non_empty_directory_that_is_not_an_export_is_refused_and_an_export_is_replaced(
+    tmp_path: Path,
+) -> None:
+    inventory = lab_inventory(tmp_path)
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    plan = plan_export(load_playbook(PLAYBOOKS / "site.yml"), load_inventory(inventory))
+    with pytest.raises(ConfigError, match="not a kmsadmin export"):
+        write_project(plan, out)
+    (out / "notes.txt").unlink()
+    write_project(plan, out)
+    (out / "scripts" / "stale.ps1").write_text("old")
+    write_project(plan, out)
+    assert not (out / "scripts" / "stale.ps1").exists()
+
+
+def test_a_json_inventory_is_written_as_yaml_with_the_same_hosts_and_groups(tmp_path: Path) -> None:
+    inventory = lab_inventory(tmp_path)
+    inv = load_inventory(inventory)
+    listing: dict[str, Any] = {"_meta": {"hostvars": {h: dict(v) for h, v in inv.hosts.items()}}}
+    for group in ("kms_hosts", "clients", "servers"):
+        listing[group] = {"hosts": list(inv.groups[group])}
+    listing["all"] = {"children": ["kms_hosts", "clients", "servers", "ungrouped"]}
+    json_path = tmp_path / "inventory.json"
+    json_path.write_text(json.dumps(listing))
+    out, summary = export(tmp_path, json_path)
+    assert summary["inventory"] == "converted from JSON"
+    copied = load_inventory(out / "inventory.yml")
+    for group in ("kms_hosts", "clients", "servers"):
+        assert set(copied.groups[group]) == set(inv.groups[group])
+    assert copied.hosts["client001"]["ansible_port"] == 5985
+
+
+def test_ansible_playbook_accepts_the_project(tmp_path: Path) -> None:
+    out, _ = export(tmp_path, lab_inventory(tmp_path))
+    env = {
+        "ANSIBLE_HOME": str(tmp_path / "home"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+        "PATH": str(Path(sys.executable).parent),
+    }
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            "inventory.yml",
+            "site.yml",
+            "--syntax-check",
+        ],
+        cwd=out,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_cli_writes_the_project_and_reports_errors_with_exit_4(tmp_path: Path) -> None:
+    inventory = lab_inventory(tmp_path)
+    out = tmp_path / "cli-project"
+    run = [
+        sys.executable,
+        "-m",
+        "kmsadmin.cli.export",
+        "ansible",
+        str(PLAYBOOKS / "site.yml"),
+        "-i",
+        str(inventory),
+    ]
+    proc = subprocess.run(
+        [*run, "-o", str(out), "--json"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["hosts"] == 6
+    bad = subprocess.run(
+        [*run, "-o", str(out), "--limit", "nothing-here"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == 4 and "matches no host" in bad.stderr
