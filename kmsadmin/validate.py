@@ -59,7 +59,9 @@ def hostname(value: str, *, what: str = "host name") -> str:
     labels = name.rstrip(".").split(".")
     for label in labels:
         if not _LABEL_RE.match(label):
-            raise InvalidInput(what, value, "each label is 1-63 letters, digits or '-', not starting/ending with '-'")
+            raise InvalidInput(
+                what, value, "each label is 1-63 letters, digits or '-', not starting/ending with '-'"
+            )
     return name.rstrip(".")
 
 
@@ -101,7 +103,9 @@ def interval(value: int | str, *, what: str = "interval") -> int:
     try:
         minutes = int(str(value).strip())
     except ValueError:
-        raise InvalidInput(what, str(value), f"must be whole minutes from {INTERVAL_MIN} to {INTERVAL_MAX}") from None
+        raise InvalidInput(
+            what, str(value), f"must be whole minutes from {INTERVAL_MIN} to {INTERVAL_MAX}"
+        ) from None
     if not INTERVAL_MIN <= minutes <= INTERVAL_MAX:
         raise InvalidInput(what, str(value), f"must be whole minutes from {INTERVAL_MIN} to {INTERVAL_MAX}")
     return minutes

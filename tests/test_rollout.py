@@ -362,7 +362,8 @@ def test_failed_host_is_left_out_of_later_plays(tmp_path: Path) -> None:
         tmp_path, CLIENTS.format(extra="vars: {}") + "- name: check\n  hosts: clients\n  steps: [status]\n"
     )
     result = go(pb, inv, fleet)
-    assert [(h.play, h.host, h.status) for h in result.hosts if h.play == "check"] == [
+    # hosts finish in any order within a batch
+    assert sorted((h.play, h.host, h.status) for h in result.hosts if h.play == "check") == [
         ("check", "pc001", "ok"),
         ("check", "pc003", "ok"),
     ]

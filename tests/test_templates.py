@@ -39,6 +39,15 @@ VALID: dict[str, Any] = {
     "kms_port": 1688,
     "lookup_domain": "contoso.com",
     "enabled": True,
+    "action": "add",
+    "zone_name": "contoso.com",
+    "record_name": "_vlmcs._tcp",
+    "priority": 0,
+    "weight": 0,
+    "ttl": 3600,
+    "kms_hosts_group": "",
+    "domains": "contoso.com,branch.contoso.com",
+    "clear": False,
 }
 
 HOSTILE = [
@@ -102,7 +111,7 @@ def as_text(value: Any) -> str:
 
 
 def test_readme_table_is_read() -> None:
-    assert len(STEPS) == 14
+    assert len(STEPS) == 16
     assert STEPS["facts"] == []
     assert STEPS["install-host-key"] == ["product_key", "application_id"]
     assert STEPS["kms-host-settings"] == [

@@ -84,4 +84,4 @@ def test_installed_wheel_renders_from_its_own_templates(tmp_path: Path) -> None:
     assert Path(found["template"]).resolve() == shipped / "ps1" / "host-caching.ps1.j2"
     assert found["header"] == "# kmsadmin-step: host-caching/1"
     assert found["steps"] == found["cmd"]
-    assert len(found["steps"]) == 14
+    assert len(found["steps"]) == 16

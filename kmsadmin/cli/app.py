@@ -30,13 +30,19 @@ app.add_typer(keys_app, name="keys")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 
-def _mount_lab() -> None:
-    """Mount ``kmsadmin lab`` (its module imports the lab lazily inside each command)."""
-    try:
-        from kmsadmin.cli.lab import lab_app
-    except ImportError:  # pragma: no cover - the lab ships with kmsadmin; a broken install says so
-        return
+def _mount_subcommands() -> None:
+    """Mount ``kmsadmin lab``, ``dns``, ``plan`` and ``export`` (their modules import lazily inside commands)."""
+    from kmsadmin.cli.dns import dns_app, plan_command
+    from kmsadmin.cli.lab import lab_app
+
     app.add_typer(lab_app, name="lab", help="A simulated Windows fleet speaking real WinRM on loopback.")
+    app.add_typer(dns_app, name="dns", help="KMS SRV records (_vlmcs._tcp): check, create, publishing.")
+    app.command("plan")(plan_command)
+    try:
+        from kmsadmin.cli.export import export_app
+    except ImportError:
+        return
+    app.add_typer(export_app, name="export", help="Export a rollout as an Ansible project.")
 
 
 # --------------------------------------------------------------------------------------------- keys
@@ -738,12 +744,13 @@ def doctor(
 
 def run() -> None:
     """Run the application, mapping Ctrl-C to exit code 130."""
-    _mount_lab()
     try:
         app()
     except KeyboardInterrupt:
         sys.stderr.write("kmsadmin: interrupted\n")
         sys.exit(EXIT_INTERRUPTED)
 
+
+_mount_subcommands()
 
 __all__ = ["EXIT_PENDING", "app", "run"]

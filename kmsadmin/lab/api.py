@@ -8,6 +8,7 @@ and error records.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -60,7 +61,8 @@ class EndpointConfig:
     name: str
     port: int = 0  # 0 = pick a free port
     username: str = "labadmin"
-    password: str = "Lab-Passw0rd!"
+    #: generated per endpoint unless given: a lab never ships a well-known password
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     #: HTTPS listener with the lab's certificate (else HTTP with NTLM message encryption)
     tls: bool = False
     #: WinRM AllowUnencrypted (lets Basic auth and plain bodies through over HTTP)

@@ -35,7 +35,7 @@ class CertificateRejected(ConnectionFailed):
     """The host's HTTPS certificate did not validate; retrying will not help."""
 
 
-def translate(  # noqa: PLR0911 - one return per library exception family reads better than a table
+def translate(
     exc: BaseException, options: ConnectionOptions, step: str, seconds: float
 ) -> KmsAdminError | None:
     """The kmsadmin error for ``exc`` raised while running ``step``; None when it is not a WinRM failure."""

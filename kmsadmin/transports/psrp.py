@@ -123,7 +123,7 @@ class BoundedWSMan(WSMan):
         # so the WS-Man OperationTimeout stays a second under the time left.
         self.operation_timeout = max(1, min(operation, int(left) - 1))
 
-    def invoke(  # noqa: PLR0917 - same signature as pypsrp's WSMan.invoke
+    def invoke(
         self,
         action: str,
         resource_uri: str,

@@ -193,7 +193,7 @@ def test_failures_are_clear_and_change_nothing(start_lab: object, tmp_path: Path
     # Unreachable host: a closed port.
     code, out, err = lab.run("status", "client001", "--winrm-port", "1", "--json")
     assert code == 1, out + err
-    [unreachable] = json.loads(out)
+    [unreachable] = json.loads(out)["hosts"]  # with -i, status prints the fleet report
     assert unreachable["error"]["host"] == "client001"
     assert "refused" in unreachable["error"]["message"].lower()
     assert "WinRM listens on 1" in unreachable["error"]["remediation"]

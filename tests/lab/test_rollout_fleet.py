@@ -25,16 +25,35 @@ SITE = ROOT / "playbooks" / "site.yml"
 
 
 def kmsadmin(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kmsadmin", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "kmsadmin", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture
 def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Path, Path]]:
     clients, latency = request.param
     state, inventory = tmp_path / "lab", tmp_path / "inventory.yml"
-    up = kmsadmin("lab", "up", "--hosts", str(clients), "--kms-hosts", "2", "--latency-ms", str(latency),
-                  "--state-dir", str(state), "--inventory-out", str(inventory), "--detach")
+    up = kmsadmin(
+        "lab",
+        "up",
+        "--hosts",
+        str(clients),
+        "--kms-hosts",
+        "2",
+        "--latency-ms",
+        str(latency),
+        "--state-dir",
+        str(state),
+        "--inventory-out",
+        str(inventory),
+        "--detach",
+    )
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         yield state, inventory
@@ -49,7 +68,9 @@ def all_hosts(inventory: Path) -> set[str]:
 
 def rollout(tmp: Path, inventory: Path, name: str, *extra: str) -> tuple[int, dict[str, object]]:
     report = tmp / f"{name}.json"
-    proc = kmsadmin("rollout", str(SITE), "-i", str(inventory), "--no-progress", "--report-json", str(report), *extra)
+    proc = kmsadmin(
+        "rollout", str(SITE), "-i", str(inventory), "--no-progress", "--report-json", str(report), *extra
+    )
     assert report.exists(), proc.stdout + proc.stderr
     return proc.returncode, json.loads(report.read_text())
 
@@ -102,9 +123,26 @@ def journal_entries(path: Path) -> list[dict[str, object]]:
 
 def start_rollout(inventory: Path, journal: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "kmsadmin", "rollout", str(SITE), "-i", str(inventory), "--journal", str(journal),
-         "--no-progress", "--forks", "4", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "kmsadmin",
+            "rollout",
+            str(SITE),
+            "-i",
+            str(inventory),
+            "--journal",
+            str(journal),
+            "--no-progress",
+            "--forks",
+            "4",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
     )
 
 
