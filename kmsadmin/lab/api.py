@@ -8,7 +8,6 @@ and error records.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -61,8 +60,9 @@ class EndpointConfig:
     name: str
     port: int = 0  # 0 = pick a free port
     username: str = "labadmin"
-    #: generated per endpoint unless given: a lab never ships a well-known password
-    password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    #: only for embedding the server directly (tests); `kmsadmin lab up` always passes the lab's
+    #: generated password (credentials.json in the state directory)
+    password: str = "Lab-Passw0rd!"  # noqa: S105
     #: HTTPS listener with the lab's certificate (else HTTP with NTLM message encryption)
     tls: bool = False
     #: WinRM AllowUnencrypted (lets Basic auth and plain bodies through over HTTP)
