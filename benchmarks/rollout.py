@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             [
                 sys.executable,
                 "-m",
-                "kmsadmin.cli.export",
+                "kmsadmin",
+                "export",
                 "ansible",
                 "playbooks/clients.yml",
                 "-i",

@@ -250,7 +250,8 @@ def test_cli_writes_the_project_and_reports_errors_with_exit_4(tmp_path: Path) -
     run = [
         sys.executable,
         "-m",
-        "kmsadmin.cli.export",
+        "kmsadmin",
+        "export",
         "ansible",
         str(PLAYBOOKS / "site.yml"),
         "-i",

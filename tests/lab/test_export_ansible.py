@@ -48,7 +48,7 @@ def kmsadmin(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[st
 
 def export(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "kmsadmin.cli.export", *args],
+        [sys.executable, "-m", "kmsadmin", "export", *args],
         capture_output=True,
         text=True,
         timeout=300,
