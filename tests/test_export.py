@@ -62,7 +62,12 @@ def test_site_is_the_playbooks_plays_in_order_with_their_batching(tmp_path: Path
     assert all(p["gather_facts"] is False for p in site)
     assert failed["hosts"] == "all"
     assert summary["plays"] == [{"name": "KMS hosts", "hosts": 1}, {"name": "KMS clients", "hosts": 5}]
-    assert (out / MARKER).is_file() and (out / "ansible.cfg").is_file() and (out / "README.md").is_file()
+    assert (out / MARKER).is_file() and (out / "ansible.cfg").is_file()
+    readme = (out / "README.md").read_text()
+    assert (
+        "first of: host var kmsadmin_host_key_file, host var kmsadmin_lab_host_key_file, "
+        "environment variable KMSADMIN_HOST_KEY"
+    ) in readme
 
 
 def test_tasks_are_raw_scripts_with_changed_and_failed_from_the_json(tmp_path: Path) -> None:

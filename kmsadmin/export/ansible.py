@@ -377,13 +377,13 @@ def _readme(export: ExportPlan, source: str) -> str:
         + ", ".join(c.operation for c in p.calls)
         for p in export.plays
     )
-    refs = sorted(
-        {
+    refs = list(
+        dict.fromkeys(
             _ref_expressions(r, Path("."), p.play.source.parent)[2]
             for p in export.plays
             for c in p.calls
             for r in c.host_key_refs
-        }
+        )
     )
     key_text = (
         "The host key is read at run time from the first of: "
