@@ -85,7 +85,10 @@ def load_document(path: Path, *, what: str) -> Document:
             raise config_error(path, exc.lineno, f"invalid JSON: {exc.msg}") from None
         # JSON allows tabs as whitespace, YAML does not: they never matter outside strings.
         text = text.replace("\t", " ")
-    loader = yaml.SafeLoader(text)
+    # libyaml's loader (when PyYAML was built with it) is ~10x faster on fleet-sized inventories
+    # and keeps the same node marks, so error messages still carry line numbers.
+    loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    loader = loader_class(text)
     try:
         node = loader.get_single_node()
         value = None if node is None else loader.construct_document(node)
