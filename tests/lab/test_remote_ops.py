@@ -228,3 +228,23 @@ def test_failures_are_clear_and_change_nothing(start_lab: object, tmp_path: Path
 
     secret = lab.key_text("windows-server-2025")
     assert secret not in "\n".join(lab.transcript) + (lab.state / "lab.log").read_text(errors="replace")
+
+
+def test_doctor_reports_each_check(start_lab: object) -> None:
+    lab: Lab = start_lab(2, "win11-pro=2", "client002=access-denied")  # type: ignore[operator]
+    code, out, err = lab.run("doctor", "client001", "--json")
+    assert code == 0, out + err
+    checks = {c["check"]: c for c in json.loads(out)["checks"]}
+    assert list(checks) == ["tcp", "auth", "encryption", "admin", "uac-remote-restrictions", "clock-skew"]
+    assert all(c["ok"] for c in checks.values()), checks
+    assert checks["encryption"]["detail"] == "TLS"
+
+    code, out, err = lab.run("doctor", "client002", "--json")
+    assert code == 1
+    failed = [c for c in json.loads(out)["checks"] if not c["ok"]]
+    assert failed[0]["check"] == "uac-remote-restrictions"
+    assert "951016" in failed[0]["fix"]
+
+    code, out, err = lab.run("doctor", "client001", "--winrm-port", "1", "--json")
+    assert code == 1
+    assert json.loads(out)["checks"][0]["check"] == "tcp" and not json.loads(out)["checks"][0]["ok"]
