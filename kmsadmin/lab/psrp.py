@@ -32,6 +32,7 @@ from kmsadmin.lab import wsman
 from kmsadmin.lab.api import ScriptOutput
 from kmsadmin.lab.hostctx import CommandFaults, ConnectionAbort, HostContext, Job
 from kmsadmin.lab.wsman import NAMESPACES, WsmanRequest
+from kmsadmin.transports.base import PSRP_BOOTSTRAP, PSRP_BOOTSTRAP_PARAMETER
 
 _FINISHED = (PSInvocationState.Completed, PSInvocationState.Failed, PSInvocationState.Stopped)
 _NOT_FOUND = (
@@ -87,6 +88,13 @@ def _param(parameters: list[tuple[str | None, Any]], name: str) -> Any:
 
 def script_of(commands: list[Any]) -> tuple[str | None, bool, str | None]:
     """(script, output as Out-String -Stream lines, name of an unknown command) for a pipeline."""
+    if len(commands) == 1 and commands[0].is_script and str(commands[0].command_text) == PSRP_BOOTSTRAP:
+        # kmsadmin's PSRP transport: the script arrives base64-encoded in the bootstrap's parameter
+        encoded = _param(commands[0].parameters, PSRP_BOOTSTRAP_PARAMETER)
+        try:
+            return base64.b64decode(str(encoded), validate=True).decode("utf-8"), False, None
+        except (ValueError, UnicodeDecodeError):
+            return "", False, None
     if commands and all(c.is_script for c in commands):
         return "\n".join(str(c.command_text) for c in commands), False, None
     first = commands[0] if commands else None
