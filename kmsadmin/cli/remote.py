@@ -40,6 +40,29 @@ def check_options(
     return deadline
 
 
+def _run_all(
+    operation: str,
+    hosts: Sequence[str],
+    args: Any,
+    *,
+    explicit: Mapping[str, object],
+    hostvars: Mapping[str, Mapping[str, object]],
+    check: bool,
+) -> list[HostReport]:
+    """Check every host's options first (exit 4 before contacting anyone), then run in parallel."""
+    from kmsadmin.cli.output import fail
+
+    try:
+        deadline = check_options(hosts, explicit, hostvars)
+    except KmsAdminError as exc:
+        fail(exc)
+    factory = session_factory(explicit, hostvars)
+    with ThreadPoolExecutor(max_workers=min(CLI_FORKS, max(1, len(hosts)))) as pool:
+        return list(
+            pool.map(lambda h: run_host(operation, h, args, factory, check=check, deadline=deadline), hosts)
+        )
+
+
 def run_operation(
     operation: str,
     hosts: Sequence[str],
@@ -51,18 +74,7 @@ def run_operation(
     json_out: bool = False,
 ) -> int:
     """Run ``operation`` on each host; print the results; return the exit code."""
-    from kmsadmin.cli.output import fail
-
-    hostvars = hostvars or {}
-    try:
-        deadline = check_options(hosts, explicit, hostvars)
-    except KmsAdminError as exc:
-        fail(exc)
-    factory = session_factory(explicit, hostvars)
-    with ThreadPoolExecutor(max_workers=min(CLI_FORKS, max(1, len(hosts)))) as pool:
-        reports = list(
-            pool.map(lambda h: run_host(operation, h, args, factory, check=check, deadline=deadline), hosts)
-        )
+    reports = _run_all(operation, hosts, args, explicit=explicit, hostvars=hostvars or {}, check=check)
     print_reports(reports, json_out=json_out, check=check)
     if any(r.status == "failed" for r in reports):
         return EXIT_HOST_FAILED
@@ -142,16 +154,9 @@ def status(
     json_out: bool = False,
 ) -> int:
     """Read-only licensing status of each host."""
-    from kmsadmin.cli.output import emit_json, fail, table
+    from kmsadmin.cli.output import emit_json, table
 
-    hostvars = hostvars or {}
-    try:
-        deadline = check_options(hosts, explicit, hostvars)
-    except KmsAdminError as exc:
-        fail(exc)
-    factory = session_factory(explicit, hostvars)
-    with ThreadPoolExecutor(max_workers=min(CLI_FORKS, max(1, len(hosts)))) as pool:
-        reports = list(pool.map(lambda h: run_host("status", h, None, factory, deadline=deadline), hosts))
+    reports = _run_all("status", hosts, None, explicit=explicit, hostvars=hostvars or {}, check=False)
     if json_out:
         emit_json([r.to_dict() for r in reports])
     else:

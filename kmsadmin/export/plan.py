@@ -41,14 +41,13 @@ from kmsadmin.fleet.playbook import (
     ConvertClientParams,
     EnvRef,
     FileRef,
-    KmsHostGroup,
     Play,
     Playbook,
     ResolveContext,
     SetupHostParams,
     build_args,
 )
-from kmsadmin.fleet.rollout import spread
+from kmsadmin.fleet.rollout import kms_assignment
 from kmsadmin.operations import Plan, PlannedStep
 from kmsadmin.operations.capacity import identify, machine_from_vars
 from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
@@ -164,28 +163,6 @@ def _refs(params: SetupHostParams | ConvertClientParams | None) -> tuple[EnvRef 
         return ()
     items = params.host_key if isinstance(params.host_key, list) else [params.host_key]
     return tuple(items)
-
-
-def _assignment(play: Play, inventory: Inventory, play_hosts: list[str]) -> dict[str, str]:
-    """The KMS host each client is pinned to: the rollout's spread (inventory order, round robin)."""
-    refs = [
-        p.kms_host
-        for _, p in play.step_calls()
-        if isinstance(p, ConvertClientParams) and isinstance(p.kms_host, KmsHostGroup)
-    ]
-    if not refs:
-        return {}
-    if any(r != refs[0] for r in refs):
-        raise ConfigError(f"play {play.name!r}: convert-client steps name different KMS host groups")
-    ref = refs[0]
-    if ref.group not in inventory.groups or not inventory.groups[ref.group]:
-        raise ConfigError(f"play {play.name!r}: kms_host: group {ref.group!r} has no hosts in the inventory")
-    names: list[str] = []
-    for server in inventory.groups[ref.group]:
-        value = inventory.hosts[server].get(ref.var) if ref.var else None
-        names.append(str(value) if value not in (None, "") else server)
-    clients = [h for h in play_hosts if h not in inventory.groups[ref.group]] or play_hosts
-    return spread(clients, names)
 
 
 def _edition_from_inventory(host: str, inventory: Inventory) -> str | None:
@@ -305,7 +282,7 @@ def plan_export(
     selected: list[tuple[Play, list[str], dict[str, str]]] = []
     for play in playbook.plays:
         play_hosts = inventory.select(play.hosts)
-        assignment = _assignment(play, inventory, play_hosts)
+        assignment = kms_assignment(play, inventory, play_hosts)
         hosts = [h for h in play_hosts if limited is None or h in limited]
         selected.append((play, hosts, assignment))
 

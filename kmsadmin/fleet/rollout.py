@@ -337,7 +337,12 @@ def spread(clients: list[str], servers: list[str]) -> dict[str, str]:
     return {client: servers[i % len(servers)] for i, client in enumerate(clients)}
 
 
-def _kms_assignment(play: Play, inventory: Inventory, play_hosts: list[str]) -> dict[str, str]:
+def kms_assignment(play: Play, inventory: Inventory, play_hosts: list[str]) -> dict[str, str]:
+    """The KMS host each client of ``play`` is pinned to: the group's hosts, round robin in inventory order.
+
+    Depends only on the inventory and the play, so ``--limit``, ``--resume`` and an exported Ansible
+    project all pin every client to the same KMS host.
+    """
     refs = [
         p.kms_host
         for _, p in play.step_calls()
@@ -395,7 +400,7 @@ def _prepare(
     plans: list[_PlayPlan] = []
     for play in playbook.plays:
         play_hosts = inventory.select(play.hosts)
-        assignment = _kms_assignment(play, inventory, play_hosts)
+        assignment = kms_assignment(play, inventory, play_hosts)
         hosts: list[_HostPlan] = []
         for host in play_hosts:
             if limited is not None and host not in limited:
