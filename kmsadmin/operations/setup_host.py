@@ -120,6 +120,10 @@ def plan_setup_host(host: str, facts: HostFacts | None, args: SetupHostArgs) -> 
         if problems:
             return Plan(host, "setup-host", (), tuple(notes), tuple(problems), details=details)
 
+    # An Office KMS host key goes onto the Windows KMS host too, but its product (and so its
+    # activation) belongs to the Office application ([OHOST]: one host key per Office version).
+    office_key = args.csvlk is not None and catalog.csvlk_group(args.csvlk).family == "office"
+    app_id = catalog.OFFICE_APP_ID if office_key else catalog.WINDOWS_APP_ID
     tools = args.include_tools and not (facts is not None and facts.os.is_core)
     features = facts.features if facts else {}
     if facts is None or not features.get("VolumeActivation") or (tools and not features.get("RSAT-VA-Tools")):
@@ -159,7 +163,7 @@ def plan_setup_host(host: str, facts: HostFacts | None, args: SetupHostArgs) -> 
             PlannedStep(
                 ScriptRef(
                     "install-host-key",
-                    {"application_id": catalog.WINDOWS_APP_ID},
+                    {"application_id": app_id},
                     {"product_key": args.host_key},
                 ),
                 f"host key ending {key_tail} not installed" if key_tail else "install the KMS host key",
@@ -174,7 +178,7 @@ def plan_setup_host(host: str, facts: HostFacts | None, args: SetupHostArgs) -> 
                         ScriptRef(
                             "phone-deposit",
                             {
-                                "application_id": catalog.WINDOWS_APP_ID,
+                                "application_id": app_id,
                                 "activation_id": activation_id,
                                 "confirmation_id": args.confirmation_id,
                             },
@@ -187,7 +191,7 @@ def plan_setup_host(host: str, facts: HostFacts | None, args: SetupHostArgs) -> 
                     PlannedStep(
                         ScriptRef(
                             "phone-iid",
-                            {"application_id": catalog.WINDOWS_APP_ID, "activation_id": activation_id},
+                            {"application_id": app_id, "activation_id": activation_id},
                         ),
                         "show the Installation ID to read to the Microsoft activation line (slui 4)",
                     )
@@ -207,7 +211,7 @@ def plan_setup_host(host: str, facts: HostFacts | None, args: SetupHostArgs) -> 
                     ScriptRef(
                         "activate",
                         {
-                            "application_id": catalog.WINDOWS_APP_ID,
+                            "application_id": app_id,
                             "activation_id": activation_id,
                             "force": False,
                         },
