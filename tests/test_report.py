@@ -7,6 +7,7 @@ import copy
 import csv
 import io
 import json
+import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -21,12 +22,14 @@ from kmsadmin.report import (
     build_report,
     from_input,
     from_rollout,
+    waiting_hosts,
     write_csv,
     write_html,
     write_json,
     write_junit,
 )
-from kmsadmin.report.document import DAYS_LEFT_BUCKETS, required_count
+from kmsadmin.report.document import DAYS_LEFT_BUCKETS, STATUSES, required_count
+from kmsadmin.report.document import failures as failure_rows
 from kmsadmin.report.tabular import CSV_COLUMNS, NOT_STARTED_SUITE, read_csv_cell
 from kmsadmin.report.terminal import render_summary, summary_text
 
@@ -84,17 +87,24 @@ def test_rollout_fleet_summary() -> None:
     assert report["kmsadmin_report"] == 1
     assert summary["hosts"] == 200 == len(report["hosts"]) + len(report["not_started"])
     assert summary["hosts"] == sum(
-        summary[key] for key in ("ok", "changed", "pending", "failed", "not_started")
+        summary[key] for key in ("ok", "changed", "pending", "waiting", "failed", "not_started")
     )
     assert (
         summary["ok"],
         summary["changed"],
         summary["pending"],
+        summary["waiting"],
         summary["failed"],
         summary["not_started"],
-    ) == (47, 127, 0, 18, 8)
+    ) == (47, 127, 0, 7, 11, 8)
     hresults = [host["error"]["hresult"] for host in report["hosts"] if host["error"]]
     assert hresults.count("0xC004F038") == 7 and hresults.count("0xC004F074") == 5
+    # refused for the KMS count at activate: waiting, with the error kept
+    for host in report["hosts"]:
+        waits = bool(host["error"]) and host["error"]["hresult"] == "0xC004F038"
+        assert (host["status"] == "waiting") == waits, host["host"]
+        if waits:
+            assert host["error"]["step"] == "activate" and host["error"]["meaning"]
     assert summary["activated"] == sum(
         1 for host in report["hosts"] if host["state"].get("license_status") == 1
     )
@@ -145,6 +155,51 @@ def test_build_report_is_pure() -> None:
     first["hosts"][0]["state"]["edition"] = "changed"
     assert from_input(data) != first
     assert from_input(data) == from_input(data)
+
+
+def test_waiting_hosts_are_counted_apart_from_failures(tmp_path: Path) -> None:
+    error = {"host": "pc2", "step": "activate", "message": "count 3, needs 25", "hresult": "0xc004f038"}
+    hosts = [
+        {"host": "pc1", "status": "changed"},
+        {"host": "pc2", "status": "waiting", "error": error, "state": {"kms_machine": "kms01"}},
+        {"host": "pc3", "status": "failed", "error": {**error, "host": "pc3", "hresult": "0xC004F074"}},
+    ]
+    report = build_report(
+        "rollout", hosts, started="2024-01-01T00:00:00Z", finished="2024-01-01T00:00:05Z", not_started=["pc4"]
+    )
+    _validate(report)
+    summary = report["summary"]
+    assert list(STATUSES) == ["ok", "changed", "pending", "waiting", "failed"]
+    assert (summary["hosts"], summary["changed"], summary["waiting"], summary["failed"]) == (4, 1, 1, 1)
+    waiting = report["hosts"][1]
+    assert waiting["status"] == "waiting"
+    assert waiting["error"]["hresult"] == "0xC004F038" and waiting["error"]["remediation"]
+    assert [row["host"] for row in waiting_hosts(report)] == ["pc2"]
+    assert waiting_hosts(report)[0]["kms_machine"] == "kms01"
+    assert [row["host"] for row in failure_rows(report)] == ["pc3"]
+    with write_csv(report, tmp_path / "r.csv").open(encoding="utf-8", newline="") as handle:
+        rows = {row["host"]: row for row in csv.DictReader(handle)}
+    assert rows["pc2"]["status"] == "waiting" and rows["pc2"]["hresult"] == "0xC004F038"
+    assert rows["pc2"]["error_step"] == "activate" and rows["pc3"]["status"] == "failed"
+    root = _parse_xml(write_junit(report, tmp_path / "r.xml"))
+    assert root.get("failures") == "2" and root.get("tests") == "4"
+    kinds = {case.get("name"): case.find("failure") for case in root.iter("testcase")}
+    waiting, failed = kinds["pc2"], kinds["pc3"]
+    assert waiting is not None and waiting.get("type") == "waiting"
+    assert failed is not None and failed.get("type") == "0xC004F074"
+
+
+def test_schema_requires_the_error_of_a_waiting_host() -> None:
+    report = _report("rollout-fleet")
+    host = next(h for h in report["hosts"] if h["status"] == "waiting")
+    host["error"] = None
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(report)
+    report = _report("rollout-fleet")
+    summary = report["summary"]
+    del summary["waiting"]
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(report)
 
 
 def test_unknown_status_is_refused() -> None:
@@ -252,9 +307,10 @@ def test_junit_counts(name: str, tmp_path: Path) -> None:
     assert len(cases) == summary["hosts"] == int(root.get("tests", "-1"))
     assert (
         len(root.findall("testsuite/testcase/failure"))
-        == summary["failed"]
+        == summary["failed"] + summary["waiting"]
         == int(root.get("failures", "-1"))
     )
+    assert len(root.findall("testsuite/testcase/failure[@type='waiting']")) == summary["waiting"]
     assert (
         len(root.findall("testsuite/testcase/skipped"))
         == summary["not_started"]
@@ -285,11 +341,19 @@ def test_junit_suites_are_plays_and_failures_carry_the_error(tmp_path: Path) -> 
         for case in root.iter("testcase")
         if case.find("failure") is not None
     }
-    host = next(h for h in report["hosts"] if h["error"] and h["error"]["hresult"] == "0xC004F038")
+    host = next(h for h in report["hosts"] if h["error"] and h["error"]["hresult"] == "0xC004F074")
     failure = failures[host["host"]]
-    assert failure is not None and failure.get("type") == "0xC004F038"
+    assert failure is not None and failure.get("type") == "0xC004F074"
     assert failure.get("message") == host["error"]["message"]
     assert "step: activate" in (failure.text or "") and host["error"]["remediation"] in (failure.text or "")
+    # a waiting host is a failure too (its clients are not activated), typed "waiting", with the why
+    host = next(h for h in report["hosts"] if h["status"] == "waiting")
+    failure = failures[host["host"]]
+    assert failure is not None and failure.get("type") == "waiting"
+    assert failure.get("message") == host["error"]["message"]
+    text = failure.text or ""
+    assert text.startswith("waiting: the KMS host has not counted enough clients yet")
+    assert "retries every 2 hours" in text and "HRESULT: 0xC004F038" in text and "step: activate" in text
 
 
 def test_junit_survives_control_characters(tmp_path: Path) -> None:
@@ -365,7 +429,7 @@ def test_html_metrics_equal_the_json(name: str, tmp_path: Path) -> None:
     summary = report["summary"]
     expected = {
         f"/summary/{key}"
-        for key in ("hosts", "ok", "changed", "pending", "failed", "not_started", "activated")
+        for key in ("hosts", "ok", "changed", "pending", "waiting", "failed", "not_started", "activated")
     }
     expected |= {f"/summary/days_left/{label}" for label in summary["days_left"]}
     expected |= {
@@ -395,6 +459,35 @@ def test_html_is_self_contained(name: str, tmp_path: Path) -> None:
         a["content"] for t, a in page.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"
     )
     assert csp is not None and "default-src 'none'" in csp and "unsafe-inline" not in csp
+
+
+def test_html_shows_waiting_hosts_apart(tmp_path: Path) -> None:
+    report = _report("rollout-fleet")
+    path = write_html(report, tmp_path / "r.html")
+    text = path.read_text(encoding="utf-8")
+    page = _parse(path)
+    tiles = [a for t, a in page.tags if t == "div" and (a.get("class") or "").startswith("tile")]
+    assert {"class": "tile waiting"} in tiles
+    options = [a.get("value") for t, a in page.tags if t == "option"]
+    assert "waiting" in options and "failed" in options
+    rows = [a for t, a in page.tags if t == "tr" and a.get("data-status") == "waiting"]
+    assert len(rows) == report["summary"]["waiting"] == 7
+    badges = [a for t, a in page.tags if t == "span" and a.get("class") == "badge waiting"]
+    assert len(badges) == 7
+    # a colour of its own, used by the tile and the badge
+    colours = dict(re.findall(r"--(\w+): (#[0-9a-f]{6})", text))
+    assert colours["waiting"] not in {v for k, v in colours.items() if k != "waiting"}
+    assert ".tile.waiting { border-left-color: var(--waiting); }" in text
+    assert ".badge.waiting { background: var(--waiting); }" in text
+    # the waiting table lists them with the explanation; the failures table does not
+    start, end = text.index('id="waiting-table"'), text.index('id="host-table"')
+    waiting_part = text[start:end]
+    assert all(h["host"] in waiting_part for h in report["hosts"] if h["status"] == "waiting")
+    assert "Waiting for the KMS count" in text and "Windows retries every 2 hours" in text
+    failure_part = text[text.index('id="failure-table"') : start]
+    assert not any(h["host"] in failure_part for h in report["hosts"] if h["status"] == "waiting")
+    assert ("/summary/waiting", "7") in page.metrics
+    assert 'id="waiting-table"' not in write_html(_report("empty"), tmp_path / "e.html").read_text()
 
 
 def test_html_escapes_hostile_text(tmp_path: Path) -> None:
@@ -435,14 +528,16 @@ def test_terminal_summary() -> None:
     console = Console(record=True, width=160, color_system=None)
     console.print(render_summary(report))
     out = console.export_text()
-    for number in ("200", "47", "127", "18", "174"):
+    for number in ("200", "47", "127", "11", "174"):
         assert number in out
     assert "kms02.corp.example.com" in out and "not met" in out
-    assert "0xC004F038" in out and "slmgr /dli" in out
+    assert "0xC004F074" in out and "slmgr /skms" in out
+    assert "Failures (11)" in out
+    assert "Waiting for the KMS count (7, 0xC004F038): the KMS host has not counted" in out
     assert "and 0 more" not in out
     small = Console(record=True, width=160, color_system=None)
     small.print(render_summary(report, max_failures=3))
-    assert "and 15 more failed hosts" in small.export_text()
+    assert "and 8 more failed hosts" in small.export_text()
 
 
 def test_terminal_keeps_markup_literal() -> None:
@@ -460,10 +555,20 @@ def test_plain_text_summary() -> None:
     assert lines[0] == "kmsadmin rollout playbooks/convert-fleet.yml (interrupted)"
     assert (
         lines[1]
-        == "hosts: 200  ok: 47  changed: 127  pending: 0  failed: 18  not started: 8  skipped: 2  activated: 174"
+        == "hosts: 200  ok: 47  changed: 127  pending: 0  waiting: 7  failed: 11  not started: 8  skipped: 2  "
+        "activated: 174"
     )
     assert "KMS host kms02.corp.example.com: current count 12 / required 25 (NOT met)" in lines
-    assert "Failures (18):" in lines
+    assert "Failures (11):" in lines
+    waiting = [h["host"] for h in _report("rollout-fleet")["hosts"] if h["status"] == "waiting"]
+    index = lines.index(
+        "Waiting for the KMS count (7, 0xC004F038): the KMS host has not counted enough clients yet "
+        "(25 Windows clients, 5 servers or Office, within 30 days); activation happens by itself once it "
+        "has (Windows retries every 2 hours), or re-run kmsadmin then"
+    )
+    assert lines[index + 1] == "  " + ", ".join(waiting)
+    failure_lines = lines[lines.index("Failures (11):") :]
+    assert not any(name in line for name in waiting for line in failure_lines)
     assert summary_text(_report("empty")).splitlines()[1].startswith("hosts: 0")
 
 

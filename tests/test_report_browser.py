@@ -246,7 +246,7 @@ def test_html_report_in_headless_chromium(tmp_path: Path) -> None:
             assert str(_resolve(report, pointer)) == text, pointer
         summary = report["summary"]
         pointers = {pointer for pointer, _ in shown}
-        for key in ("hosts", "ok", "changed", "pending", "failed", "not_started", "activated"):
+        for key in ("hosts", "ok", "changed", "pending", "waiting", "failed", "not_started", "activated"):
             assert f"/summary/{key}" in pointers
         assert (
             browser.evaluate("document.querySelectorAll('#host-table tbody tr').length") == summary["hosts"]
@@ -254,6 +254,11 @@ def test_html_report_in_headless_chromium(tmp_path: Path) -> None:
         assert (
             browser.evaluate("document.querySelectorAll('#failure-table tbody tr').length")
             == summary["failed"]
+        )
+        assert (
+            browser.evaluate("document.querySelectorAll('#waiting-table tbody tr').length")
+            == summary["waiting"]
+            > 0
         )
         assert browser.evaluate("document.querySelectorAll('svg rect[data-metric]').length") > 10
 
@@ -270,6 +275,13 @@ def test_html_report_in_headless_chromium(tmp_path: Path) -> None:
             ".filter(function (r) { return !r.hidden; }).length"
         )
         assert visible == summary["failed"]
+        browser.evaluate(
+            "var s = document.getElementById('status-filter'); s.value = 'waiting';"
+            "s.dispatchEvent(new Event('change')); 0"
+        )
+        assert browser.evaluate("document.getElementById('shown-count').textContent") == str(
+            summary["waiting"]
+        )
         browser.evaluate(
             "var s = document.getElementById('status-filter'); s.value = '';"
             "s.dispatchEvent(new Event('change'));"

@@ -38,10 +38,12 @@ from kmsadmin.catalog.keys import (
 from kmsadmin.catalog.rules import (
     ACTIVATION_RULES,
     LICENSE_STATUS,
+    NOT_ENOUGH_COUNT,
     ActivationRules,
     LicenseStatus,
     license_status_name,
     threshold_for,
+    waiting_note,
 )
 
 #: SoftwareLicensingProduct.ApplicationID of Windows (slmgr.vbs ``WindowsAppId``).
@@ -52,6 +54,7 @@ OFFICE_APP_ID = "0ff1ce15-a989-479d-af46-f275c6370663"
 __all__ = [
     "ACTIVATION_RULES",
     "LICENSE_STATUS",
+    "NOT_ENOUGH_COUNT",
     "OFFICE_APP_ID",
     "WINDOWS_APP_ID",
     "ActivationRules",
@@ -87,4 +90,5 @@ __all__ = [
     "os_product",
     "required_updates",
     "threshold_for",
+    "waiting_note",
 ]

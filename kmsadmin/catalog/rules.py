@@ -121,6 +121,21 @@ class ActivationRules:
 
 ACTIVATION_RULES = ActivationRules()
 
+#: SL_E_VL_NOT_ENOUGH_COUNT [ERR]: the KMS host answered, but its count is below the client's
+#: threshold. The client is configured correctly and retries by itself ([TSKMS] every two hours).
+NOT_ENOUGH_COUNT = "0xC004F038"
+
+
+def waiting_note() -> str:
+    """One line telling an admin what a client refused with :data:`NOT_ENOUGH_COUNT` is waiting for."""
+    rules = ACTIVATION_RULES
+    return (
+        "the KMS host has not counted enough clients yet "
+        f"({rules.client_threshold} Windows clients, {rules.server_threshold} servers or Office, within "
+        f"{rules.count_window_days} days); activation happens by itself once it has (Windows retries "
+        f"every {rules.retry_interval_minutes // 60} hours), or re-run kmsadmin then"
+    )
+
 
 def threshold_for(client_key: ClientKey) -> int:
     """Activation threshold for a client: 25 for Windows client OSes, 5 for servers and Office."""

@@ -7,7 +7,7 @@ which imports rich and is loaded only when a summary is printed.
 
 from __future__ import annotations
 
-from kmsadmin.report.document import REPORT_VERSION, Report, build_report, failures, from_input
+from kmsadmin.report.document import REPORT_VERSION, Report, build_report, failures, from_input, waiting_hosts
 from kmsadmin.report.htmlpage import render_html, write_html
 from kmsadmin.report.jsonout import write_json
 from kmsadmin.report.rollout import from_rollout
@@ -21,6 +21,7 @@ __all__ = [
     "from_input",
     "from_rollout",
     "render_html",
+    "waiting_hosts",
     "write_csv",
     "write_html",
     "write_json",

@@ -28,8 +28,9 @@ REPORT_VERSION = 1
 Kind = Literal["rollout", "status"]
 Report = dict[str, Any]
 
-STATUSES: tuple[str, ...] = ("ok", "changed", "pending", "failed")
-"""Per-host outcomes of a run, in the order every writer lists them."""
+STATUSES: tuple[str, ...] = ("ok", "changed", "pending", "waiting", "failed")
+"""Per-host outcomes of a run, in the order every writer lists them. ``waiting``: configured, but
+refused at ``activate`` with 0xC004F038 until the KMS host has counted enough clients."""
 
 NOT_STARTED = "not_started"
 
@@ -254,7 +255,7 @@ def build_report(
         raise ValueError(f"report kind must be 'rollout' or 'status', not {kind!r}")
     begin, end = _iso(started), _iso(finished)
     hosts = [_host_entry(item) for item in host_reports]
-    waiting = list(dict.fromkeys(str(name) for name in not_started))
+    unreached = list(dict.fromkeys(str(name) for name in not_started))
     left_out = [
         {"play": _text(item.get("play")), "host": str(item["host"]), "reason": _text(item.get("reason"))}
         for item in skipped
@@ -269,9 +270,9 @@ def build_report(
         "finished": end.isoformat(),
         "duration": round(max(0.0, (end - begin).total_seconds()), 3),
         "interrupted": bool(interrupted),
-        "summary": {**summarize(hosts, waiting), "skipped": len(left_out)},
+        "summary": {**summarize(hosts, unreached), "skipped": len(left_out)},
         "hosts": hosts,
-        "not_started": waiting,
+        "not_started": unreached,
         "skipped": left_out,
     }
 
@@ -292,6 +293,25 @@ def failures(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "meaning": error.get("meaning"),
                 "message": error.get("message"),
                 "remediation": error.get("remediation"),
+            }
+        )
+    return rows
+
+
+def waiting_hosts(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The waiting hosts, in report order: configured, activation refused until the KMS count is reached."""
+    rows = []
+    for entry in report["hosts"]:
+        if entry["status"] != "waiting":
+            continue
+        error = entry.get("error") or {}
+        rows.append(
+            {
+                "host": entry["host"],
+                "play": entry.get("play"),
+                "kms_machine": (entry.get("state") or {}).get("kms_machine"),
+                "hresult": error.get("hresult"),
+                "message": error.get("message"),
             }
         )
     return rows

@@ -18,7 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kmsadmin.report.document import DAYS_LEFT_BUCKETS, NOT_STARTED, STATUSES, failures
+from kmsadmin import catalog
+from kmsadmin.report.document import DAYS_LEFT_BUCKETS, NOT_STARTED, STATUSES, failures, waiting_hosts
 
 _STATUS_COLOURS: dict[str, str] = {
     "licensed": "#2e7d32",
@@ -34,7 +35,8 @@ _EXTRA_COLOURS = ("#6a1b9a", "#00838f", "#4e342e", "#827717", "#283593")
 
 _CSS = """
 :root { color-scheme: light; --ink: #1d2430; --muted: #5b6472; --line: #d9dee5; --bg: #f5f7fa;
-  --ok: #2e7d32; --changed: #1565c0; --pending: #ef6c00; --failed: #c62828; --not_started: #757575; }
+  --ok: #2e7d32; --changed: #1565c0; --pending: #ef6c00; --waiting: #7b1fa2; --failed: #c62828;
+  --not_started: #757575; }
 * { box-sizing: border-box; }
 body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink);
   background: var(--bg); }
@@ -55,6 +57,7 @@ h2 { margin: 0 0 12px; font-size: 17px; }
 .tile .l { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
 .tile.ok { border-left-color: var(--ok); } .tile.changed { border-left-color: var(--changed); }
 .tile.pending { border-left-color: var(--pending); } .tile.failed { border-left-color: var(--failed); }
+.tile.waiting { border-left-color: var(--waiting); }
 .tile.not_started, .tile.skipped { border-left-color: var(--not_started); }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 18px;
   margin: 0 0 18px; }
@@ -77,6 +80,7 @@ th[aria-sort="descending"] button::after { content: " \\2193"; color: var(--ink)
 .badge { display: inline-block; padding: 0 8px; border-radius: 10px; color: #fff; font-size: 12px; }
 .badge.ok { background: var(--ok); } .badge.changed { background: var(--changed); }
 .badge.pending { background: var(--pending); } .badge.failed { background: var(--failed); }
+.badge.waiting { background: var(--waiting); }
 .badge.not_started { background: var(--not_started); }
 .controls { display: flex; flex-wrap: wrap; gap: 10px; align-items: center; margin: 0 0 10px; }
 .controls input, .controls select { font: inherit; padding: 4px 8px; border: 1px solid var(--line);
@@ -390,6 +394,25 @@ def _failures_section(report: Mapping[str, Any]) -> str:
     )
 
 
+def _waiting_section(report: Mapping[str, Any]) -> str:
+    rows = waiting_hosts(report)
+    if not rows:
+        return ""
+    count = _metric(pointer("summary", "waiting"), report["summary"]["waiting"])
+    body = "".join(
+        f"<tr><td>{_e(row['host'])}</td><td>{_e(row['play'])}</td><td>{_e(row['kms_machine'])}</td>"
+        f"<td><code>{_e(row['hresult'])}</code></td><td>{_e(row['message'])}</td></tr>"
+        for row in rows
+    )
+    return (
+        f"<section><h2>Waiting for the KMS count ({count})</h2>"
+        f'<p class="muted">Configured, not activated yet: {_e(catalog.waiting_note())}.</p>'
+        '<div class="scroll"><table id="waiting-table"><thead><tr><th>Host</th><th>Play</th>'
+        "<th>KMS machine</th><th>HRESULT</th><th>Message</th></tr></thead>"
+        f"<tbody>{body}</tbody></table></div></section>"
+    )
+
+
 _HOST_COLUMNS: tuple[tuple[str, bool], ...] = (
     ("Host", False),
     ("Play", False),
@@ -519,7 +542,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"{_tiles(report)}"
         f'<div class="charts">{_edition_section(summary)}{_kms_section(summary)}'
         f"{_days_section(summary)}</div>"
-        f"{_failures_section(report)}{_hosts_section(report)}{_skipped_section(report)}"
+        f"{_failures_section(report)}{_waiting_section(report)}{_hosts_section(report)}"
+        f"{_skipped_section(report)}"
         f"</main><script>{_SCRIPT}</script></body></html>\n"
     )
 

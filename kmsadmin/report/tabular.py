@@ -5,7 +5,10 @@ the csv module. Cells that a spreadsheet would run as a formula (starting with `
 carriage return) get a leading apostrophe; :func:`read_csv_cell` undoes it.
 
 JUnit: one ``<testsuite>`` per play, one ``<testcase>`` per host, ``<failure>`` for failed hosts and
-``<skipped>`` for hosts that never started, in the shape CI servers read (Ant/Jenkins JUnit XML).
+``<skipped>`` for hosts that never started, in the shape CI servers read (Ant/Jenkins JUnit XML). A
+waiting host (refused at ``activate`` until its KMS host has counted enough clients) is a
+``<failure type="waiting">`` too, with the explanation: a CI job must not pass while machines are not
+activated.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kmsadmin import catalog
 from kmsadmin.report.document import NOT_STARTED
 
 CSV_COLUMNS: tuple[str, ...] = (
@@ -134,7 +138,7 @@ def junit_tree(report: Mapping[str, Any]) -> ET.ElementTree[ET.Element]:
         root,
         name=f"kmsadmin {report['kind']}" + (f" {report['playbook']}" if report.get("playbook") else ""),
         tests=summary["hosts"],
-        failures=summary["failed"],
+        failures=summary["failed"] + summary["waiting"],
         errors=0,
         skipped=summary[NOT_STARTED],
         time=f"{report['duration']:.3f}",
@@ -142,7 +146,7 @@ def junit_tree(report: Mapping[str, Any]) -> ET.ElementTree[ET.Element]:
     )
     for suite_id, (play, entries) in enumerate(suites.items()):
         suite = ET.SubElement(root, "testsuite")
-        failed = sum(1 for entry in entries if entry["status"] == "failed")
+        failed = sum(1 for entry in entries if entry["status"] in ("failed", "waiting"))
         _set(
             suite,
             name=play,
@@ -171,6 +175,10 @@ def junit_tree(report: Mapping[str, Any]) -> ET.ElementTree[ET.Element]:
                     type=error.get("hresult") or error.get("step") or "failed",
                 )
                 failure.text = _xml_text(_failure_text(error))
+            elif entry["status"] == "waiting":
+                failure = ET.SubElement(case, "failure")
+                _set(failure, message=error.get("message") or "waiting", type="waiting")
+                failure.text = _xml_text(f"waiting: {catalog.waiting_note()}\n{_failure_text(error)}")
             else:
                 out = ET.SubElement(case, "system-out")
                 out.text = _xml_text(f"status: {entry['status']}, changes: {entry.get('changes', 0)}")

@@ -12,9 +12,17 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from kmsadmin.report.document import NOT_STARTED, STATUSES, failures
+from kmsadmin import catalog
+from kmsadmin.report.document import NOT_STARTED, STATUSES, failures, waiting_hosts
 
-_STYLES = {"ok": "green", "changed": "blue", "pending": "yellow", "failed": "bold red", NOT_STARTED: "dim"}
+_STYLES = {
+    "ok": "green",
+    "changed": "blue",
+    "pending": "yellow",
+    "waiting": "magenta",
+    "failed": "bold red",
+    NOT_STARTED: "dim",
+}
 
 
 def _title(report: Mapping[str, Any]) -> str:
@@ -30,9 +38,26 @@ def _title(report: Mapping[str, Any]) -> str:
 MAX_FAILURES = 20
 """Failures listed one by one in a terminal summary; the rest are counted (the files list them all)."""
 
+MAX_WAITING = 20
+"""Waiting hosts named in a terminal summary; the rest are counted."""
+
+
+def _waiting_lines(report: Mapping[str, Any]) -> list[str]:
+    """Waiting hosts, apart from failures: a count, the one-line explanation, the first names."""
+    rows = waiting_hosts(report)
+    if not rows:
+        return []
+    names = ", ".join(row["host"] for row in rows[:MAX_WAITING])
+    if len(rows) > MAX_WAITING:
+        names += f", ... and {len(rows) - MAX_WAITING} more"
+    return [
+        f"Waiting for the KMS count ({len(rows)}, {catalog.NOT_ENOUGH_COUNT}): {catalog.waiting_note()}",
+        f"  {names}",
+    ]
+
 
 def render_summary(report: Mapping[str, Any], *, max_failures: int = MAX_FAILURES) -> Group:
-    """Rich renderable: host counts per state, KMS host counts, failures with their remediation."""
+    """Rich renderable: host counts per state, KMS host counts, waiting hosts, failures with their fix."""
     summary = report["summary"]
     counts = Table(title=_title(report), title_justify="left")
     for status in ("hosts", *STATUSES, NOT_STARTED, "skipped", "activated"):
@@ -58,6 +83,9 @@ def render_summary(report: Mapping[str, Any], *, max_failures: int = MAX_FAILURE
                 else Text("not met", style="bold red"),
             )
         parts.append(kms)
+    waiting = _waiting_lines(report)
+    if waiting:
+        parts.append(Text("\n".join(waiting), style=_STYLES["waiting"]))
     rows = failures(report)
     if rows:
         table = Table(title=f"Failures ({len(rows)})", title_justify="left", show_lines=True)
@@ -101,6 +129,7 @@ def summary_text(report: Mapping[str, Any], *, max_failures: int = MAX_FAILURES)
         lines.append(
             f"KMS host {entry['host']}: current count {current} / required {entry['required_count']} ({met})"
         )
+    lines.extend(_waiting_lines(report))
     rows = failures(report)
     if rows:
         lines.append(f"Failures ({len(rows)}):")
