@@ -1,8 +1,8 @@
 """The kmsadmin error tree. Every error carries the process exit code the CLI uses for it.
 
-Exit codes (architecture contract): 0 ok/no change, 1 a host failed, 2 usage/bad input,
-3 ``--check`` found pending changes, 4 configuration or template error before any host was
-contacted, 130 interrupted.
+Exit codes (architecture contract): 0 ok/no change, 1 a host failed (or is waiting for its KMS
+host's count: configured, not activated yet), 2 usage/bad input, 3 ``--check`` found pending
+changes, 4 configuration or template error before any host was contacted, 130 interrupted.
 """
 
 from __future__ import annotations

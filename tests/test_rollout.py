@@ -39,10 +39,12 @@ from kmsadmin.fleet.rollout import (
     SessionFactoryFor,
     rollout,
 )
-from kmsadmin.fleet.runner import Session
+from kmsadmin.fleet.runner import Session, run_host
+from kmsadmin.operations.convert_client import ConvertClientArgs
 from kmsadmin.values import RenderedScript, ScriptResult
 
 FACTS = Path(__file__).parent / "fixtures" / "facts"
+NOT_ENOUGH_COUNT = "0xC004F038"
 HOST_KEY = "BCDFG-HJKMP-QRTVW-XY234-6789B"
 PASSWORD = "Lab-Passw0rd-xyzzy"
 CHANGE_STEPS = ("install-gvlk", "set-kms-host", "activate", "install-host-key", "install-feature", "firewall")
@@ -72,6 +74,8 @@ class FakeFleet:
         self.drop_at: dict[str, str] = {}
         #: host → step whose JSON answer is an error (a failure reported by the script)
         self.error_at: dict[str, str] = {}
+        #: host → the HRESULT of that error (default: no KMS host could be contacted)
+        self.error_hresult: dict[str, str] = {}
         #: host → step that raises an unexpected exception quoting the whole script
         self.crash_at: dict[str, str] = {}
         self.gvlk = catalog.find_client_key("Windows 11 Enterprise").gvlk
@@ -101,11 +105,13 @@ class FakeFleet:
         step = script.step
         facts = self.state[host]
         if self.error_at.get(host) == step:
+            hresult = self.error_hresult.get(host, "0xC004F074")
+            message = "count 3, needs 25" if hresult == NOT_ENOUGH_COUNT else "no KMS could be contacted"
             return {
                 "kmsadmin": 1,
                 "step": step,
                 "changed": False,
-                "error": {"hresult": "0xC004F074", "message": "no KMS could be contacted", "stage": step},
+                "error": {"hresult": hresult, "message": message, "stage": step},
             }
         windows = facts["products"][0]
         if step == "install-gvlk":
@@ -234,6 +240,7 @@ def test_converts_every_client_and_reports_per_host(tmp_path: Path) -> None:
         "ok": 0,
         "changed": 5,
         "pending": 0,
+        "waiting": 0,
         "failed": 0,
         "skipped": 0,
         "not_started": 0,
@@ -667,3 +674,136 @@ def test_result_to_dict_shape(tmp_path: Path) -> None:
     assert host["reports"][0]["operation"] == "convert-client"
     assert host["started"].endswith("Z")
     json.dumps(data)
+
+
+# ------------------------------------------------------------------------------------------ waiting for the KMS count
+def wait_for_count(fleet: FakeFleet, *hosts: str) -> None:
+    """These hosts' KMS host refuses activation with 0xC004F038 (its count is below the threshold)."""
+    for host in hosts:
+        fleet.error_at[host] = "activate"
+        fleet.error_hresult[host] = NOT_ENOUGH_COUNT
+
+
+def run_one(fleet: FakeFleet, host: str, operation: str = "convert-client") -> Any:
+    factory = fleet.factory_for()({"inventory_hostname": host})
+    args = ConvertClientArgs(target="host", kms_host="kms.corp.example")
+    return run_host(operation, host, args, factory)
+
+
+def test_runner_reports_not_enough_count_at_activate_as_waiting(tmp_path: Path) -> None:
+    _, fleet = inventory(tmp_path, 1, 1)
+    wait_for_count(fleet, "pc001")
+    report = run_one(fleet, "pc001")
+    assert report.status == "waiting"
+    assert [s.step for s in report.steps] == ["install-gvlk", "set-kms-host", "activate"]
+    assert report.changes == 2  # everything before activate applied
+    error = report.error
+    assert error is not None
+    assert (error["host"], error["step"], error["hresult"]) == ("pc001", "activate", NOT_ENOUGH_COUNT)
+    assert "count 3, needs 25" in error["message"]
+    assert error["meaning"] and "25" in error["meaning"] and "slmgr /dli" in error["remediation"]
+    assert report.to_dict()["status"] == "waiting"
+
+
+@pytest.mark.parametrize(
+    ("step", "hresult"),
+    [("activate", "0xC004F074"), ("set-kms-host", NOT_ENOUGH_COUNT), ("install-gvlk", NOT_ENOUGH_COUNT)],
+)
+def test_runner_reports_other_errors_as_failed(tmp_path: Path, step: str, hresult: str) -> None:
+    _, fleet = inventory(tmp_path, 1, 1)
+    fleet.error_at["pc001"] = step
+    fleet.error_hresult["pc001"] = hresult
+    report = run_one(fleet, "pc001")
+    assert report.status == "failed"
+    assert report.error is not None and report.error["step"] == step and report.error["hresult"] == hresult
+
+
+def test_runner_waits_only_in_convert_client(tmp_path: Path) -> None:
+    inv, fleet = inventory(tmp_path, 1, 0)
+    fleet.error_at["kms01"] = "activate"
+    fleet.error_hresult["kms01"] = NOT_ENOUGH_COUNT
+    (tmp_path / "kms.key").write_text(HOST_KEY + "\n")
+    pb = playbook(
+        tmp_path,
+        "- name: kms\n  hosts: kms_hosts\n  steps:\n    - setup-host:\n"
+        "        host_key: {file: kms.key}\n        csvlk: Windows Server 2022\n",
+    )
+    result = go(pb, inv, fleet)
+    assert statuses(result) == {"kms01": "failed"}
+
+
+def test_waiting_hosts_do_not_trip_max_fail_percentage(tmp_path: Path) -> None:
+    inv, fleet = inventory(tmp_path, 1, 8)
+    wait_for_count(fleet, "pc001", "pc002", "pc003", "pc004")
+    pb = playbook(
+        tmp_path,
+        CLIENTS.format(extra="serial: 4\n  max_fail_percentage: 10")
+        + "- name: after\n  hosts: clients\n  steps: [status]\n",
+    )
+    events = Recorder()
+    result = go(pb, inv, fleet, on_event=events)
+    assert result.stopped is None and not result.not_started and not events.of(RolloutStopping)
+    clients = {h.host: h.status for h in result.hosts if h.play == "clients"}
+    assert clients == dict.fromkeys(("pc001", "pc002", "pc003", "pc004"), "waiting") | dict.fromkeys(
+        ("pc005", "pc006", "pc007", "pc008"), "changed"
+    )
+    # a waiting host did not fail: later plays run for it
+    assert not result.skipped
+    assert {h.host for h in result.hosts if h.play == "after"} == set(inv.groups["clients"])
+    assert result.counts["waiting"] == 4 and result.counts["failed"] == 0
+    assert result.exit_code == 1  # not activated yet
+    waiting = next(h for h in result.hosts if h.host == "pc001" and h.play == "clients")
+    assert waiting.error is not None and waiting.error["hresult"] == NOT_ENOUGH_COUNT
+    assert waiting.to_dict()["status"] == "waiting"
+    finished = [e for e in events.of(HostFinished) if e.status == "waiting"]
+    assert len(finished) == 4 and max(e.counts["waiting"] for e in events.events) == 4
+
+
+def test_real_failures_still_trip_max_fail_percentage_next_to_waiting_hosts(tmp_path: Path) -> None:
+    inv, fleet = inventory(tmp_path, 1, 8)
+    wait_for_count(fleet, "pc001", "pc002")
+    fleet.error_at["pc003"] = "activate"  # 0xC004F074: no KMS host answered
+    result = go(clients_play(tmp_path, "serial: 4\n  max_fail_percentage: 10"), inv, fleet)
+    assert statuses(result) == {"pc001": "waiting", "pc002": "waiting", "pc003": "failed", "pc004": "changed"}
+    assert result.stopped is not None and "1 of 4 hosts in batch 1 failed" in result.stopped
+    assert [n.host for n in result.not_started] == ["pc005", "pc006", "pc007", "pc008"]
+    assert result.exit_code == 1
+
+
+def test_any_errors_fatal_ignores_waiting_hosts(tmp_path: Path) -> None:
+    inv, fleet = inventory(tmp_path, 1, 3)
+    wait_for_count(fleet, "pc001")
+    result = go(clients_play(tmp_path, "any_errors_fatal: true"), inv, fleet, forks=1)
+    assert statuses(result) == {"pc001": "waiting", "pc002": "changed", "pc003": "changed"}
+    assert result.stopped is None and result.exit_code == 1
+
+
+def test_only_waiting_and_done_hosts_exit_one_then_zero(tmp_path: Path) -> None:
+    inv, fleet = inventory(tmp_path, 1, 2)
+    wait_for_count(fleet, "pc002")
+    assert go(clients_play(tmp_path), inv, fleet).exit_code == 1
+    del fleet.error_at["pc002"]
+    assert go(clients_play(tmp_path), inv, fleet).exit_code == 0
+
+
+def test_resume_reruns_waiting_hosts(tmp_path: Path) -> None:
+    inv, fleet = inventory(tmp_path, 1, 4)
+    wait_for_count(fleet, "pc002", "pc004")
+    path = tmp_path / "run.journal"
+    first = go(clients_play(tmp_path), inv, fleet, journal=Journal(path))
+    assert Counter(statuses(first).values()) == {"changed": 2, "waiting": 2}
+    state = read_journal(path)
+    assert {e["host"]: e["status"] for e in state.entries}["pc002"] == "waiting"
+    assert state.done() == {("clients", "pc001"), ("clients", "pc003")}
+    assert state.ends[0]["counts"]["waiting"] == 2
+
+    # the KMS host has counted enough clients by now
+    del fleet.error_at["pc002"], fleet.error_at["pc004"]
+    again = go(clients_play(tmp_path), inv, fleet, journal=Journal(path), resume=True)
+    assert statuses(again) == {"pc002": "changed", "pc004": "changed"}
+    assert {s.host for s in again.skipped} == {"pc001", "pc003"}
+    assert again.exit_code == 0
+    assert fleet.calls[("pc002", "activate")] == 2 and fleet.calls[("pc001", "activate")] == 1
+    # the configuration steps were already in place: the second run only activated
+    assert fleet.calls[("pc002", "install-gvlk")] == 1
+    assert read_journal(path).done() == {("clients", h) for h in inv.groups["clients"]}

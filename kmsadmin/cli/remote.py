@@ -73,10 +73,14 @@ def run_operation(
     check: bool = False,
     json_out: bool = False,
 ) -> int:
-    """Run ``operation`` on each host; print the results; return the exit code."""
+    """Run ``operation`` on each host; print the results; return the exit code.
+
+    A waiting host (convert-client refused at ``activate`` until its KMS host has counted enough
+    clients) exits 1 like a failed one: the machine is configured but not activated yet.
+    """
     reports = _run_all(operation, hosts, args, explicit=explicit, hostvars=hostvars or {}, check=check)
     print_reports(reports, json_out=json_out, check=check)
-    if any(r.status == "failed" for r in reports):
+    if any(r.status in ("failed", "waiting") for r in reports):
         return EXIT_HOST_FAILED
     if check and any(r.status == "pending" for r in reports):
         return EXIT_PENDING
@@ -98,10 +102,14 @@ def print_reports(reports: Sequence[HostReport], *, json_out: bool, check: bool)
 def _print_one(report: HostReport, *, check: bool) -> None:
     from rich.console import Console
 
+    from kmsadmin import catalog
+
     # soft wrap: long error lines stay whole, so they can be grepped and copied
     console = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    colour = {"ok": "green", "changed": "yellow", "pending": "cyan", "failed": "red"}[report.status]
+    colour = {"ok": "green", "changed": "yellow", "pending": "cyan", "waiting": "magenta", "failed": "red"}[
+        report.status
+    ]
     console.print(
         f"[bold]{report.host}[/]: {report.operation} [{colour}]{report.status}[/] "
         f"({report.changes} change{'s' if report.changes != 1 else ''}, {report.duration:.1f}s)"
@@ -115,7 +123,7 @@ def _print_one(report: HostReport, *, check: bool) -> None:
     for step in report.steps:
         mark = "changed" if step.changed else "ok"
         if step.error:
-            mark = "FAILED"
+            mark = "WAITING" if report.status == "waiting" else "FAILED"
         console.print(f"  {step.step}: {mark} ({step.duration:.2f}s)")
         if step.data.get("installation_id"):
             console.print(f"    Installation ID: {step.data['installation_id']}")
@@ -135,7 +143,8 @@ def _print_one(report: HostReport, *, check: bool) -> None:
         console.print("  " + ", ".join(parts))
     if report.error:
         e = report.error
-        err.print(f"  [red]error[/] {e['host']}: {e['step']}: {e['message']}")
+        label = "[magenta]waiting[/]" if report.status == "waiting" else "[red]error[/]"
+        err.print(f"  {label} {e['host']}: {e['step']}: {e['message']}")
         if e.get("hresult"):
             repeated = e.get("meaning") and e["meaning"] in e["message"]
             err.print(
@@ -144,6 +153,8 @@ def _print_one(report: HostReport, *, check: bool) -> None:
             )
         if e.get("remediation"):
             err.print(f"    fix: {e['remediation']}")
+        if report.status == "waiting":
+            err.print(f"    not activated yet: {catalog.waiting_note()}")
 
 
 def status(

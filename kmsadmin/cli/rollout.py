@@ -91,10 +91,10 @@ class _Progress:
         if not self.enabled or counts is None:
             return
         with self._lock:
-            done = sum(counts.get(k, 0) for k in ("ok", "changed", "pending", "failed", "skipped"))
+            done = sum(counts.get(k, 0) for k in ("ok", "changed", "pending", "waiting", "failed", "skipped"))
             desc = " ".join(
                 f"{k} {counts.get(k, 0)}"
-                for k in ("running", "ok", "changed", "pending", "failed")
+                for k in ("running", "ok", "changed", "pending", "waiting", "failed")
                 if counts.get(k)
             )
             if type(event).__name__ == "RolloutStopping":
@@ -239,7 +239,9 @@ def fleet_status(
 
 def _counts_line(document: Mapping[str, Any]) -> str:
     summary = document["summary"]
-    return ", ".join(f"{summary.get(k, 0)} {k}" for k in ("ok", "changed", "failed", "not_started"))
+    return ", ".join(
+        f"{summary.get(k, 0)} {k}" for k in ("ok", "changed", "waiting", "failed", "not_started")
+    )
 
 
 def demo(out_dir: Path, clients: int, kms_hosts: int, keep_lab: bool) -> int:
@@ -295,9 +297,7 @@ def demo(out_dir: Path, clients: int, kms_hosts: int, keep_lab: bool) -> int:
             quiet=True,
         )
         sys.stdout.write(f"first pass: {_counts_line(document)}\n")
-        waiting = [
-            h["host"] for h in document["hosts"] if (h.get("error") or {}).get("hresult") == "0xC004F038"
-        ]
+        waiting = [h["host"] for h in document["hosts"] if h["status"] == "waiting"]
         if waiting:
             sys.stdout.write(
                 f"{len(waiting)} client(s) reached a KMS host before it had counted enough clients "

@@ -10,7 +10,8 @@ must neither lose a finished host's result nor run a finished host twice on ``--
 * reading tolerates a torn line (a crash in the middle of a write): it is skipped, and the next
   run starts on a fresh line;
 * a host is *done* for a play when its latest non-check entry says ``ok`` or ``changed``;
-  ``--resume`` skips done hosts and runs failed ones again.
+  ``--resume`` skips done hosts and runs failed ones again, and waiting ones (refused for the KMS
+  host's count) too: by then the count may have been reached.
 
 Entries come from :meth:`HostReport.to_dict`, which holds no secrets (host keys only ever appear as
 their last five characters, passwords never). The file is locked while a rollout writes it.

@@ -8,13 +8,17 @@ What an admin of a few hundred to tens of thousands of machines expects (Ansible
 * a failed host does not stop the others; a host that failed is left out of later plays;
   ``max_fail_percentage`` (more failed hosts in a batch than this share) and ``any_errors_fatal``
   stop the rollout: no new host is started, later batches and plays are reported as not started;
+* a ``waiting`` host (convert-client refused at ``activate`` with 0xC004F038: configured, but its
+  KMS host has not counted enough clients yet, see :func:`kmsadmin.fleet.runner.is_waiting`) is not
+  a failure: it counts toward neither policy and takes part in later plays; it still makes the
+  exit code 1, since it is not activated yet;
 * retries with jittered exponential backoff only where that is safe: the host could not be reached
   or timed out while connecting or reading facts (``ConnectionFailed``/``HostTimeout`` at step
   ``connect`` or ``facts``) and nothing was changed. A failure after a change is never retried;
 * Ctrl-C (``KeyboardInterrupt``) or a set ``stop`` event stops scheduling: running hosts finish
   (each bounded by its deadline), the rest are reported as not started, and the result says so;
 * every finished host is written to the journal (fsynced) at once; ``resume`` skips hosts the
-  journal shows done for the same play and runs the rest, failed ones included;
+  journal shows done for the same play and runs the rest, failed and waiting ones included;
 * everything that can be checked without a connection (patterns, step arguments, secret references,
   connection options) is checked before the first host is contacted: a :class:`ConfigError`.
 
@@ -55,9 +59,11 @@ from kmsadmin.values import Secret
 
 log = logging.getLogger("kmsadmin.fleet")
 
-HostStatus = Literal["ok", "changed", "pending", "failed"]
+HostStatus = Literal["ok", "changed", "pending", "waiting", "failed"]
 #: Every state a (play, host) pair can be in; the counts in each event use these keys.
-STATES = ("queued", "running", "ok", "changed", "pending", "failed", "skipped", "not_started")
+STATES = ("queued", "running", "ok", "changed", "pending", "waiting", "failed", "skipped", "not_started")
+#: Host results that leave the rollout's exit code at 1: not activated (yet).
+UNFINISHED = frozenset({"waiting", "failed"})
 #: Host vars safe to show in reports and the journal (never credentials or key material).
 SAFE_VARS = (
     "kmsadmin_role",
@@ -168,10 +174,10 @@ class RolloutResult:
 
     @property
     def exit_code(self) -> int:
-        """130 interrupted, 1 a host failed, 3 ``--check`` found pending changes, else 0."""
+        """130 interrupted, 1 a host failed or is waiting, 3 ``--check`` found pending changes, else 0."""
         if self.interrupted:
             return EXIT_INTERRUPTED
-        if any(h.status == "failed" for h in self.hosts) or (self.stopped and self.not_started):
+        if any(h.status in UNFINISHED for h in self.hosts) or (self.stopped and self.not_started):
             return EXIT_HOST_FAILED
         if self.check and any(h.status == "pending" for h in self.hosts):
             return EXIT_PENDING
@@ -450,7 +456,7 @@ def _redact(text: str, secrets: tuple[str, ...]) -> str:
 
 def _aggregate(reports: list[HostReport]) -> HostStatus:
     statuses = {r.status for r in reports}
-    for status in ("failed", "pending", "changed"):
+    for status in ("failed", "waiting", "pending", "changed"):
         if status in statuses:
             return status
     return "ok"
@@ -537,7 +543,8 @@ class _Run:
                 if self.stop.wait(delay):
                     break
             reports.append(report)
-            if report.status == "failed":
+            # The play's later steps assume this one succeeded; a waiting host stops here too.
+            if report.status in UNFINISHED:
                 break
         status = _aggregate(reports)
         result = HostResult(
@@ -769,6 +776,7 @@ def _run_play(
             continue
         run.emit(BatchStarted, play=play.name, batch=number, hosts=tuple(h.host for h in batch))
         results = _run_batch(run, executor, play, batch, forks)
+        # Only real failures count: a waiting host is configured and activates by itself later.
         failed = [r for r in results if r.status == "failed"]
         failed_hosts.update(r.host for r in failed)
         if (

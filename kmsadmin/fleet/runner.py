@@ -3,6 +3,11 @@
 Every remote step goes through :func:`kmsadmin.render.render` and the session; every result is parsed
 into a typed outcome; a failure stops the host's run and becomes a typed :class:`HostError` with host,
 step, HRESULT, meaning and remediation. Logs name host, step and duration only.
+
+One refusal is not a failure: a convert-client run that got as far as its ``activate`` step and was
+refused there with 0xC004F038 (SL_E_VL_NOT_ENOUGH_COUNT) has the client fully configured; the KMS
+host has only not counted enough clients yet, and the client retries by itself. Such a host's status
+is ``waiting`` (its error is kept, with the catalog's meaning and remediation), not ``failed``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from kmsadmin.values import RenderedScript, ScriptRef, ScriptResult
 
 log = logging.getLogger("kmsadmin.fleet")
 
-Status = Literal["ok", "changed", "pending", "failed"]
+Status = Literal["ok", "changed", "pending", "waiting", "failed"]
 
 
 class Session(Protocol):
@@ -201,6 +206,20 @@ def _verify(operation: str, host: str, facts: HostFacts, args: Any) -> None:
             )
 
 
+def is_waiting(operation: str, error: HostError) -> bool:
+    """Whether ``error`` leaves the host waiting for its KMS host's count rather than failed.
+
+    Only convert-client's ``activate`` step refused with SL_E_VL_NOT_ENOUGH_COUNT: every step before
+    it applied, and Windows retries activation by itself ([PLAN24] thresholds, [TSKMS] retry interval).
+    """
+    if operation != "convert-client" or error.step != "activate" or not error.hresult:
+        return False
+    try:
+        return catalog.normalize_hresult(error.hresult) == catalog.NOT_ENOUGH_COUNT
+    except KmsAdminError:
+        return False
+
+
 def run_host(
     operation: str,
     host: str,
@@ -214,7 +233,9 @@ def run_host(
 
     ``operation`` is ``setup-host``, ``convert-client`` or ``status`` (facts only: the report's
     ``state``, no plan, no change). A failure's ``error`` carries ``kind``, the error class name
-    (``ConnectionFailed``, ``HostTimeout``...), so callers can tell retryable failures apart.
+    (``ConnectionFailed``, ``HostTimeout``...), so callers can tell retryable failures apart. A
+    convert-client run refused at ``activate`` for the KMS host's count ends ``waiting`` with the same
+    error (see :func:`is_waiting`).
     """
     started = time.monotonic()
     deadline_at = None if deadline is None else started + deadline
@@ -265,7 +286,7 @@ def run_host(
         _verify(operation, host, after, args)
         report.status = "changed" if report.changes else "ok"
     except HostError as exc:
-        report.status = "failed"
+        report.status = "waiting" if is_waiting(operation, exc) else "failed"
         report.error = {**exc.to_dict(), "kind": type(exc).__name__}
     except KmsAdminError as exc:
         report.status = "failed"
