@@ -58,9 +58,11 @@ def test_site_is_the_playbooks_plays_in_order_with_their_batching(tmp_path: Path
     kms, clients, failed = site
     assert (kms["hosts"], kms["serial"], kms["max_fail_percentage"]) == ("kms_hosts", 1, 0)
     assert (clients["hosts"], clients["serial"]) == ("clients:!kms_hosts", [1, "10%", "25%"])
-    assert "max_fail_percentage" not in clients
+    assert clients["max_fail_percentage"] == 10
     assert all(p["gather_facts"] is False for p in site)
     assert failed["hosts"] == "all"
+    # both plays have a failure policy (no rescue); the last play reports the waiting clients
+    assert [t["when"] for t in failed["tasks"]] == ["kmsadmin_waiting_play is defined"]
     assert summary["plays"] == [{"name": "KMS hosts", "hosts": 1}, {"name": "KMS clients", "hosts": 5}]
     assert (out / MARKER).is_file() and (out / "ansible.cfg").is_file()
     readme = (out / "README.md").read_text()
@@ -96,6 +98,8 @@ def test_tasks_are_raw_scripts_with_changed_and_failed_from_the_json(tmp_path: P
         "convert-client: install-gvlk",
         "convert-client: set-kms-host",
         "convert-client: activate",
+        "convert-client: waiting for the KMS host's count",
+        "convert-client: a waiting host ends this play (it activates by itself later)",
         "convert-client: verify",
     ]
     for task in kms_tasks + tasks(site[1]["tasks"]):
@@ -109,6 +113,61 @@ def test_tasks_are_raw_scripts_with_changed_and_failed_from_the_json(tmp_path: P
     assert "KMSADMIN_HOST_KEY" in keyed["vars"]["kmsadmin_host_key_literal"]
     activate = next(t for t in tasks(site[1]["tasks"]) if t["name"] == "convert-client: activate")
     assert "forced[2]" in activate["ansible.builtin.raw"] and "is changed" in activate["ansible.builtin.raw"]
+
+
+def _jinja(expression: str, **variables: Any) -> Any:
+    """Evaluate an exported condition the way Ansible does (Jinja2 plus Ansible's from_json filter)."""
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.ChainableUndefined, autoescape=False)  # noqa: S701
+    env.filters["from_json"] = json.loads
+    return env.compile_expression(expression)(**variables)
+
+
+def _answer(error: dict[str, Any] | None) -> dict[str, Any]:
+    body = {"kmsadmin": 1, "step": "activate", "changed": error is None, "data": {}}
+    if error is not None:
+        body["error"] = error
+    return {"rc": 0, "stdout": json.dumps(body) + "\r\n"}
+
+
+def test_a_client_refused_for_the_kms_count_waits_instead_of_failing(tmp_path: Path) -> None:
+    out, _ = export(tmp_path, lab_inventory(tmp_path))
+    site = yaml.safe_load((out / "site.yml").read_text())
+
+    def tasks(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        flat: list[dict[str, Any]] = []
+        for item in items:
+            flat.extend(tasks(item["block"]) if "block" in item else [item])
+        return flat
+
+    client_tasks = tasks(site[1]["tasks"])
+    activate = next(t for t in client_tasks if t["name"] == "convert-client: activate")
+    record, end = client_tasks[client_tasks.index(activate) + 1 : client_tasks.index(activate) + 3]
+    var = activate["register"]
+    waiting = _answer({"hresult": "0xC004F038", "message": "count 3, needs 25"})
+    refused = _answer({"hresult": "0xC004F074", "message": "no KMS host"})
+    done = _answer(None)
+    # 0xC004F038 does not fail the task (it does not count toward max_fail_percentage) ...
+    assert _jinja(activate["failed_when"], **{var: waiting}) is False
+    assert _jinja(activate["failed_when"], **{var: refused}) is True
+    assert _jinja(activate["failed_when"], **{var: done}) is False
+    assert _jinja(activate["failed_when"], **{var: {"rc": 1, "stdout": "not json"}}) is True
+    # ... the host records why and leaves the play; other outcomes go on
+    assert record["ansible.builtin.set_fact"]["kmsadmin_waiting_play"] == "KMS clients"
+    assert end["ansible.builtin.meta"] == "end_host"
+    for task in (record, end):
+        assert _jinja(task["when"], **{var: waiting}) is True
+        assert _jinja(task["when"], **{var: refused}) is False
+        assert _jinja(task["when"], **{var: done}) is False
+    # setup-host's activate knows no waiting
+    kms_activate = next(t for t in tasks(site[0]["tasks"]) if t["name"] == "setup-host: activate")
+    assert _jinja(kms_activate["failed_when"], **{kms_activate["register"]: waiting}) is True
+    # the last play fails a waiting host with the explanation, so the exit code is not 0
+    report = next(t for t in site[-1]["tasks"] if "waiting" in t["name"])
+    message = report["ansible.builtin.fail"]["msg"]
+    assert "0xC004F038" in message and "Windows retries every 2 hours" in message
+    assert "waiting" in (out / "README.md").read_text()
 
 
 def test_host_vars_name_each_hosts_scripts_and_the_scripts_are_rendered_steps(tmp_path: Path) -> None:

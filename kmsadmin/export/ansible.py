@@ -33,6 +33,13 @@ without a failure policy therefore run their tasks in a block whose ``rescue`` r
 the host sits out the later plays (``meta: end_host``) and a last play, ``kmsadmin: failed hosts``,
 fails it, so the recap and the exit code (2) still show it. Plays with a failure policy keep
 Ansible's own semantics, which match the rollout's. Unreachable hosts follow Ansible's rules.
+
+Waiting hosts. The rollout reports a client whose ``activate`` was refused with 0xC004F038 (its KMS
+host has not counted enough clients yet; Windows retries by itself) as ``waiting``, not failed: it
+counts toward no failure policy and takes part in later plays. The export does the same: that
+``activate`` task does not fail on 0xC004F038, a fact records the wait and the host ends the play
+(``meta: end_host``, later plays still run for it); the last play fails it with the explanation,
+so the recap and the exit code (2) still show it is not activated.
 """
 
 from __future__ import annotations
@@ -78,6 +85,33 @@ def failed_when(var: str) -> str:
         f"({var}.rc | default(1)) != 0 or not {_result_ok(var)}"
         f" or (({var}.stdout | from_json).error | default(none)) is not none"
     )
+
+
+def waiting_when(var: str) -> str:
+    """The step's JSON ``error`` is SL_E_VL_NOT_ENOUGH_COUNT: the client waits for its KMS host's count."""
+    error = f"(({var}.stdout | from_json).error | default({{}}, true))"
+    code = catalog.NOT_ENOUGH_COUNT.lower()
+    return f"{_result_ok(var)} and ({error}.hresult | default('', true) | string | lower) == '{code}'"
+
+
+def _waiting_tasks(var: str, play_name: str) -> list[dict[str, Any]]:
+    """After convert-client's ``activate``: record a wait for the KMS count and end the host's play."""
+    waiting = waiting_when(var)
+    return [
+        {
+            "name": "convert-client: waiting for the KMS host's count",
+            "ansible.builtin.set_fact": {
+                "kmsadmin_waiting_play": play_name,
+                "kmsadmin_waiting_message": f"{{{{ ({var}.stdout | from_json).error.message | default('') }}}}",
+            },
+            "when": waiting,
+        },
+        {
+            "name": "convert-client: a waiting host ends this play (it activates by itself later)",
+            "ansible.builtin.meta": "end_host",
+            "when": waiting,
+        },
+    ]
 
 
 def _jinja_literal(value: Any) -> str:
@@ -190,7 +224,12 @@ def _step_tasks(
         task["register"] = var
         task["changed_when"] = changed_when(var)
         task["failed_when"] = failed_when(var)
+        waits = name == "convert-client" and step.step == "activate"
+        if waits:
+            task["failed_when"] = f"({failed_when(var)}) and not ({waiting_when(var)})"
         tasks.append(task)
+        if waits:
+            tasks.extend(_waiting_tasks(var, play.play.name))
     verify = f"{prefix}_verify"
     tasks.append(
         {
@@ -245,6 +284,10 @@ def _uses_rescue(play: PlayExport) -> bool:
     return play.play.max_fail_percentage is None and not play.play.any_errors_fatal
 
 
+def _may_wait(play: PlayExport) -> bool:
+    return any(call.operation == "convert-client" for call in play.calls)
+
+
 def build_site(export: ExportPlan) -> list[dict[str, Any]]:
     """The plays of ``site.yml``."""
     inventory_dir = (export.inventory.path or Path("inventory.yml")).resolve().parent
@@ -291,23 +334,30 @@ def build_site(export: ExportPlan) -> list[dict[str, Any]]:
             ]
         entry["tasks"] = pre + tasks
         plays.append(entry)
+    last: list[dict[str, Any]] = []
     if rescuing:
-        plays.append(
+        last.append(
             {
-                "name": FAILED_PLAY,
-                "hosts": "all",
-                "gather_facts": False,
-                "tasks": [
-                    {
-                        "name": "kmsadmin export: report a host that failed",
-                        "ansible.builtin.fail": {
-                            "msg": "failed in play '{{ kmsadmin_failed_play }}' at task '{{ kmsadmin_failed_task }}'"
-                        },
-                        "when": "kmsadmin_failed_play is defined",
-                    }
-                ],
+                "name": "kmsadmin export: report a host that failed",
+                "ansible.builtin.fail": {
+                    "msg": "failed in play '{{ kmsadmin_failed_play }}' at task '{{ kmsadmin_failed_task }}'"
+                },
+                "when": "kmsadmin_failed_play is defined",
             }
         )
+    if any(_may_wait(play) for play in export.plays):
+        last.append(
+            {
+                "name": "kmsadmin export: report a host waiting for its KMS host's count",
+                "ansible.builtin.fail": {
+                    "msg": "waiting in play '{{ kmsadmin_waiting_play }}': "
+                    f"{catalog.NOT_ENOUGH_COUNT} {{{{ kmsadmin_waiting_message }}}}; {catalog.waiting_note()}"
+                },
+                "when": "kmsadmin_waiting_play is defined",
+            }
+        )
+    if last:
+        plays.append({"name": FAILED_PLAY, "hosts": "all", "gather_facts": False, "tasks": last})
     return plays
 
 
@@ -415,6 +465,11 @@ Every task is `ansible.builtin.raw` with one rendered kmsadmin script (`scripts/
 
 A host that fails in a play without `max_fail_percentage` does not stop the others (as in kmsadmin):
 it is recorded, sits out later plays, and fails in the last play, `{FAILED_PLAY}`.
+
+A client whose activation the KMS host refuses with {catalog.NOT_ENOUGH_COUNT} (it has not counted enough
+clients yet) is *waiting*, not failed (as in kmsadmin): it counts toward no `max_fail_percentage`, ends
+its play, takes part in later plays, and fails in `{FAILED_PLAY}` with the explanation. Windows retries
+the activation by itself every 2 hours; running the project again finishes it.
 """
 
 
