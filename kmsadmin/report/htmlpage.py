@@ -285,7 +285,7 @@ def _kms_section(summary: Mapping[str, Any]) -> str:
     label_w, bar_w, row_h, top = 170, 280, 34, 26
     height = top + row_h * len(hosts) + 10
     parts = [
-        f'<svg viewBox="0 0 {label_w + bar_w + 80} {height}" role="img" '
+        f'<svg viewBox="0 0 {label_w + bar_w + 110} {height}" role="img" '
         f'aria-label="KMS host current count against the required count">'
     ]
     for index, entry in enumerate(hosts):
