@@ -56,9 +56,19 @@ def _walk(node: Node) -> list[Node]:
 
 def syntax_errors(script: str) -> list[str]:
     """Every ERROR / MISSING node as ``"line N: ..."`` (1-based lines); empty when the parse is clean."""
+    return list(_syntax_errors(script))
+
+
+#: A fleet runs the same few scripts on many hosts (the facts script is byte-identical everywhere), so
+#: the lab parses each distinct script text once; a parse is several ms of the lab's CPU per script.
+_SCRIPT_CACHE = 256
+
+
+@lru_cache(maxsize=_SCRIPT_CACHE)
+def _syntax_errors(script: str) -> tuple[str, ...]:
     tree = parse(script)
     if not tree.root_node.has_error:
-        return []
+        return ()
     found: list[str] = []
     for node in _walk(tree.root_node):
         line = node.start_point[0] + 1
@@ -67,7 +77,7 @@ def syntax_errors(script: str) -> list[str]:
         elif node.is_error:
             snippet = _text(node).splitlines()[0][:60] if node.end_byte > node.start_byte else ""
             found.append(f"line {line}: syntax error near {snippet!r}")
-    return found or ["syntax error (no ERROR node located)"]
+    return tuple(found) or ("syntax error (no ERROR node located)",)
 
 
 def _text(node: Node) -> str:
@@ -130,6 +140,11 @@ def read_params(script: str) -> dict[str, str]:
     Raises ValueError when the script does not parse, the markers are missing or repeated, or any
     statement between them is not ``$Name = '<one single-quoted literal>'``.
     """
+    return dict(_read_params(script))
+
+
+@lru_cache(maxsize=_SCRIPT_CACHE)
+def _read_params(script: str) -> tuple[tuple[str, str], ...]:
     tree = parse(script)
     if tree.root_node.has_error:
         raise ValueError("script has syntax errors: " + "; ".join(syntax_errors(script)))
@@ -154,4 +169,4 @@ def read_params(script: str) -> dict[str, str]:
         if key in params:
             raise ValueError(f"parameter ${name} assigned twice")
         params[key] = value
-    return params
+    return tuple(params.items())
