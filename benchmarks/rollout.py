@@ -169,6 +169,8 @@ def start_labs(work: Path, hosts: int, latency: int) -> list[Path]:
                 "1",
                 "--latency-ms",
                 str(latency),
+                # always fresh: a lab left in --work by an earlier run would make every host a no-op
+                "--reset",
                 "--detach",
             ],
             stdout=subprocess.PIPE,
