@@ -62,6 +62,7 @@ from kmsadmin.export.plan import (
     script_name,
 )
 from kmsadmin.fleet.playbook import EnvRef, FileRef, SetupHostParams, VarRef
+from kmsadmin.operations.setup_host import KMS_HOST_SETTINGS
 
 MARKER = ".kmsadmin-export"
 FAILED_PLAY = "kmsadmin: failed hosts"
@@ -132,13 +133,7 @@ def verify_failed_when(var: str, operation: str, params: Any) -> str:
         return f"{base} or {status} != 1"
     if operation == "setup-host" and isinstance(params, SetupHostParams):
         checks = [f"not ({data}.service.is_kms_host is true)"]
-        for name in (
-            "listening_port",
-            "dns_publishing",
-            "low_priority",
-            "activation_interval",
-            "renewal_interval",
-        ):
+        for name in KMS_HOST_SETTINGS:
             wanted = getattr(params, name)
             if wanted is not None:
                 checks.append(f"{data}.service.{name} != {_jinja_literal(wanted)}")

@@ -37,6 +37,7 @@ from kmsadmin import catalog
 from kmsadmin.errors import ConfigError, KmsAdminError
 from kmsadmin.facts import FACTS, HostFacts
 from kmsadmin.fleet.inventory import Inventory
+from kmsadmin.fleet.limit import limited_hosts
 from kmsadmin.fleet.playbook import (
     ConvertClientParams,
     EnvRef,
@@ -273,11 +274,7 @@ def plan_export(
     Raises :class:`ConfigError` for what the rollout would refuse before contacting a host, and for
     what an export cannot know (a client edition with neither inventory vars nor ``gather``).
     """
-    limited: set[str] | None = None
-    if limit:
-        limited = set(inventory.select(limit))
-        if not limited:
-            raise ConfigError(f"--limit {limit!r} matches no host in the inventory")
+    limited = limited_hosts(inventory, limit)
     inventory_dir = inventory.path.parent if inventory.path else Path.cwd()
     selected: list[tuple[Play, list[str], dict[str, str]]] = []
     for play in playbook.plays:

@@ -129,3 +129,13 @@ def select(inventory: Inventory, pattern: str) -> list[str]:
     for term in exclude:
         keep -= set(_term_hosts(inventory, term))
     return [h for h in chosen if h in keep]
+
+
+def limited_hosts(inventory: Inventory, limit: str | None) -> set[str] | None:
+    """The hosts ``--limit`` allows (None: no limit); a limit that matches nothing is an error."""
+    if not limit:
+        return None
+    hosts = set(select(inventory, limit))
+    if not hosts:
+        raise ConfigError(f"--limit {limit!r} matches no host in the inventory")
+    return hosts

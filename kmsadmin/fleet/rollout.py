@@ -45,6 +45,7 @@ from typing import Any, Literal
 from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING, ConfigError
 from kmsadmin.fleet.inventory import Inventory
 from kmsadmin.fleet.journal import Journal
+from kmsadmin.fleet.limit import limited_hosts
 from kmsadmin.fleet.playbook import (
     ConvertClientParams,
     KmsHostGroup,
@@ -397,11 +398,7 @@ def _prepare(
     session_factory_for: SessionFactoryFor,
     env: Mapping[str, str] | None,
 ) -> list[_PlayPlan]:
-    limited: set[str] | None = None
-    if limit:
-        limited = set(inventory.select(limit))
-        if not limited:
-            raise ConfigError(f"--limit {limit!r} matches no host in the inventory")
+    limited = limited_hosts(inventory, limit)
     inventory_dir = inventory.path.parent if inventory.path else Path.cwd()
     plans: list[_PlayPlan] = []
     for play in playbook.plays:

@@ -23,7 +23,7 @@ from kmsadmin.errors import HostError, KmsAdminError, PreflightFailed
 from kmsadmin.facts import FACTS, HostFacts, StepOutcome, parse_facts, parse_outcome, raise_for_error
 from kmsadmin.operations import Plan
 from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
-from kmsadmin.operations.setup_host import SetupHostArgs, plan_setup_host
+from kmsadmin.operations.setup_host import KMS_HOST_SETTINGS, SetupHostArgs, plan_setup_host
 from kmsadmin.render import render
 from kmsadmin.values import RenderedScript, ScriptRef, ScriptResult
 
@@ -182,13 +182,7 @@ def _verify(operation: str, host: str, facts: HostFacts, args: Any) -> None:
                 "the host does not report itself as a KMS host after set-up",
                 remediation="check the host key and its activation (slmgr /dlv)",
             )
-        for name in (
-            "listening_port",
-            "dns_publishing",
-            "low_priority",
-            "activation_interval",
-            "renewal_interval",
-        ):
+        for name in KMS_HOST_SETTINGS:
             wanted = getattr(args, name)
             if wanted is not None and getattr(facts.service, name) != wanted:
                 raise HostError(

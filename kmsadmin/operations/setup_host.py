@@ -16,6 +16,15 @@ from kmsadmin.operations import Plan, PlannedStep, Problem
 from kmsadmin.values import ScriptRef, Secret
 
 FIREWALL_RULE = "SPPSVC-In-TCP"
+#: The KMS host settings setup-host applies and verifies (slmgr /sprt, /sdns|/cdns, /spri|/cpri, /sai,
+#: /sri); each is a field of SetupHostArgs and of the facts' SoftwareLicensingService.
+KMS_HOST_SETTINGS = (
+    "listening_port",
+    "dns_publishing",
+    "low_priority",
+    "activation_interval",
+    "renewal_interval",
+)
 #: [HOST25]: "Set-NetFirewallRule -Name SPPSVC-In-TCP -Profile Domain,Private -Enabled True"
 DEFAULT_PROFILES = ("Domain", "Private")
 
@@ -220,13 +229,7 @@ def plan_setup_host(host: str, facts: HostFacts | None, args: SetupHostArgs) -> 
                 )
             )
 
-    wanted = {
-        "listening_port": args.listening_port,
-        "dns_publishing": args.dns_publishing,
-        "low_priority": args.low_priority,
-        "activation_interval": args.activation_interval,
-        "renewal_interval": args.renewal_interval,
-    }
+    wanted = {name: getattr(args, name) for name in KMS_HOST_SETTINGS}
     current = facts.service.model_dump() if facts else {}
     differing = {k: v for k, v in wanted.items() if v is not None and (facts is None or current.get(k) != v)}
     if differing:
