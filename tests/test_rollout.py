@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from kmsadmin.fleet.rollout import (
 )
 from kmsadmin.fleet.runner import Session, run_host
 from kmsadmin.operations.convert_client import ConvertClientArgs
+from kmsadmin.transports.base import step_failed
 from kmsadmin.values import RenderedScript, ScriptResult
 
 FACTS = Path(__file__).parent / "fixtures" / "facts"
@@ -160,6 +161,16 @@ class FakeSession:
         with fleet.lock:
             answer = fleet.answer(self.host, script)
         return ScriptResult(self.host, script.step, json.dumps(answer))
+
+    def run_many(
+        self, scripts: Sequence[RenderedScript], *, deadline: float | None = None
+    ) -> list[ScriptResult]:
+        results: list[ScriptResult] = []
+        for script in scripts:
+            results.append(self.run(script, deadline=deadline))
+            if step_failed(results[-1].stdout):
+                break
+        return results
 
     def close(self) -> None:
         with self.fleet.lock:

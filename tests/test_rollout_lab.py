@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from kmsadmin.fleet.runner import Session
 from kmsadmin.lab.engine import LabEngine
 from kmsadmin.lab.fleet import Fleet
 from kmsadmin.lab.inventory import build_inventory
+from kmsadmin.transports.base import step_failed
 from kmsadmin.values import RenderedScript, ScriptResult
 
 PLAYBOOKS = Path(__file__).resolve().parents[1] / "playbooks"
@@ -48,6 +49,16 @@ class LabSessions:
                     sessions.calls[(self.host, script.step)] += 1
                 out = sessions.engine.run_script(self.host, script.text, via="psrp")
                 return ScriptResult(self.host, script.step, "\n".join(out.output), out.errors)
+
+            def run_many(
+                self, scripts: Sequence[RenderedScript], *, deadline: float | None = None
+            ) -> list[ScriptResult]:
+                results: list[ScriptResult] = []
+                for script in scripts:
+                    results.append(self.run(script, deadline=deadline))
+                    if step_failed(results[-1].stdout):
+                        break
+                return results
 
             def close(self) -> None:
                 return None

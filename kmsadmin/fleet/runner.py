@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from kmsadmin import catalog
 from kmsadmin.errors import HostError, KmsAdminError, PreflightFailed
-from kmsadmin.facts import FACTS, HostFacts, StepOutcome, parse_facts, parse_outcome, raise_for_error
+from kmsadmin.facts import FACTS, HostFacts, parse_facts, parse_outcome, raise_for_error
 from kmsadmin.operations import Plan
 from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
 from kmsadmin.operations.setup_host import KMS_HOST_SETTINGS, SetupHostArgs, plan_setup_host
 from kmsadmin.render import render
-from kmsadmin.values import RenderedScript, ScriptRef, ScriptResult
+from kmsadmin.values import RenderedScript, ScriptResult
 
 log = logging.getLogger("kmsadmin.fleet")
 
@@ -37,6 +37,12 @@ class Session(Protocol):
 
     def run(self, script: RenderedScript, *, deadline: float | None = None) -> ScriptResult:
         """Run one rendered script."""
+        ...
+
+    def run_many(
+        self, scripts: Sequence[RenderedScript], *, deadline: float | None = None
+    ) -> list[ScriptResult]:
+        """Run scripts in order in as few round trips as possible, stopping after a failed step."""
         ...
 
     def close(self) -> None:
@@ -147,16 +153,6 @@ def _remaining(deadline_at: float | None) -> float | None:
     return None if deadline_at is None else max(0.1, deadline_at - time.monotonic())
 
 
-def _run_step(
-    session: Session, host: str, ref: ScriptRef, deadline_at: float | None
-) -> tuple[StepOutcome, ScriptResult, float]:
-    started = time.monotonic()
-    result = session.run(render(ref), deadline=_remaining(deadline_at))
-    duration = time.monotonic() - started
-    log.info("host=%s step=%s duration=%.3fs", host, ref.step, duration)
-    return parse_outcome(result), result, duration
-
-
 def gather_facts(session: Session, host: str, deadline_at: float | None = None) -> HostFacts:
     """Run the read-only facts step."""
     result = session.run(render(FACTS), deadline=_remaining(deadline_at))
@@ -258,15 +254,27 @@ def run_host(
             report.status = "pending" if plan.changes else "ok"
             report.state = summarize_state(facts)
             return report
-        for planned in plan.steps:
+        # The plan's steps and the read-back that verifies them travel as one batch: one pipeline,
+        # one round trip on PSRP. The host stops the batch at the first failed step.
+        verify = bool(plan.steps) and not plan.stop_after
+        scripts = [render(planned.ref) for planned in plan.steps]
+        if verify:
+            scripts.append(render(FACTS))
+        step_name = "+".join(s.step for s in scripts) or step_name
+        results = session.run_many(scripts, deadline=_remaining(deadline_at)) if scripts else []
+        for planned, result in zip(plan.steps, results, strict=False):
             step_name = planned.step
-            outcome, result, duration = _run_step(session, host, planned.ref, deadline_at)
-            record = StepRecord(planned.step, outcome.changed, duration, planned.reason, outcome.data)
+            outcome = parse_outcome(result)
+            log.info("host=%s step=%s duration=%.3fs", host, planned.step, result.duration)
+            record = StepRecord(planned.step, outcome.changed, result.duration, planned.reason, outcome.data)
             report.steps.append(record)
             if outcome.error is not None:
                 record.error = outcome.error.model_dump()
                 raise_for_error(result, outcome)
             report.changes += int(outcome.changed)
+        if len(results) < len(scripts):
+            # Only reachable if the host stopped the batch after a step that reported success.
+            raise HostError(host, step_name, "the host ended the run before every step had run")
         if plan.stop_after:
             report.state = {
                 **summarize_state(facts),
@@ -275,7 +283,8 @@ def run_host(
             report.status = "changed" if report.changes else "ok"
             return report
         step_name = "verify"
-        after = gather_facts(session, host, deadline_at)
+        # Nothing ran: the facts just read are the state to verify.
+        after = parse_facts(results[-1]) if verify else facts
         report.state = summarize_state(after)
         _verify(operation, host, after, args)
         report.status = "changed" if report.changes else "ok"

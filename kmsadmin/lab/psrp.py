@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
+import time
 import uuid
 from collections import deque
 from typing import Any
@@ -32,7 +33,7 @@ from kmsadmin.lab import wsman
 from kmsadmin.lab.api import ScriptOutput
 from kmsadmin.lab.hostctx import CommandFaults, ConnectionAbort, HostContext, Job
 from kmsadmin.lab.wsman import NAMESPACES, WsmanRequest
-from kmsadmin.transports.base import PSRP_BOOTSTRAP, PSRP_BOOTSTRAP_PARAMETER
+from kmsadmin.transports.base import PSRP_BOOTSTRAP, PSRP_BOOTSTRAP_PARAMETER, STEP_END, step_failed
 
 _FINISHED = (PSInvocationState.Completed, PSInvocationState.Failed, PSInvocationState.Stopped)
 _NOT_FOUND = (
@@ -86,17 +87,29 @@ def _param(parameters: list[tuple[str | None, Any]], name: str) -> Any:
     return positional[0] if positional else None
 
 
-def script_of(commands: list[Any]) -> tuple[str | None, bool, str | None]:
-    """(script, output as Out-String -Stream lines, name of an unknown command) for a pipeline."""
-    if len(commands) == 1 and commands[0].is_script and str(commands[0].command_text) == PSRP_BOOTSTRAP:
-        # kmsadmin's PSRP transport: the script arrives base64-encoded in the bootstrap's parameter
+def is_bootstrap(commands: list[Any]) -> bool:
+    """Whether the pipeline is kmsadmin's PSRP bootstrap (a batch of scripts)."""
+    return len(commands) == 1 and commands[0].is_script and str(commands[0].command_text) == PSRP_BOOTSTRAP
+
+
+def script_of(commands: list[Any]) -> tuple[list[str] | None, bool, str | None]:
+    """(scripts, output as Out-String -Stream lines, name of an unknown command) for a pipeline.
+
+    kmsadmin's bootstrap carries a batch of base64 scripts; any other pipeline is one script.
+    """
+    if is_bootstrap(commands):
+        # kmsadmin's PSRP transport: scripts arrive base64-encoded in the bootstrap's parameter
         encoded = _param(commands[0].parameters, PSRP_BOOTSTRAP_PARAMETER)
-        try:
-            return base64.b64decode(str(encoded), validate=True).decode("utf-8"), False, None
-        except (ValueError, UnicodeDecodeError):
-            return "", False, None
+        items = list(encoded) if isinstance(encoded, list | tuple) else [encoded]
+        scripts: list[str] = []
+        for item in items:
+            try:
+                scripts.append(base64.b64decode(str(item), validate=True).decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                scripts.append("")
+        return scripts, False, None
     if commands and all(c.is_script for c in commands):
-        return "\n".join(str(c.command_text) for c in commands), False, None
+        return ["\n".join(str(c.command_text) for c in commands)], False, None
     first = commands[0] if commands else None
     if (
         first is not None
@@ -106,7 +119,7 @@ def script_of(commands: list[Any]) -> tuple[str | None, bool, str | None]:
         script = _param(first.parameters, "Command")
         rest = [str(c.command_text).lower() for c in commands[1:]]
         if script is not None and all(r == "out-string" for r in rest):
-            return str(script), bool(rest), None
+            return [str(script)], bool(rest), None
         unknown = next((c for c in commands[1:] if str(c.command_text).lower() != "out-string"), first)
         return None, False, str(unknown.command_text)
     unknown = next((c for c in commands if not c.is_script), None)
@@ -194,12 +207,30 @@ class PsrpShell:
         # Windows sends no PipelineState Running; the first state the client sees is the final one.
         pipe._change_state(PSInvocationState.Running, emit=False)
         metadata = pipe.metadata
-        script, as_lines, unknown = script_of(list(metadata.commands) if metadata is not None else [])
-        if script is None:
+        commands = list(metadata.commands) if metadata is not None else []
+        scripts, as_lines, unknown = script_of(commands)
+        if scripts is None:
             pipe._change_state(PSInvocationState.Failed, error=command_not_found(unknown or ""))
             return
-        job = self.ctx.run_script(script, "psrp")
+        if is_bootstrap(commands):
+            job = self.ctx.runner.submit(lambda: self._run_batch(scripts))
+        else:
+            job = self.ctx.run_script(scripts[0], "psrp")
         job.add_done_callback(lambda j: self._pipeline_done(entry, j, as_lines))
+
+    def _run_batch(self, scripts: list[str]) -> ScriptOutput:
+        """The bootstrap's loop: each script's output, then its end marker; stop after a failed step."""
+        output: list[str] = []
+        errors: list[str] = []
+        for script in scripts:
+            started = time.monotonic()
+            result = self.ctx.engine.run_script(self.ctx.name, script, via="psrp")
+            output.extend(result.output)
+            errors.extend(result.errors)
+            output.append(f"{STEP_END} {int((time.monotonic() - started) * 1000)}")
+            if step_failed("\n".join(result.output)):
+                break
+        return ScriptOutput(tuple(output), tuple(errors))
 
     def _pipeline_done(self, entry: _Pipeline, job: Job[ScriptOutput], as_lines: bool) -> None:
         with self._cond:

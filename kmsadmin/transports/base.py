@@ -13,10 +13,12 @@ hung host could hold a worker indefinitely; here every HTTP request gets at most
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 import xml.etree.ElementTree as ET
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -61,6 +63,17 @@ class Session(Protocol):
         Error records and stderr land in ``ScriptResult.errors`` (not raised). Raises
         :class:`~kmsadmin.errors.ConnectionFailed`, ``AuthenticationFailed``, ``AccessDenied`` or
         ``HostTimeout``, each with host, step and a fix.
+        """
+        ...
+
+    def run_many(
+        self, scripts: Sequence[RenderedScript], *, deadline: float | None = None
+    ) -> list[ScriptResult]:
+        """Run several scripts in order within one ``deadline``, as few round trips as the transport allows.
+
+        Stops after the first step whose result is missing or carries an ``error``
+        (:func:`step_failed`): the list has one result per step that ran, at least one. A transport
+        failure raises as in :meth:`run`, naming the steps joined with ``+``.
         """
         ...
 
@@ -113,6 +126,8 @@ class Output:
     stdout: str
     errors: tuple[str, ...]
     rc: int | None
+    #: seconds the step took where the transport knows it per step (batches); None: the whole run
+    duration: float | None = None
 
 
 # --- WinRS: the script travels over stdin --------------------------------------------------------
@@ -128,14 +143,75 @@ BOOTSTRAP_SCRIPT = (
     "Remove-Variable kmsadminIn;"
     "& ([ScriptBlock]::Create($kmsadminScript))"
 )
-#: PSRP: the script travels as base64 in one parameter of this fixed script. pypsrp escapes every
+#: PSRP: scripts travel as base64 in one parameter of this fixed script. pypsrp escapes every
 #: CR, LF and "_x" in a string argument through a Python callback (~900 per facts script), which was
 #: the largest client-side CPU cost per host; base64 has none of those characters.
+#:
+#: The parameter takes several scripts (one pipeline, one round trip for a whole plan): each runs in
+#: its own scope, its output is followed by :data:`STEP_END`, and the batch stops after a step whose
+#: result is missing or carries an ``error`` (the same rule as :func:`step_failed`), or at the first
+#: terminating error, which ends the pipeline.
 PSRP_BOOTSTRAP = (
-    "param([string]$KmsadminScript)\n"
-    "& ([ScriptBlock]::Create([Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($KmsadminScript))))"
+    "param([string[]]$KmsadminScript)\n"
+    "foreach ($KmsadminEncoded in $KmsadminScript) {\n"
+    "    $KmsadminWatch = [Diagnostics.Stopwatch]::StartNew()\n"
+    "    $KmsadminOut = @(& ([ScriptBlock]::Create([Text.Encoding]::UTF8.GetString("
+    "[Convert]::FromBase64String($KmsadminEncoded)))))\n"
+    "    $KmsadminOut\n"
+    '    "#kmsadmin-step-end $($KmsadminWatch.ElapsedMilliseconds)"\n'
+    "    $KmsadminJson = @($KmsadminOut | Where-Object { \"$_\".Trim().StartsWith('{') })\n"
+    "    if ($KmsadminJson.Count -eq 0) { break }\n"
+    "    if ($null -ne ($KmsadminJson[-1] | ConvertFrom-Json).error) { break }\n"
+    "}"
 )
 PSRP_BOOTSTRAP_PARAMETER = "KmsadminScript"
+#: The output line the PSRP bootstrap writes after each script's output, followed by a space and the
+#: script's run time in milliseconds.
+STEP_END = "#kmsadmin-step-end"
+
+
+def split_steps(objects: Sequence[str], errors: tuple[str, ...]) -> list[Output]:
+    """One :class:`Output` per script from a batch's output objects (see :data:`PSRP_BOOTSTRAP`).
+
+    Output after the last marker belongs to a script that ended the pipeline with a terminating
+    error; error records are not tied to a script, so all of them go to the last script that ran
+    (every script before it succeeded, or the batch would have stopped there).
+    """
+    outs: list[Output] = []
+    current: list[str] = []
+    for item in objects:
+        if item.startswith(STEP_END):
+            try:
+                duration: float | None = int(item[len(STEP_END) :].strip()) / 1000
+            except ValueError:
+                duration = None
+            outs.append(Output("\n".join(current), (), None, duration))
+            current = []
+        else:
+            current.append(item)
+    if current or not outs:
+        outs.append(Output("\n".join(current), (), None))
+    if errors:
+        last = outs[-1]
+        outs[-1] = Output(last.stdout, errors, last.rc, last.duration)
+    return outs
+
+
+def step_failed(stdout: str) -> bool:
+    """Whether a step's output ends the batch: no JSON result line, or one whose ``error`` is set.
+
+    The PSRP bootstrap applies the same rule on the host; the other transports apply it here.
+    """
+    lines = [line.strip() for line in stdout.splitlines() if line.strip().startswith("{")]
+    if not lines:
+        return True
+    try:
+        result = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return True
+    return not isinstance(result, dict) or result.get("error") is not None
+
+
 BOOTSTRAP_EXECUTABLE = "powershell"
 BOOTSTRAP_ARGUMENTS: tuple[str, ...] = (
     "-NoProfile",
@@ -232,14 +308,22 @@ class SessionBase(ABC):
 
     def run(self, script: RenderedScript, *, deadline: float | None = None) -> ScriptResult:
         """See :class:`Session`."""
+        return self.run_many((script,), deadline=deadline)[0]
+
+    def run_many(
+        self, scripts: Sequence[RenderedScript], *, deadline: float | None = None
+    ) -> list[ScriptResult]:
+        """Run ``scripts`` in order within one deadline; see :class:`Session`."""
         from kmsadmin.transports.faults import translate
 
+        if not scripts:
+            return []
         seconds = self._options.deadline if deadline is None else deadline
         budget = Deadline(max(seconds, 0.0))
         started = time.monotonic()
-        host, step = self._options.name, script.step
+        host, step = self._options.name, "+".join(s.step for s in scripts)
         try:
-            out = self._execute(script, budget)
+            outs = self._execute_many(scripts, budget)
         except Exception as exc:
             duration = time.monotonic() - started
             error = translate(exc, self._options, step, seconds)
@@ -264,11 +348,19 @@ class SessionBase(ABC):
             step,
             self.transport_name,
             duration,
-            len(out.errors),
+            sum(len(out.errors) for out in outs),
         )
-        return ScriptResult(
-            host=host, step=step, stdout=out.stdout, errors=out.errors, rc=out.rc, duration=duration
-        )
+        return [
+            ScriptResult(
+                host=host,
+                step=script.step,
+                stdout=out.stdout,
+                errors=out.errors,
+                rc=out.rc,
+                duration=duration if out.duration is None else out.duration,
+            )
+            for script, out in zip(scripts, outs, strict=False)
+        ]
 
     def close(self) -> None:
         """See :class:`Session`."""
@@ -300,6 +392,24 @@ class SessionBase(ABC):
     @abstractmethod
     def _execute(self, script: RenderedScript, budget: Deadline) -> Output:
         """Connect if needed, run the script, collect its output; raise library errors as they come."""
+
+    def _execute_many(self, scripts: Sequence[RenderedScript], budget: Deadline) -> list[Output]:
+        """Run scripts one request sequence each, stopping after a failed step (:func:`step_failed`).
+
+        Transports that can send a whole batch at once override this.
+        """
+        outs: list[Output] = []
+        for script in scripts:
+            started = time.monotonic()
+            out = self._execute(script, budget)
+            outs.append(
+                Output(out.stdout, out.errors, out.rc, time.monotonic() - started)
+                if len(scripts) > 1
+                else out
+            )
+            if step_failed(out.stdout):
+                break
+        return outs
 
     @abstractmethod
     def _cancel(self, budget: Deadline) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from typing import Any
 
 import requests
@@ -33,6 +34,7 @@ from kmsadmin.transports.base import (
     Output,
     SessionBase,
     log,
+    split_steps,
 )
 from kmsadmin.transports.options import ConnectionOptions
 from kmsadmin.values import RenderedScript
@@ -228,9 +230,12 @@ class PsrpSession(SessionBase):
         return self._pool
 
     def _execute(self, script: RenderedScript, budget: Deadline) -> Output:
+        return self._execute_many((script,), budget)[0]
+
+    def _execute_many(self, scripts: Sequence[RenderedScript], budget: Deadline) -> list[Output]:
         pool = self._ensure_pool(budget)
         ps = PowerShell(pool)
-        encoded = base64.b64encode(script.text.encode("utf-8")).decode("ascii")
+        encoded = [base64.b64encode(s.text.encode("utf-8")).decode("ascii") for s in scripts]
         ps.add_script(PSRP_BOOTSTRAP).add_parameter(PSRP_BOOTSTRAP_PARAMETER, encoded)
         self._pipeline = ps
         ps.begin_invoke()
@@ -243,8 +248,7 @@ class PsrpSession(SessionBase):
         ps.close()
         self._pipeline = None
         errors = tuple(_error_text(record) for record in ps.streams.error)
-        stdout = "\n".join("" if obj is None else str(obj) for obj in ps.output)
-        return Output(stdout=stdout, errors=errors, rc=None)
+        return split_steps(["" if obj is None else str(obj) for obj in ps.output], errors)
 
     def _cancel(self, budget: Deadline) -> None:
         if self._wsman is None:
