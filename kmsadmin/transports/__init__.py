@@ -2,7 +2,8 @@
 
 One interface (:class:`Session`, opened with :func:`open_session`) and three implementations:
 
-* ``psrp`` (default): PSRP runspace pool over pypsrp; scripts run as pipelines;
+* ``psrp`` (default): PSRP runspace pool (psrpcore over a lean WS-Man client; pypsrp for CredSSP,
+  certificate auth and proxies); scripts run as pipelines;
 * ``winrs``: pypsrp WinRS shell, script over stdin to a fixed ``powershell -EncodedCommand`` bootstrap;
 * ``pywinrm``: the same WinRS bootstrap over ``winrm.protocol.Protocol`` (Ansible ``winrm`` hosts).
 
@@ -39,6 +40,10 @@ from kmsadmin.transports.options import (
 def open_session(options: ConnectionOptions) -> Session:
     """A session to ``options.host`` using ``options.transport``; connects on the first run."""
     if options.transport == "psrp":
+        if options.auth in ("certificate", "credssp") or options.proxy is not None:
+            from kmsadmin.transports.psrp import PypsrpSession
+
+            return PypsrpSession(options)
         from kmsadmin.transports.psrp import PsrpSession
 
         return PsrpSession(options)

@@ -29,10 +29,10 @@ from kmsadmin.values import RenderedScript, ScriptResult
 
 log = logging.getLogger("kmsadmin.transports")
 
-# pypsrp logs every WS-Man message body at DEBUG, which includes the scripts (and any secret they
+# pypsrp and psrpcore log every message body at DEBUG, which includes the scripts (and any secret they
 # carry); spnego and requests_ntlm log tokens. kmsadmin logs host, step, duration and transport
 # itself, so the libraries stay quiet unless the application configured them on purpose.
-for _name in ("pypsrp", "winrm", "spnego", "requests_ntlm"):
+for _name in ("pypsrp", "psrpcore", "winrm", "spnego", "requests_ntlm"):
     if logging.getLogger(_name).level == logging.NOTSET:
         logging.getLogger(_name).setLevel(logging.CRITICAL)
 

@@ -25,6 +25,16 @@ from kmsadmin.errors import (
 )
 from kmsadmin.transports.base import BUSY_STATUSES, DeadlineExpired, host_timeout
 from kmsadmin.transports.options import ConnectionOptions
+from kmsadmin.transports.wsman import (
+    AuthRefused,
+    ConnectError,
+    ConnectionLost,
+    ConnectTimeoutError,
+    HTTPStatusError,
+    ReadTimeout,
+    TlsError,
+    WsmanFault,
+)
 
 #: WS-Man fault code 5 is the Win32 ERROR_ACCESS_DENIED the WinRM service returns when the account
 #: authenticated but may not open a shell or plugin.
@@ -42,8 +52,11 @@ def translate(
     host = options.name
     if isinstance(exc, HostError):
         return exc
-    if isinstance(exc, DeadlineExpired | requests.exceptions.ReadTimeout):
+    if isinstance(exc, DeadlineExpired | requests.exceptions.ReadTimeout | ReadTimeout):
         return host_timeout(options, step, seconds)
+    native = _translate_native(exc, options, step)
+    if native is not None:
+        return native
     if isinstance(exc, requests.exceptions.SSLError):
         return _tls_failure(options, step, exc)
     if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -80,6 +93,38 @@ def translate(
     return None
 
 
+def _translate_native(exc: BaseException, options: ConnectionOptions, step: str) -> HostError | None:
+    """The errors of kmsadmin's own WS-Man client (:mod:`kmsadmin.transports.wsman`)."""
+    host = options.name
+    if isinstance(exc, TlsError):
+        return _tls_failure(options, step, exc)
+    if isinstance(exc, ConnectTimeoutError):
+        return ConnectionFailed(
+            host,
+            step,
+            f"no TCP answer from {options.endpoint} within the connect timeout",
+            remediation=_listener_fix(options),
+        )
+    if isinstance(exc, ConnectError):
+        return ConnectionFailed(
+            host, step, f"cannot connect to {options.endpoint}: {exc}", remediation=_listener_fix(options)
+        )
+    if isinstance(exc, ConnectionLost):
+        return ConnectionFailed(
+            host,
+            step,
+            f"the connection to {options.endpoint} was lost: {exc}",
+            remediation=_listener_fix(options),
+        )
+    if isinstance(exc, AuthRefused):
+        return _auth_failure(options, step)
+    if isinstance(exc, WsmanFault):
+        return _fault(options, step, exc.code, exc.reason or str(exc))
+    if isinstance(exc, HTTPStatusError):
+        return _http_status(options, step, exc.status, exc.body)
+    return None
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Whether trying the same step again later may succeed.
 
@@ -91,8 +136,12 @@ def is_retryable(exc: BaseException) -> bool:
         return False
     if isinstance(exc, ConnectionFailed | HostTimeout | DeadlineExpired):
         return True
-    if isinstance(exc, requests.exceptions.SSLError):
+    if isinstance(exc, requests.exceptions.SSLError | TlsError):
         return False
+    if isinstance(exc, ConnectError | ConnectionLost | ReadTimeout):
+        return True
+    if isinstance(exc, HTTPStatusError):
+        return exc.status in BUSY_STATUSES
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         return True
     status: int | None = None

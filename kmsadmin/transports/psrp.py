@@ -1,9 +1,15 @@
-"""PSRP over pypsrp: one ``WSMan`` and one ``RunspacePool`` per host, one pipeline per script.
+"""PSRP: one runspace pool per host, one pipeline per batch of scripts.
 
 The pool is opened on the first run and kept: on Windows each pool is a ``wsmprovhost.exe`` process,
 so reusing it saves seconds per step, and one keep-alive HTTP connection means one NTLM/Kerberos
 handshake per host. Scripts travel inside PSRP messages, so there is no command-line length limit,
 and output and error records arrive as structured streams (no CLIXML on stderr, no code pages).
+
+:class:`PsrpSession` (the default) speaks PSRP with psrpcore over :class:`~kmsadmin.transports.wsman.WsmanClient`.
+A host costs one Create and one Receive to open the pool, then one Command and one Receive per
+batch; the Signal that releases a finished pipeline is sent before the next Command, and not at all
+when the shell is deleted next (Delete ends every pipeline of the shell). :class:`PypsrpSession`
+runs the same scripts through pypsrp's client for CredSSP, certificate authentication and proxies.
 
 :class:`BoundedWSMan` is shared with the WinRS transport: it fits every request into the step's
 deadline, answers the host's "no output yet" OperationTimeout by asking again until that deadline,
@@ -13,12 +19,35 @@ and retries busy answers (HTTP 503) itself, because urllib3 does not retry POSTs
 from __future__ import annotations
 
 import base64
+import threading
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import Any
 
 import requests
+from psrpcore import (
+    ClientPowerShell,
+    ClientRunspacePool,
+    ErrorRecordEvent,
+    PipelineOutputEvent,
+    PipelineStateEvent,
+    PSRPEvent,
+    PSRPPayload,
+    RunspacePoolStateEvent,
+    StreamType,
+)
+from psrpcore._payload import PSRPMessage, create_message
+from psrpcore.types import (
+    InitRunspacePool,
+    PSObject,
+    PSRPMessageType,
+    RunspacePoolState,
+    SessionCapability,
+    serialize,
+)
+from psrpcore.types import PSInvocationState as PSInvocationStateCore
 from pypsrp.complex_objects import PSInvocationState
 from pypsrp.exceptions import WinRMTransportError, WSManFaultError
 from pypsrp.powershell import PowerShell, RunspacePool
@@ -37,6 +66,22 @@ from kmsadmin.transports.base import (
     split_steps,
 )
 from kmsadmin.transports.options import ConnectionOptions
+from kmsadmin.transports.wsman import (
+    COMMAND,
+    CREATE,
+    DELETE,
+    MAX_ENVELOPE_SIZE,
+    RECEIVE,
+    SEND,
+    SIGNAL,
+    SIGNAL_TERMINATE,
+    WsmanClient,
+    WsmanFault,
+    option_set,
+    shell_selector,
+    streams_of,
+)
+from kmsadmin.transports.wsman import NS as WSMAN_NS
 from kmsadmin.values import RenderedScript
 
 #: How often one Receive is re-sent after the connection dropped under it.
@@ -202,8 +247,9 @@ class BoundedWSMan(WSMan):
                 time.sleep(pause)
 
 
-class PsrpSession(SessionBase):
-    """A PSRP session: scripts run as pipelines on one runspace pool."""
+class PypsrpSession(SessionBase):
+    """PSRP over pypsrp's client, for what :class:`PsrpSession` does not speak: CredSSP,
+    certificate authentication and HTTP proxies."""
 
     transport_name = "psrp"
 
@@ -288,3 +334,223 @@ def _error_text(record: object) -> str:
     exception = getattr(record, "exception", None)
     message = getattr(exception, "message", None)
     return str(message) if message else repr(record)
+
+
+# --- PSRP with psrpcore over the lean WS-Man client ----------------------------------------------------
+#: Serialized message bodies by content; see :class:`_Pool`.
+_SERIALIZED: dict[tuple[str, ...], bytes] = {}
+_SERIALIZED_LOCK = threading.Lock()
+_SERIALIZED_LIMIT = 128
+
+
+class _Pool(ClientRunspacePool):
+    """psrpcore's client pool that serializes each repeated message once per process.
+
+    A fleet sends the same two pool-open messages to every host and the same few pipelines to many
+    hosts (every client of a KMS host gets the same steps), and psrpcore's object serializer was the
+    largest part of the client's CPU per host. A message body depends only on its content (pool and
+    pipeline ids travel in the message header), so the body is kept by content and only the header is
+    built per host, with psrpcore's ``create_message`` and ``PSRPMessage`` (internal: psrpcore is pinned
+    to 0.3). Pipelines carrying a secret are never kept (:attr:`pipeline_key` stays None).
+    """
+
+    #: content key of the next CreatePipeline message, set just before ``start()``
+    pipeline_key: tuple[str, ...] | None = None
+
+    def prepare_message(
+        self,
+        message: PSObject | None,
+        message_type: PSRPMessageType | None = None,
+        pipeline_id: uuid.UUID | None = None,
+        stream_type: StreamType = StreamType.default,
+    ) -> None:
+        key: tuple[str, ...] | None = None
+        if isinstance(message, SessionCapability | InitRunspacePool) and pipeline_id is None:
+            key = (type(message).__name__,)
+        elif message_type == PSRPMessageType.CreatePipeline and self.pipeline_key is not None:
+            key, self.pipeline_key = self.pipeline_key, None
+        if key is None or message is None:
+            super().prepare_message(message, message_type, pipeline_id, stream_type)
+            return
+        data = _SERIALIZED.get(key)
+        if data is None:
+            element = serialize(
+                message,
+                self._cipher,
+                our_capability=self.our_capability,
+                their_capability=self.their_capability,
+            )
+            data = ET.tostring(element, encoding="utf-8", method="xml")
+            with _SERIALIZED_LOCK:
+                if len(_SERIALIZED) >= _SERIALIZED_LIMIT:
+                    _SERIALIZED.clear()
+                _SERIALIZED[key] = data
+        kind = message_type or PSRPMessageType.get_message_id(type(message))
+        raw = create_message(True, kind, data, self.runspace_pool_id, pipeline_id)
+        self._send_buffer.append(
+            PSRPMessage(
+                kind, bytearray(raw), self.runspace_pool_id, pipeline_id, self._fragment_counter, stream_type
+            )
+        )
+
+
+#: Bytes of PSRP fragments per envelope: base64 grows them by 4/3, and the envelope around needs ~4 kB.
+_FRAGMENT_BYTES = (MAX_ENVELOPE_SIZE - 4096) * 3 // 4
+_FINISHED = (PSInvocationStateCore.Completed, PSInvocationStateCore.Failed, PSInvocationStateCore.Stopped)
+_KEEPALIVE = option_set({"WSMAN_CMDSHELL_OPTION_KEEPALIVE": "True"})
+_STOP = "powershell/signal/crtl_c"
+
+
+class PsrpSession(SessionBase):
+    """A PSRP session: scripts run as pipelines on one runspace pool."""
+
+    transport_name = "psrp"
+
+    def __init__(self, options: ConnectionOptions) -> None:
+        super().__init__(options)
+        self._resource = "http://schemas.microsoft.com/powershell/" + options.configuration_name
+        self._client: WsmanClient | None = None
+        self._pool: _Pool | None = None
+        self._selector = ""
+        #: command id of the pipeline in flight
+        self._running: str | None = None
+        #: command id of a finished pipeline whose Signal is still owed
+        self._owed: str | None = None
+
+    @property
+    def wsman(self) -> WsmanClient | None:
+        """The open WS-Man connection, if any (tests read its request counter)."""
+        return self._client
+
+    def _request(self, action: str, body: str, headers: str = "", *, receive: bool = False) -> ET.Element:
+        if self._client is None:
+            raise WsmanFault(None, "the session is closed")
+        return self._client.request(
+            action, self._resource, body, headers=headers + self._selector, receive=receive
+        )
+
+    def _receive(self, command_id: str | None) -> list[PSRPEvent[Any, Any]]:
+        pool = self._pool
+        if pool is None:
+            raise WsmanFault(None, "the runspace pool is closed")
+        target = f' CommandId="{command_id}"' if command_id else ""
+        body = f"<rsp:Receive><rsp:DesiredStream{target}>stdout</rsp:DesiredStream></rsp:Receive>"
+        streams, _ = streams_of(self._request(RECEIVE, body, _KEEPALIVE, receive=True))
+        events: list[PSRPEvent[Any, Any]] = []
+        for data in streams:
+            pool.receive_data(PSRPPayload(data, StreamType.default, None))
+            while (event := pool.next_event()) is not None:
+                events.append(event)
+        return events
+
+    def _ensure_pool(self, budget: Deadline) -> _Pool:
+        if self._client is None:
+            self._client = WsmanClient(self._options)
+        self._client.budget = budget
+        if self._pool is not None:
+            return self._pool
+        pool = _Pool()
+        pool.open()
+        payload = pool.data_to_send(_FRAGMENT_BYTES)
+        if payload is None:
+            raise WsmanFault(None, "psrpcore produced no runspace pool open message")
+        self._pool = pool
+        shell_id = str(pool.runspace_pool_id).upper()
+        body = (
+            f'<rsp:Shell ShellId="{shell_id}"><rsp:InputStreams>stdin pr</rsp:InputStreams>'
+            "<rsp:OutputStreams>stdout</rsp:OutputStreams>"
+            '<creationXml xmlns="http://schemas.microsoft.com/powershell">'
+            f"{base64.b64encode(payload.data).decode('ascii')}</creationXml></rsp:Shell>"
+        )
+        answer = self._request(CREATE, body, option_set({"protocolversion": "2.3"}, must_comply=True))
+        shell_id = answer.findtext("rsp:Shell/rsp:ShellId", namespaces=WSMAN_NS) or shell_id
+        self._selector = shell_selector(shell_id)
+        self.opened_count += 1
+        while pool.state != RunspacePoolState.Opened:
+            for event in self._receive(None):
+                if isinstance(event, RunspacePoolStateEvent) and event.state in (
+                    RunspacePoolState.Broken,
+                    RunspacePoolState.Closed,
+                ):
+                    reason = _error_text(event.reason) if event.reason is not None else event.state.name
+                    raise WsmanFault(None, f"the runspace pool did not open: {reason}")
+        return pool
+
+    def _execute(self, script: RenderedScript, budget: Deadline) -> Output:
+        return self._execute_many((script,), budget)[0]
+
+    def _execute_many(self, scripts: Sequence[RenderedScript], budget: Deadline) -> list[Output]:
+        pool = self._ensure_pool(budget)
+        if self._owed is not None:
+            owed, self._owed = self._owed, None
+            self._signal(owed, SIGNAL_TERMINATE)
+        ps = ClientPowerShell(pool)
+        encoded = [base64.b64encode(s.text.encode("utf-8")).decode("ascii") for s in scripts]
+        ps.add_script(PSRP_BOOTSTRAP).add_parameter(PSRP_BOOTSTRAP_PARAMETER, encoded)
+        if all(s.text == s.display for s in scripts):  # no secret in any of them
+            pool.pipeline_key = ("CreatePipeline", *encoded)
+        ps.start()
+        command_id = str(ps.pipeline_id).upper()
+        first = pool.data_to_send(_FRAGMENT_BYTES)
+        if first is None:
+            raise WsmanFault(None, "psrpcore produced no pipeline message")
+        body = (
+            f'<rsp:CommandLine CommandId="{command_id}"><rsp:Command></rsp:Command>'
+            f"<rsp:Arguments>{base64.b64encode(first.data).decode('ascii')}</rsp:Arguments></rsp:CommandLine>"
+        )
+        self._running = command_id
+        self._request(COMMAND, body)
+        while (more := pool.data_to_send(_FRAGMENT_BYTES)) is not None:
+            stream = "pr" if more.stream_type == StreamType.prompt_response else "stdin"
+            self._request(
+                SEND,
+                f'<rsp:Send><rsp:Stream Name="{stream}" CommandId="{command_id}">'
+                f"{base64.b64encode(more.data).decode('ascii')}</rsp:Stream></rsp:Send>",
+            )
+        output: list[str] = []
+        errors: list[str] = []
+        while ps.state not in _FINISHED:
+            for event in self._receive(command_id):
+                if isinstance(event, PipelineOutputEvent):
+                    output.append("" if event.data is None else str(event.data))
+                elif isinstance(event, ErrorRecordEvent):
+                    errors.append(_error_text(event.record))
+                elif isinstance(event, PipelineStateEvent) and event.reason is not None:
+                    errors.append(_error_text(event.reason))
+        self._running = None
+        self._owed = command_id
+        return split_steps(output, tuple(errors))
+
+    def _signal(self, command_id: str, code: str) -> None:
+        self._request(
+            SIGNAL, f'<rsp:Signal CommandId="{command_id}"><rsp:Code>{code}</rsp:Code></rsp:Signal>'
+        )
+
+    def _cancel(self, budget: Deadline) -> None:
+        if self._client is None:
+            return
+        self._client.budget = budget
+        running, self._running = self._running, None
+        if running is not None and self._selector:
+            try:
+                self._signal(running, _STOP)
+            except Exception as exc:
+                log.debug("host=%s stopping the pipeline failed: %s", self._options.name, exc)
+        self._close(budget)
+
+    def _close(self, budget: Deadline) -> None:
+        if self._client is not None:
+            self._client.budget = budget
+        selector, self._selector = self._selector, ""
+        self._pool = None
+        self._owed = None
+        if selector and self._client is not None:
+            self._client.request(DELETE, self._resource, "", headers=selector)
+
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        self._pool = None
+        self._selector = ""
+        self._running = self._owed = None
+        if client is not None:
+            client.close()
