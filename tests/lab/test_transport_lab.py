@@ -19,6 +19,7 @@ from kmsadmin.errors import AccessDenied, AuthenticationFailed, ConnectionFailed
 from kmsadmin.lab.api import EndpointConfig, HostFaults, ScriptOutput, Via
 from kmsadmin.lab.server import LabServer
 from kmsadmin.transports import ConnectionOptions, SessionBase, build_options, is_retryable, open_session
+from kmsadmin.transports.psrp import PsrpSession, PypsrpSession
 from kmsadmin.values import RenderedScript
 
 pytestmark = pytest.mark.lab
@@ -42,13 +43,15 @@ class EchoEngine:
             for line in script.splitlines()
             if line.startswith("Write-Error")
         )
-        result = {
+        result: dict[str, object] = {
             "host": host,
             "via": via,
             "length": len(script),
             "sha256": hashlib.sha256(script.encode("utf-8")).hexdigest(),
             "greeting": "grüße 日本",
         }
+        if "kmsadmin-test-fail" in script:
+            result["error"] = {"hresult": "0xC004F074", "message": "no KMS could be contacted"}
         return ScriptOutput(
             output=(json.dumps(result, ensure_ascii=False),), errors=errors, rc=1 if errors else 0
         )
@@ -162,6 +165,60 @@ def test_https_without_the_ca_is_rejected_with_a_fix(lab: LabServer) -> None:
         session.run(script("facts", "Write-Output 1"), deadline=10)
     assert info.value.remediation is not None and "--ca-bundle" in info.value.remediation
     assert not is_retryable(info.value)
+
+
+def test_psrp_round_trips_per_host(lab: LabServer) -> None:
+    """Open = Create + Receive; a batch = Command + Receive (+ the Signal owed by the previous one)."""
+    with open_session(options_for(lab, "ntlm-https")) as session:
+        assert isinstance(session, PsrpSession)
+        session.run(script("facts", "Write-Output 0"), deadline=20)
+        assert session.wsman is not None
+        assert session.wsman.requests == 4
+        results = session.run_many([script(f"s{i}", f"Write-Output {i}") for i in range(3)], deadline=20)
+        assert [r.step for r in results] == ["s0", "s1", "s2"]
+        assert [answer(r.stdout)["length"] for r in results] == [len(f"Write-Output {i}") for i in range(3)]
+        assert session.wsman.requests == 4 + 3
+        wsman = session.wsman
+    assert wsman.requests == 4 + 3 + 1, "close() deletes the shell, which ends the last pipeline too"
+    assert lab.shell_count("ntlm-https") == 0
+
+
+@pytest.mark.parametrize("transport", ["psrp", "winrs", "pywinrm"])
+def test_a_batch_stops_after_the_first_failed_step(
+    lab: LabServer, engine: EchoEngine, transport: str
+) -> None:
+    name = "ntlm-http" if transport != "pywinrm" else "basic-http"
+    explicit: dict[str, object] = {"transport": transport}
+    if transport == "pywinrm":
+        explicit.update(auth="basic", allow_unencrypted_basic=True)
+    batch = [
+        script("first", "Write-Output 1"),
+        script("second", "# kmsadmin-test-fail\r\nWrite-Output 2"),
+        script("third", "Write-Output 3"),
+    ]
+    with open_session(options_for(lab, name, **explicit)) as session:
+        before = len(engine.calls)
+        results = session.run_many(batch, deadline=20)
+        ran = len(engine.calls) - before
+    assert [r.step for r in results] == ["first", "second"]
+    assert "error" not in answer(results[0].stdout)
+    assert answer(results[1].stdout)["error"] == {
+        "hresult": "0xC004F074",
+        "message": "no KMS could be contacted",
+    }
+    assert ran == 2, "the third script must not run after the second failed"
+
+
+def test_pypsrp_session_still_runs_scripts(lab: LabServer) -> None:
+    """The pypsrp-based session (CredSSP, certificate auth, proxies) speaks the same bootstrap."""
+    options = options_for(lab, "ntlm-https")
+    with PypsrpSession(options) as session:
+        results = session.run_many(
+            [script("a", "Write-Output 1"), script("b", "Write-Output 2")], deadline=20
+        )
+        assert [answer(r.stdout)["length"] for r in results] == [len("Write-Output 1"), len("Write-Output 2")]
+        assert session.opened_count == 1
+    assert isinstance(open_session(options_for(lab, "ntlm-https", auth="credssp")), PypsrpSession)
 
 
 def test_winrs_stdin_with_a_long_script(lab: LabServer, engine: EchoEngine) -> None:
