@@ -9,9 +9,21 @@ from pathlib import Path
 from typing import Any
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(", ", ": "))
+
+
 def dumps(report: Mapping[str, Any]) -> str:
-    """The report as JSON text."""
-    return json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    """The report as JSON text: one line per top-level key, and one line per item of a top-level list
+    (one host per line), so it stays readable and diffable; ``json.dumps(indent=...)`` runs the pure-Python
+    encoder, which took longer than the rollout's own work on big fleets."""
+    lines = []
+    for key, value in report.items():
+        if isinstance(value, list) and value:
+            text = "[\n    " + ",\n    ".join(_ENCODER.encode(item) for item in value) + "\n  ]"
+        else:
+            text = _ENCODER.encode(value)
+        lines.append(f"  {_ENCODER.encode(key)}: {text}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def write_json(report: Mapping[str, Any], path: str | Path) -> Path:

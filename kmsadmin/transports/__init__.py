@@ -41,7 +41,7 @@ def open_session(options: ConnectionOptions) -> Session:
     """A session to ``options.host`` using ``options.transport``; connects on the first run."""
     if options.transport == "psrp":
         if options.auth in ("certificate", "credssp") or options.proxy is not None:
-            from kmsadmin.transports.psrp import PypsrpSession
+            from kmsadmin.transports.pypsrp_client import PypsrpSession
 
             return PypsrpSession(options)
         from kmsadmin.transports.psrp import PsrpSession

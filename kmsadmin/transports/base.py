@@ -436,3 +436,13 @@ def host_timeout(options: ConnectionOptions, step: str, seconds: float) -> HostE
             "or allow more time with --deadline"
         ),
     )
+
+
+def error_text(record: object) -> str:
+    """An error record's message (its ToString), falling back to the exception message."""
+    text = str(record)
+    if text:
+        return text
+    exception = getattr(record, "exception", None)
+    message = getattr(exception, "message", None)
+    return str(message) if message else repr(record)

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import ssl
 
-import requests
-import winrm.exceptions as winrm_exc
-from pypsrp import exceptions as psrp_exc
-
 from kmsadmin.errors import (
     AccessDenied,
     AuthenticationFailed,
@@ -49,14 +45,27 @@ def translate(
     exc: BaseException, options: ConnectionOptions, step: str, seconds: float
 ) -> KmsAdminError | None:
     """The kmsadmin error for ``exc`` raised while running ``step``; None when it is not a WinRM failure."""
-    host = options.name
     if isinstance(exc, HostError):
         return exc
-    if isinstance(exc, DeadlineExpired | requests.exceptions.ReadTimeout | ReadTimeout):
+    if isinstance(exc, DeadlineExpired | ReadTimeout):
         return host_timeout(options, step, seconds)
     native = _translate_native(exc, options, step)
     if native is not None:
         return native
+    return _translate_library(exc, options, step, seconds)
+
+
+def _translate_library(
+    exc: BaseException, options: ConnectionOptions, step: str, seconds: float
+) -> KmsAdminError | None:
+    """The errors of pypsrp, pywinrm and requests (imported here: the default transport needs none)."""
+    import requests
+    import winrm.exceptions as winrm_exc
+    from pypsrp import exceptions as psrp_exc
+
+    host = options.name
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return host_timeout(options, step, seconds)
     if isinstance(exc, requests.exceptions.SSLError):
         return _tls_failure(options, step, exc)
     if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -136,12 +145,18 @@ def is_retryable(exc: BaseException) -> bool:
         return False
     if isinstance(exc, ConnectionFailed | HostTimeout | DeadlineExpired):
         return True
-    if isinstance(exc, requests.exceptions.SSLError | TlsError):
+    if isinstance(exc, TlsError):
         return False
     if isinstance(exc, ConnectError | ConnectionLost | ReadTimeout):
         return True
     if isinstance(exc, HTTPStatusError):
         return exc.status in BUSY_STATUSES
+    import requests
+    import winrm.exceptions as winrm_exc
+    from pypsrp import exceptions as psrp_exc
+
+    if isinstance(exc, requests.exceptions.SSLError):
+        return False
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         return True
     status: int | None = None

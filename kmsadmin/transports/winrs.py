@@ -24,7 +24,7 @@ from kmsadmin.transports.base import (
     stdin_payload,
 )
 from kmsadmin.transports.options import ConnectionOptions
-from kmsadmin.transports.psrp import BoundedWSMan
+from kmsadmin.transports.pypsrp_client import BoundedWSMan
 from kmsadmin.values import RenderedScript
 
 #: Room left in each Send envelope for the SOAP header around the stdin bytes.

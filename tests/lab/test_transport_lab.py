@@ -19,7 +19,8 @@ from kmsadmin.errors import AccessDenied, AuthenticationFailed, ConnectionFailed
 from kmsadmin.lab.api import EndpointConfig, HostFaults, ScriptOutput, Via
 from kmsadmin.lab.server import LabServer
 from kmsadmin.transports import ConnectionOptions, SessionBase, build_options, is_retryable, open_session
-from kmsadmin.transports.psrp import PsrpSession, PypsrpSession
+from kmsadmin.transports.psrp import PsrpSession
+from kmsadmin.transports.pypsrp_client import PypsrpSession
 from kmsadmin.values import RenderedScript
 
 pytestmark = pytest.mark.lab
