@@ -231,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
             if setup.returncode != 0:
                 raise SystemExit(f"KMS host set-up failed: {setup.stdout[-2000:]}{setup.stderr[-2000:]}")
 
+        # A regular `pip install` byte-compiles what it installs (ansible-core and every library here
+        # have their .pyc files); an editable install of kmsadmin does not, and PYTHONDONTWRITEBYTECODE
+        # may keep the first run from writing them, so kmsadmin would recompile itself on each start.
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "kmsadmin")], check=True)
+
         project = work / "project"
         exported = measure(
             "kmsadmin export ansible --gather",

@@ -9,6 +9,8 @@ Office21ProPlus2021VL_KMS_Client_AE edition`` / ``Office 21, VOLUME_KMSCLIENT ch
 
 from __future__ import annotations
 
+import functools
+
 import re
 from collections.abc import Iterable
 
@@ -74,6 +76,7 @@ def _by_caption(rows: list[ClientKey], caption: str) -> ClientKey | None:
     return best[0][1]
 
 
+@functools.lru_cache(maxsize=512)
 def identify_windows(
     *,
     caption: str | None,
@@ -87,6 +90,7 @@ def identify_windows(
     Order of evidence: EditionID + build, then OperatingSystemSKU + build, then (last resort)
     English words of Caption + build. ProductType separates server from client rows. Evaluation
     editions (EditionID ending in ``Eval`` or an evaluation SKU) give ``None``: they have no GVLK.
+    The catalog is immutable, so answers are kept (a fleet asks the same few questions many times).
     """
     if is_evaluation(edition_id) or (sku is not None and sku in EVALUATION_SKUS):
         return None
