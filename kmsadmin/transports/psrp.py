@@ -79,10 +79,19 @@ from kmsadmin.values import RenderedScript
 _SERIALIZED: dict[tuple[str, ...], bytes] = {}
 _SERIALIZED_LOCK = threading.Lock()
 _SERIALIZED_LIMIT = 128
+#: Deserialized pool-open messages by content; see :meth:`_Pool._process_message`.
+_DESERIALIZED: dict[tuple[int, bytes], Any] = {}
+_POOL_OPEN_MESSAGES = frozenset(
+    {
+        PSRPMessageType.SessionCapability,
+        PSRPMessageType.ApplicationPrivateData,
+        PSRPMessageType.RunspacePoolState,
+    }
+)
 
 
 class _Pool(ClientRunspacePool):
-    """psrpcore's client pool that serializes each repeated message once per process.
+    """psrpcore's client pool that serializes (and deserializes) each repeated message once per process.
 
     A fleet sends the same two pool-open messages to every host and the same few pipelines to many
     hosts (every client of a KMS host gets the same steps), and psrpcore's object serializer was the
