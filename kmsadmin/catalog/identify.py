@@ -10,7 +10,6 @@ Office21ProPlus2021VL_KMS_Client_AE edition`` / ``Office 21, VOLUME_KMSCLIENT ch
 from __future__ import annotations
 
 import functools
-
 import re
 from collections.abc import Iterable
 

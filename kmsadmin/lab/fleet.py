@@ -96,6 +96,7 @@ class Fleet:
         self.username = DEFAULT_USER
         self.password = password
         self._locks = {name: threading.RLock() for name in hosts}
+        self._index = _index(hosts)
         #: guards the KMS hosts' counters, contacts and the activation ledger; take it after a host lock
         self.kms_lock = threading.RLock()
         self.ledger = kms.ActivationLedger(meta.ledger_hosts, meta.ledger_activations)
@@ -234,8 +235,14 @@ class Fleet:
     def find(self, name: str) -> HostState | None:
         """A host by inventory name or FQDN (case-insensitive)."""
         key = name.strip().rstrip(".").lower()
+        # Every script looks its host up: an index instead of a scan over the whole fleet. A hit is
+        # checked against the host's current name and FQDN; anything else takes the scan.
+        host = self._index.get(key)
+        if host is not None and self.hosts.get(host.name) is host and key in _keys(host):
+            return host
         for host in self.hosts.values():
-            if key in (host.name.lower(), host.fqdn.lower()):
+            if key in _keys(host):
+                self._index = _index(self.hosts)
                 return host
         return None
 
@@ -315,6 +322,19 @@ def _firewall_defaults() -> list[FirewallRule]:
         FirewallRule(SPPSVC_RULE, enabled=False, profiles=["Private", "Public"]),
         FirewallRule(SPPSVC_NOSCOPE_RULE, enabled=False, profiles=["Domain"]),
     ]
+
+
+def _keys(host: HostState) -> tuple[str, str]:
+    return host.name.lower(), host.fqdn.lower()
+
+
+def _index(hosts: dict[str, HostState]) -> dict[str, HostState]:
+    """Lower-cased name and FQDN -> host; the first host in order wins, as in a scan."""
+    index: dict[str, HostState] = {}
+    for host in hosts.values():
+        for key in _keys(host):
+            index.setdefault(key, host)
+    return index
 
 
 def _new_host(

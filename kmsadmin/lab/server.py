@@ -109,6 +109,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "Microsoft-HTTPAPI/2.0"  # what WinRM's HTTP.sys listener announces
     sys_version = ""
     disable_nagle_algorithm = True
+    # Buffered writes: a response's status line, headers and body leave in one send (one TLS record)
+    # at the flush that ends every response, instead of one send for the headers and one for the body.
+    wbufsize = 1 << 16
 
     def __init__(self, sock: socket.socket, client: Any, lab: LabServer, host: _Host) -> None:
         self.lab = lab
@@ -119,6 +122,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.lab._handle_post(self)
+
+    def handle_expect_100(self) -> bool:
+        answered = super().handle_expect_100()
+        self.wfile.flush()  # the client waits for this interim answer before it sends the body
+        return answered
 
     def log_message(self, format: str, *args: Any) -> None:
         # Request lines are logged by _handle_post with host and duration; nothing else is needed.

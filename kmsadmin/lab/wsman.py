@@ -13,6 +13,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from xml.sax.saxutils import escape, quoteattr
 
 NS_S = "http://www.w3.org/2003/05/soap-envelope"
@@ -115,11 +116,31 @@ class WsmanFault(Exception):
         return f"{self.subcode} ({self.wsman_code}): {self.reason}"
 
 
+def _q(ns: str, tag: str) -> str:
+    """ElementTree's ``{namespace}tag`` name (a plain tag lets ``find`` skip ElementPath)."""
+    return f"{{{ns}}}{tag}"
+
+
+_ENVELOPE = _q(NS_S, "Envelope")
+_HEADER = _q(NS_S, "Header")
+_BODY = _q(NS_S, "Body")
+_ACTION = _q(NS_A, "Action")
+_MESSAGE_ID = _q(NS_A, "MessageID")
+_RESOURCE_URI = _q(NS_W, "ResourceURI")
+_OPERATION_TIMEOUT = _q(NS_W, "OperationTimeout")
+_MAX_ENVELOPE_SIZE = _q(NS_W, "MaxEnvelopeSize")
+_SELECTOR_SET = _q(NS_W, "SelectorSet")
+_SELECTOR = _q(NS_W, "Selector")
+_OPTION_SET = _q(NS_W, "OptionSet")
+_OPTION = _q(NS_W, "Option")
+_DURATION_RE = re.compile(r"\s*P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?\s*")
+
+
 def parse_duration(text: str | None) -> float | None:
     """Parse an xs:duration like ``PT20S``, ``PT1.5S`` or ``PT1M30S`` into seconds."""
     if not text:
         return None
-    match = re.fullmatch(r"\s*P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?\s*", text.strip())
+    match = _DURATION_RE.fullmatch(text.strip())
     if match is None:
         return None
     days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
@@ -134,34 +155,34 @@ def parse_request(data: bytes) -> WsmanRequest:
         root = ET.fromstring(data)  # noqa: S314
     except ET.ParseError as exc:
         raise MalformedRequest(f"not XML: {exc}") from exc
-    if root.tag != f"{{{NS_S}}}Envelope":
+    if root.tag != _ENVELOPE:
         raise MalformedRequest("not a SOAP envelope")
-    header = root.find("s:Header", NAMESPACES)
+    header = root.find(_HEADER)
     if header is None:
         raise MalformedRequest("no SOAP header")
 
-    def text(path: str) -> str:
-        el = header.find(path, NAMESPACES)
+    def text(tag: str) -> str:
+        el = header.find(tag)
         return (el.text or "").strip() if el is not None else ""
 
-    selectors = {
-        sel.attrib.get("Name", ""): (sel.text or "").strip()
-        for sel in header.findall("w:SelectorSet/w:Selector", NAMESPACES)
-    }
-    options = {
-        opt.attrib.get("Name", ""): (opt.text or "").strip()
-        for opt in header.findall("w:OptionSet/w:Option", NAMESPACES)
-    }
-    max_env_text = text("w:MaxEnvelopeSize")
+    def named(set_tag: str, item_tag: str) -> dict[str, str]:
+        # the items of every set, in document order, as the path "set/item" selects them
+        return {
+            item.attrib.get("Name", ""): (item.text or "").strip()
+            for found in header.findall(set_tag)
+            for item in found.findall(item_tag)
+        }
+
+    max_env_text = text(_MAX_ENVELOPE_SIZE)
     return WsmanRequest(
-        action=text("a:Action"),
-        message_id=text("a:MessageID"),
-        resource_uri=text("w:ResourceURI"),
-        selectors=selectors,
-        options=options,
-        operation_timeout=parse_duration(text("w:OperationTimeout")),
+        action=text(_ACTION),
+        message_id=text(_MESSAGE_ID),
+        resource_uri=text(_RESOURCE_URI),
+        selectors=named(_SELECTOR_SET, _SELECTOR),
+        options=named(_OPTION_SET, _OPTION),
+        operation_timeout=parse_duration(text(_OPERATION_TIMEOUT)),
         max_envelope_size=int(max_env_text) if max_env_text.isdigit() else None,
-        body=root.find("s:Body", NAMESPACES),
+        body=root.find(_BODY),
     )
 
 
@@ -179,6 +200,14 @@ def element(tag: str, text: str | None = None, children: Iterable[str] = (), **a
     return f"<{tag}{attr_text}>{inner}</{tag}>"
 
 
+@lru_cache(maxsize=64)
+def _ns_decl(prefixes: tuple[str, ...]) -> str:
+    return "".join(f" xmlns:{p}={quoteattr(NAMESPACES[p])}" for p in prefixes)
+
+
+_TO_ANONYMOUS = element("a:To", ANONYMOUS)
+
+
 def envelope(
     action: str,
     relates_to: str,
@@ -187,11 +216,11 @@ def envelope(
     prefixes: Iterable[str] = _DEFAULT_NS,
 ) -> str:
     """A response envelope with the header fields Windows sends (Action, MessageID, To, RelatesTo)."""
-    ns_decl = "".join(f" xmlns:{p}={quoteattr(NAMESPACES[p])}" for p in prefixes)
+    ns_decl = _ns_decl(tuple(prefixes))
     header = (
         element("a:Action", action)
         + element("a:MessageID", new_message_id())
-        + element("a:To", ANONYMOUS)
+        + _TO_ANONYMOUS
         + element("a:RelatesTo", relates_to)
     )
     return (
