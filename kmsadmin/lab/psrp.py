@@ -27,13 +27,26 @@ from collections import deque
 from typing import Any
 
 from psrpcore import CreatePipelineEvent, PSRPPayload, ServerPipeline, ServerRunspacePool, StreamType
-from psrpcore.types import ErrorCategory, ErrorCategoryInfo, ErrorRecord, NETException, PSInvocationState
+from psrpcore.types import (
+    ApplicationPrivateData,
+    ErrorCategory,
+    ErrorCategoryInfo,
+    ErrorRecord,
+    NETException,
+    PipelineState,
+    PSInvocationState,
+    PSObject,
+    PSRPMessageType,
+    RunspacePoolStateMsg,
+    SessionCapability,
+)
 
 from kmsadmin.lab import wsman
 from kmsadmin.lab.api import ScriptOutput
 from kmsadmin.lab.hostctx import CommandFaults, ConnectionAbort, HostContext, Job
 from kmsadmin.lab.wsman import NAMESPACES, WsmanRequest
 from kmsadmin.transports.base import PSRP_BOOTSTRAP, PSRP_BOOTSTRAP_PARAMETER, STEP_END, step_failed
+from kmsadmin.transports.psrpcache import MessageCachePool
 
 _FINISHED = (PSInvocationState.Completed, PSInvocationState.Failed, PSInvocationState.Stopped)
 _NOT_FOUND = (
@@ -126,6 +139,27 @@ def script_of(commands: list[Any]) -> tuple[list[str] | None, bool, str | None]:
     return None, False, str(unknown.command_text) if unknown is not None else ""
 
 
+class _LabPool(MessageCachePool, ServerRunspacePool):
+    """The server pool: what every client sends alike (pool open, the same pipelines) is deserialized
+    once per content, and the constant answers (capability, private data, plain state changes)
+    serialized once (:mod:`kmsadmin.transports.psrpcache`)."""
+
+    deserialize_once = frozenset(
+        {PSRPMessageType.SessionCapability, PSRPMessageType.InitRunspacePool, PSRPMessageType.CreatePipeline}
+    )
+
+    def send_key(
+        self, message: PSObject, message_type: PSRPMessageType | None, pipeline_id: uuid.UUID | None
+    ) -> tuple[str, ...] | None:
+        if isinstance(message, SessionCapability | ApplicationPrivateData):
+            return ("lab", type(message).__name__)
+        if isinstance(message, RunspacePoolStateMsg) and not message.ExceptionAsErrorRecord:
+            return ("lab", "RunspacePoolState", str(int(message.RunspaceState)))
+        if isinstance(message, PipelineState) and not message.ExceptionAsErrorRecord:
+            return ("lab", "PipelineState", str(int(message.PipelineState)))
+        return None
+
+
 class _Pipeline:
     def __init__(self, pipe: ServerPipeline, faults: CommandFaults) -> None:
         self.pipe = pipe
@@ -155,7 +189,7 @@ class PsrpShell:
         self._cond = threading.Condition()
         self._queues: dict[uuid.UUID | None, deque[bytes]] = {None: deque()}
         self._pipelines: dict[str, _Pipeline] = {}
-        self.pool = ServerRunspacePool()
+        self.pool = _LabPool()
         with self._cond:
             self._feed(_b64(creation.text), None)
 

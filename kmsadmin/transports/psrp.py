@@ -17,7 +17,6 @@ client for CredSSP, certificate authentication and proxies.
 from __future__ import annotations
 
 import base64
-import threading
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -34,14 +33,12 @@ from psrpcore import (
     RunspacePoolStateEvent,
     StreamType,
 )
-from psrpcore._payload import PSRPMessage, create_message
 from psrpcore.types import (
     InitRunspacePool,
     PSObject,
     PSRPMessageType,
     RunspacePoolState,
     SessionCapability,
-    serialize,
 )
 from psrpcore.types import PSInvocationState as PSInvocationStateCore
 
@@ -56,6 +53,7 @@ from kmsadmin.transports.base import (
     split_steps,
 )
 from kmsadmin.transports.options import ConnectionOptions
+from kmsadmin.transports.psrpcache import MessageCachePool
 from kmsadmin.transports.wsman import (
     COMMAND,
     CREATE,
@@ -74,71 +72,32 @@ from kmsadmin.transports.wsman import (
 from kmsadmin.transports.wsman import NS as WSMAN_NS
 from kmsadmin.values import RenderedScript
 
+
 # --- PSRP with psrpcore over the lean WS-Man client ----------------------------------------------------
-#: Serialized message bodies by content; see :class:`_Pool`.
-_SERIALIZED: dict[tuple[str, ...], bytes] = {}
-_SERIALIZED_LOCK = threading.Lock()
-_SERIALIZED_LIMIT = 128
-#: Deserialized pool-open messages by content; see :meth:`_Pool._process_message`.
-_DESERIALIZED: dict[tuple[int, bytes], Any] = {}
-_POOL_OPEN_MESSAGES = frozenset(
-    {
-        PSRPMessageType.SessionCapability,
-        PSRPMessageType.ApplicationPrivateData,
-        PSRPMessageType.RunspacePoolState,
-    }
-)
+class _Pool(MessageCachePool, ClientRunspacePool):
+    """The client pool: pool-open messages and secret-free pipelines are serialized once per process,
+    the hosts' pool-open answers deserialized once per content (:mod:`kmsadmin.transports.psrpcache`)."""
 
-
-class _Pool(ClientRunspacePool):
-    """psrpcore's client pool that serializes (and deserializes) each repeated message once per process.
-
-    A fleet sends the same two pool-open messages to every host and the same few pipelines to many
-    hosts (every client of a KMS host gets the same steps), and psrpcore's object serializer was the
-    largest part of the client's CPU per host. A message body depends only on its content (pool and
-    pipeline ids travel in the message header), so the body is kept by content and only the header is
-    built per host, with psrpcore's ``create_message`` and ``PSRPMessage`` (internal: psrpcore is pinned
-    to 0.3). Pipelines carrying a secret are never kept (:attr:`pipeline_key` stays None).
-    """
-
-    #: content key of the next CreatePipeline message, set just before ``start()``
+    deserialize_once = frozenset(
+        {
+            PSRPMessageType.SessionCapability,
+            PSRPMessageType.ApplicationPrivateData,
+            PSRPMessageType.RunspacePoolState,
+        }
+    )
+    #: content key of the next CreatePipeline message, set just before ``start()`` when no script of
+    #: the pipeline carries a secret
     pipeline_key: tuple[str, ...] | None = None
 
-    def prepare_message(
-        self,
-        message: PSObject | None,
-        message_type: PSRPMessageType | None = None,
-        pipeline_id: uuid.UUID | None = None,
-        stream_type: StreamType = StreamType.default,
-    ) -> None:
-        key: tuple[str, ...] | None = None
+    def send_key(
+        self, message: PSObject, message_type: PSRPMessageType | None, pipeline_id: uuid.UUID | None
+    ) -> tuple[str, ...] | None:
         if isinstance(message, SessionCapability | InitRunspacePool) and pipeline_id is None:
-            key = (type(message).__name__,)
-        elif message_type == PSRPMessageType.CreatePipeline and self.pipeline_key is not None:
+            return (type(message).__name__,)
+        if message_type == PSRPMessageType.CreatePipeline and self.pipeline_key is not None:
             key, self.pipeline_key = self.pipeline_key, None
-        if key is None or message is None:
-            super().prepare_message(message, message_type, pipeline_id, stream_type)
-            return
-        data = _SERIALIZED.get(key)
-        if data is None:
-            element = serialize(
-                message,
-                self._cipher,
-                our_capability=self.our_capability,
-                their_capability=self.their_capability,
-            )
-            data = ET.tostring(element, encoding="utf-8", method="xml")
-            with _SERIALIZED_LOCK:
-                if len(_SERIALIZED) >= _SERIALIZED_LIMIT:
-                    _SERIALIZED.clear()
-                _SERIALIZED[key] = data
-        kind = message_type or PSRPMessageType.get_message_id(type(message))
-        raw = create_message(True, kind, data, self.runspace_pool_id, pipeline_id)
-        self._send_buffer.append(
-            PSRPMessage(
-                kind, bytearray(raw), self.runspace_pool_id, pipeline_id, self._fragment_counter, stream_type
-            )
-        )
+            return key
+        return None
 
 
 #: Bytes of PSRP fragments per envelope: base64 grows them by 4/3, and the envelope around needs ~4 kB.
