@@ -149,18 +149,19 @@ class LabEngine:
                             "stage": failure.stage,
                         },
                     }
-                if changed or ctx.dirty:
-                    fleet.save(state.name)
-                if ctx.touched or ctx.meta_dirty:
+                snapshots = [fleet.snapshot(state.name)] if changed or ctx.dirty else []
+                if ctx.touched:
                     with fleet.kms_lock:
-                        for name in sorted(ctx.touched - {state.name}):
-                            fleet.save(name)
-                        if ctx.meta_dirty:
-                            fleet.save_meta()
-                return answer
+                        snapshots += [fleet.snapshot(name) for name in sorted(ctx.touched - {state.name})]
+                if ctx.meta_dirty:
+                    snapshots.append(fleet.snapshot_meta())
             finally:
                 if kms_lock is not None:
                     kms_lock.release()
+        # files are written outside the locks (see Fleet.snapshot)
+        for snapshot in snapshots:
+            fleet.write(snapshot)
+        return answer
 
 
 # ---------------------------------------------------------------------- script intake

@@ -43,9 +43,11 @@ from kmsadmin.lab.model import (
     Role,
     Security,
     Service,
+    dump_host,
+    json_bytes,
     load_host,
-    save_host,
     utc_iso,
+    write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
 )
@@ -78,6 +80,15 @@ class FleetMeta:
 _META_ADAPTER: TypeAdapter[FleetMeta] = TypeAdapter(FleetMeta)
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A state file's content at one moment, numbered per file (see :meth:`Fleet.snapshot`)."""
+
+    path: Path
+    data: bytes
+    version: int
+
+
 class Fleet:
     """The simulated hosts of one lab and everything shared between them."""
 
@@ -99,6 +110,10 @@ class Fleet:
         self._index = _index(hosts)
         #: guards the KMS hosts' counters, contacts and the activation ledger; take it after a host lock
         self.kms_lock = threading.RLock()
+        self._files_lock = threading.Lock()
+        self._file_locks: dict[Path, threading.Lock] = {}
+        self._versions: dict[Path, int] = {}
+        self._written: dict[Path, int] = {}
         self.ledger = kms.ActivationLedger(meta.ledger_hosts, meta.ledger_activations)
         #: lab DNS on a real DNS server (``lab up --dns-server``), else None (kmsadmin.lab.dnspublish)
         self.dns = dnspublish.Publisher.load(state_dir)
@@ -213,14 +228,43 @@ class Fleet:
 
     def save_meta(self) -> None:
         """Write ``fleet.json``."""
-        with self.kms_lock:
-            write_json_atomic(
-                self.state_dir / "fleet.json", _META_ADAPTER.dump_python(self.meta, mode="json")
-            )
+        self.write(self.snapshot_meta())
 
     def save(self, name: str) -> None:
         """Write one host's file."""
-        save_host(self.state_dir / "hosts", self.hosts[name])
+        self.write(self.snapshot(name))
+
+    # A save is a snapshot (the state's bytes, taken under the lock that guards it) and a write (file
+    # I/O, done after that lock is released). Under a fleet's load, file I/O inside the KMS lock let
+    # every syscall hand the GIL to another thread while the lock was held, serializing all clients'
+    # activations; snapshots are numbered so that a late write never replaces a newer file.
+
+    def snapshot(self, name: str) -> Snapshot:
+        """One host's state as it is now; the caller holds the lock guarding it."""
+        data = dump_host(self.hosts[name])
+        return self._numbered(self.state_dir / "hosts" / f"{name}.json", data)
+
+    def snapshot_meta(self) -> Snapshot:
+        """``fleet.json`` as it is now."""
+        with self.kms_lock:
+            meta = _META_ADAPTER.dump_python(self.meta, mode="json")
+        return self._numbered(self.state_dir / "fleet.json", json_bytes(meta))
+
+    def _numbered(self, path: Path, data: bytes) -> Snapshot:
+        with self._files_lock:
+            version = self._versions.get(path, 0) + 1
+            self._versions[path] = version
+        return Snapshot(path, data, version)
+
+    def write(self, snapshot: Snapshot) -> None:
+        """Write a snapshot unless a newer one of the same file was written already."""
+        with self._files_lock:
+            file_lock = self._file_locks.setdefault(snapshot.path, threading.Lock())
+        with file_lock:
+            if snapshot.version <= self._written.get(snapshot.path, 0):
+                return
+            write_bytes_atomic(snapshot.path, snapshot.data, durable=False)
+            self._written[snapshot.path] = snapshot.version
 
     def key_file(self, name: str) -> Path:
         """The file holding the host key for a KMS host's group."""

@@ -10,7 +10,10 @@ No product key is ever stored: a product keeps its last five characters (``Parti
 a SHA-256 digest (to derive the phone-activation Installation ID) and, for host keys, the key group.
 GVLKs are public (Microsoft's "KMS client activation keys" pages) and are kept by name.
 
-Files are written atomically (temporary file in the same directory, fsync, ``os.replace``).
+Files are written atomically (temporary file in the same directory, ``os.replace``): a reader, or a
+restart after the lab process died, never sees half a file. Host and fleet state, rewritten after
+every changing step, skip the fsync (a simulation, not a record; fsyncs under the KMS host's lock
+serialized a whole fleet's activations); credentials and keys, written once, are fsynced.
 """
 
 from __future__ import annotations
@@ -321,19 +324,19 @@ def host_from_dict(data: dict[str, Any]) -> HostState:
     return _HOST_ADAPTER.validate_python(data)
 
 
-def write_json_atomic(path: Path, data: Any, *, mode: int = 0o644) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (temporary file, fsync, rename)."""
+def write_json_atomic(path: Path, data: Any, *, mode: int = 0o644, durable: bool = True) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (temporary file, fsync unless not ``durable``, rename)."""
     # One encode and one write: json.dump would hand the file hundreds of small chunks.
-    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode=mode)
+    write_bytes_atomic(path, json_bytes(data), mode=mode, durable=durable)
 
 
-def write_text_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
+def write_text_atomic(path: Path, text: str, *, mode: int = 0o644, durable: bool = True) -> None:
     """Write text to ``path`` atomically with the given file mode."""
-    write_bytes_atomic(path, text.encode("utf-8"), mode=mode)
+    write_bytes_atomic(path, text.encode("utf-8"), mode=mode, durable=durable)
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename) with the given file mode."""
+def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync unless not ``durable``, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -342,7 +345,8 @@ def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp_name, path)
@@ -358,8 +362,18 @@ def save_host(directory: Path, state: HostState) -> Path:
     than ``json.dumps`` with an indent, which runs in pure Python.
     """
     path = directory / f"{state.name}.json"
-    write_bytes_atomic(path, _HOST_ADAPTER.dump_json(state, indent=1) + b"\n")
+    write_bytes_atomic(path, dump_host(state), durable=False)
     return path
+
+
+def dump_host(state: HostState) -> bytes:
+    """A host's file content (indented JSON, keys in field order)."""
+    return _HOST_ADAPTER.dump_json(state, indent=1) + b"\n"
+
+
+def json_bytes(data: Any) -> bytes:
+    """What :func:`write_json_atomic` writes for ``data``."""
+    return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
 def load_host(path: Path) -> HostState:
