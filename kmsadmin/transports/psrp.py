@@ -83,6 +83,7 @@ class _Pool(MessageCachePool, ClientRunspacePool):
             PSRPMessageType.SessionCapability,
             PSRPMessageType.ApplicationPrivateData,
             PSRPMessageType.RunspacePoolState,
+            PSRPMessageType.PipelineState,
         }
     )
     #: content key of the next CreatePipeline message, set just before ``start()`` when no script of

@@ -46,6 +46,8 @@ NS = {
     "wst": "http://schemas.xmlsoap.org/ws/2004/09/transfer",
 }
 _RSP = "{" + NS["rsp"] + "}"
+_BODY = "{" + NS["s"] + "}Body"
+_FAULT = "{" + NS["s"] + "}Fault"
 
 CREATE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Create"
 DELETE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Delete"
@@ -188,7 +190,8 @@ def shell_selector(shell_id: str) -> str:
 
 def fault_of(root: ET.Element) -> WsmanFault | None:
     """The SOAP fault in an answer, if it is one."""
-    fault = root.find("s:Body/s:Fault", NS)
+    body = root.find(_BODY)
+    fault = body.find(_FAULT) if body is not None else None
     if fault is None:
         return None
     reason = fault.findtext("s:Reason/s:Text", default="", namespaces=NS)
@@ -577,10 +580,9 @@ class WsmanClient:
                 time.sleep(pause)
                 continue
             root = ET.fromstring(data)  # noqa: S314 - see _post
-            answer_fault = fault_of(root)
-            if answer_fault is not None:
-                raise answer_fault
-            found = root.find("s:Body", NS)
+            found = root.find(_BODY)
+            if found is not None and found.find(_FAULT) is not None:
+                raise fault_of(root) or WsmanFault(None, "SOAP fault")
             return found if found is not None else ET.Element("Body")
 
 
