@@ -46,8 +46,8 @@ from kmsadmin.lab.model import (
     dump_host,
     json_bytes,
     load_host,
+    replace_file,
     utc_iso,
-    write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
 )
@@ -263,7 +263,7 @@ class Fleet:
         with file_lock:
             if snapshot.version <= self._written.get(snapshot.path, 0):
                 return
-            write_bytes_atomic(snapshot.path, snapshot.data, durable=False)
+            replace_file(snapshot.path, snapshot.data)
             self._written[snapshot.path] = snapshot.version
 
     def key_file(self, name: str) -> Path:

@@ -335,6 +335,27 @@ def write_text_atomic(path: Path, text: str, *, mode: int = 0o644, durable: bool
     write_bytes_atomic(path, text.encode("utf-8"), mode=mode, durable=durable)
 
 
+def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` through ``.<name>.tmp`` and a rename, without fsync.
+
+    For writers that are already serialized per file (:meth:`~kmsadmin.lab.fleet.Fleet.write`): a fixed
+    temporary name spares ``mkstemp``'s random names and retries on every state save.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync unless not ``durable``, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)

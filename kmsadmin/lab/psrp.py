@@ -153,6 +153,8 @@ class _LabPool(MessageCachePool, ServerRunspacePool):
     ) -> tuple[str, ...] | None:
         if isinstance(message, SessionCapability | ApplicationPrivateData):
             return ("lab", type(message).__name__)
+        if message_type == PSRPMessageType.PipelineOutput and isinstance(message, str) and len(message) <= 64:
+            return ("lab", "output", message)  # short lines repeat: the batch's step-end markers
         if isinstance(message, RunspacePoolStateMsg) and not message.ExceptionAsErrorRecord:
             return ("lab", "RunspacePoolState", str(int(message.RunspaceState)))
         if isinstance(message, PipelineState) and not message.ExceptionAsErrorRecord:
