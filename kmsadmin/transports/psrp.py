@@ -105,6 +105,8 @@ class _Pool(MessageCachePool, ClientRunspacePool):
 _FRAGMENT_BYTES = (MAX_ENVELOPE_SIZE - 4096) * 3 // 4
 _FINISHED = (PSInvocationStateCore.Completed, PSInvocationStateCore.Failed, PSInvocationStateCore.Stopped)
 _KEEPALIVE = option_set({"WSMAN_CMDSHELL_OPTION_KEEPALIVE": "True"})
+#: what Windows' own PSRP client and pypsrp send with a pipeline's Command
+_COMMAND_OPTIONS = option_set({"WINRS_SKIP_CMD_SHELL": "False"})
 _STOP = "powershell/signal/crtl_c"
 
 
@@ -206,7 +208,7 @@ class PsrpSession(SessionBase):
             f"<rsp:Arguments>{base64.b64encode(first.data).decode('ascii')}</rsp:Arguments></rsp:CommandLine>"
         )
         self._running = command_id
-        self._request(COMMAND, body)
+        self._request(COMMAND, body, _COMMAND_OPTIONS)
         while (more := pool.data_to_send(_FRAGMENT_BYTES)) is not None:
             stream = "pr" if more.stream_type == StreamType.prompt_response else "stdin"
             self._request(
