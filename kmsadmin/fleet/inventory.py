@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from kmsadmin import validate
 from kmsadmin.errors import ConfigError, InvalidInput
-from kmsadmin.fleet.yamlsource import Document, config_error, construct, load_document
+from kmsadmin.fleet.yamlsource import Document, config_error, load_document
 
 GROUP_KEYS = frozenset({"hosts", "vars", "children"})
 _GROUP_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -245,7 +245,7 @@ def _vars_from(doc: Document, node: yaml.Node, where: str) -> dict[str, Any]:
         return {}
     if not isinstance(node, yaml.MappingNode):
         raise doc.error_at(node, f"{where}: vars must be a mapping")
-    values = construct(node)
+    values = doc.value_of(node)
     for key_node, _ in node.value:
         if not isinstance(key_node, yaml.ScalarNode) or not str(key_node.value).isidentifier():
             raise doc.error_at(key_node, f"{where}: invalid variable name {key_node.value!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,14 @@ class Document:
     path: Path
     value: Any
     node: yaml.Node | None
+    #: the value built for each node of the tree (by identity), so parts need not be built again
+    values: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def value_of(self, node: yaml.Node) -> Any:
+        """The plain value of one node of this document's tree."""
+        if id(node) in self.values:
+            return self.values[id(node)]
+        return construct(node)
 
     def line(self, loc: Loc = ()) -> int | None:
         """1-based line of the value at ``loc`` (the deepest part of it that exists)."""
@@ -89,9 +97,14 @@ def load_document(path: Path, *, what: str) -> Document:
     # and keeps the same node marks, so error messages still carry line numbers.
     loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     loader = loader_class(text)
+    values: dict[int, Any] = {}
     try:
         node = loader.get_single_node()
-        value = None if node is None else loader.construct_document(node)
+        value = None
+        if node is not None:
+            # Built once, deeply, keeping each node's value: readers look parts up by node.
+            value = loader.construct_object(node, deep=True)
+            values = {id(n): v for n, v in loader.constructed_objects.items()}
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = None if mark is None else mark.line + 1
@@ -106,7 +119,7 @@ def load_document(path: Path, *, what: str) -> Document:
         raise config_error(path, None, f"unreadable YAML: {exc}") from None
     finally:
         loader.dispose()
-    return Document(path=path, value=value, node=node)
+    return Document(path=path, value=value, node=node, values=values)
 
 
 def construct(node: yaml.Node) -> Any:
