@@ -571,7 +571,9 @@ def test_interrupt_then_resume_runs_each_host_exactly_once(tmp_path: Path) -> No
 
 def test_keyboard_interrupt_finishes_running_hosts_and_reports_the_rest(tmp_path: Path) -> None:
     inv, fleet = inventory(tmp_path, 1, 8)
-    fleet.delay = 0.02
+    # each step takes a while, so the main thread sees the interrupt while hosts remain queued even on
+    # a loaded machine
+    fleet.delay = 0.05
     path = tmp_path / "run.journal"
     fired = threading.Event()
 
