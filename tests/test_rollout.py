@@ -11,10 +11,11 @@ import copy
 import itertools
 import json
 import re
+import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -569,6 +570,18 @@ def test_interrupt_then_resume_runs_each_host_exactly_once(tmp_path: Path) -> No
     assert state.done() == {("clients", h) for h in inv.groups["clients"]}
 
 
+@pytest.fixture
+def python_sigint() -> Iterator[None]:
+    """Python's own SIGINT handler for the test: a runner started in the background (``cmd &``) inherits
+    SIGINT ignored, and then ``_thread.interrupt_main`` does nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_sigint")
 def test_keyboard_interrupt_finishes_running_hosts_and_reports_the_rest(tmp_path: Path) -> None:
     inv, fleet = inventory(tmp_path, 1, 8)
     # each step takes a while, so the main thread sees the interrupt while hosts remain queued even on

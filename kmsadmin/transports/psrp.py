@@ -86,6 +86,7 @@ class _Pool(MessageCachePool, ClientRunspacePool):
             PSRPMessageType.PipelineState,
         }
     )
+    deserialize_small = frozenset({PSRPMessageType.PipelineOutput})
     #: content key of the next CreatePipeline message, set just before ``start()`` when no script of
     #: the pipeline carries a secret
     pipeline_key: tuple[str, ...] | None = None

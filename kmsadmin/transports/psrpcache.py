@@ -25,6 +25,7 @@ from psrpcore._payload import PSRPMessage, create_message
 from psrpcore.types import PSObject, PSRPMessageType, deserialize, serialize
 
 _LIMIT = 128
+_SMALL = 2048
 _lock = threading.Lock()
 _serialized: dict[tuple[str, ...], bytes] = {}
 _deserialized: dict[tuple[int, bytes], Any] = {}
@@ -42,6 +43,9 @@ class MessageCachePool:
 
     #: incoming message types deserialized once per distinct content
     deserialize_once: frozenset[PSRPMessageType] = frozenset()
+    #: incoming messages of these types are kept only up to this many bytes (output lines: the short
+    #: results many hosts answer alike, not each host's own facts)
+    deserialize_small: frozenset[PSRPMessageType] = frozenset()
 
     # provided by psrpcore's RunspacePool
     runspace_pool_id: uuid.UUID
@@ -89,7 +93,9 @@ class MessageCachePool:
 
     def _process_message(self, message: PSRPMessage) -> PSRPEvent[Any, Any]:
         kind = message.message_type
-        if kind not in self.deserialize_once:
+        if kind not in self.deserialize_once and not (
+            kind in self.deserialize_small and len(message.data) <= _SMALL
+        ):
             event: PSRPEvent[Any, Any] = super()._process_message(message)  # type: ignore[misc]
             return event
         key = (kind.value, bytes(message.data))
