@@ -109,6 +109,28 @@ _KEEPALIVE = option_set({"WSMAN_CMDSHELL_OPTION_KEEPALIVE": "True"})
 #: what Windows' own PSRP client and pypsrp send with a pipeline's Command
 _COMMAND_OPTIONS = option_set({"WINRS_SKIP_CMD_SHELL": "False"})
 _STOP = "powershell/signal/crtl_c"
+_RSP = "{http://schemas.microsoft.com/wbem/wsman/1/windows/shell}"
+_COMMAND_ID = f"{_RSP}CommandResponse/{_RSP}CommandId"
+
+
+_ENCODED: dict[str, str] = {}
+
+
+def _encoded(script: RenderedScript) -> str:
+    """The bootstrap's parameter for one script: base64 of its UTF-8 text.
+
+    Scripts without secrets are kept (rendering keeps them too, so the same text object comes back for
+    every host and its hash is computed once); the encoded form then serves as the pipeline's cache key.
+    """
+    if script.text != script.display:  # carries a secret: never kept
+        return base64.b64encode(script.text.encode("utf-8")).decode("ascii")
+    found = _ENCODED.get(script.text)
+    if found is None:
+        found = base64.b64encode(script.text.encode("utf-8")).decode("ascii")
+        if len(_ENCODED) >= 256:
+            _ENCODED.clear()
+        _ENCODED[script.text] = found
+    return found
 
 
 class PsrpSession(SessionBase):
@@ -132,11 +154,13 @@ class PsrpSession(SessionBase):
         """The open WS-Man connection, if any (tests read its request counter)."""
         return self._client
 
-    def _request(self, action: str, body: str, headers: str = "", *, receive: bool = False) -> ET.Element:
+    def _request(
+        self, action: str, body: str, headers: str = "", *, receive: bool = False, answer: bool = True
+    ) -> ET.Element:
         if self._client is None:
             raise WsmanFault(None, "the session is closed")
         return self._client.request(
-            action, self._resource, body, headers=headers + self._selector, receive=receive
+            action, self._resource, body, headers=headers + self._selector, receive=receive, answer=answer
         )
 
     def _receive(self, command_id: str | None) -> list[PSRPEvent[Any, Any]]:
@@ -195,7 +219,7 @@ class PsrpSession(SessionBase):
             owed, self._owed = self._owed, None
             self._signal(owed, SIGNAL_TERMINATE)
         ps = ClientPowerShell(pool)
-        encoded = [base64.b64encode(s.text.encode("utf-8")).decode("ascii") for s in scripts]
+        encoded = [_encoded(s) for s in scripts]
         ps.add_script(PSRP_BOOTSTRAP).add_parameter(PSRP_BOOTSTRAP_PARAMETER, encoded)
         if all(s.text == s.display for s in scripts):  # no secret in any of them
             pool.pipeline_key = ("CreatePipeline", *encoded)
@@ -209,13 +233,17 @@ class PsrpSession(SessionBase):
             f"<rsp:Arguments>{base64.b64encode(first.data).decode('ascii')}</rsp:Arguments></rsp:CommandLine>"
         )
         self._running = command_id
-        self._request(COMMAND, body, _COMMAND_OPTIONS)
+        answer = self._request(COMMAND, body, _COMMAND_OPTIONS)
+        # The host names the command in its answer (the pipeline id for PSRP); use what it says.
+        command_id = answer.findtext(_COMMAND_ID) or command_id
+        self._running = command_id
         while (more := pool.data_to_send(_FRAGMENT_BYTES)) is not None:
             stream = "pr" if more.stream_type == StreamType.prompt_response else "stdin"
             self._request(
                 SEND,
                 f'<rsp:Send><rsp:Stream Name="{stream}" CommandId="{command_id}">'
                 f"{base64.b64encode(more.data).decode('ascii')}</rsp:Stream></rsp:Send>",
+                answer=False,
             )
         output: list[str] = []
         errors: list[str] = []
@@ -233,7 +261,9 @@ class PsrpSession(SessionBase):
 
     def _signal(self, command_id: str, code: str) -> None:
         self._request(
-            SIGNAL, f'<rsp:Signal CommandId="{command_id}"><rsp:Code>{code}</rsp:Code></rsp:Signal>'
+            SIGNAL,
+            f'<rsp:Signal CommandId="{command_id}"><rsp:Code>{code}</rsp:Code></rsp:Signal>',
+            answer=False,
         )
 
     def _cancel(self, budget: Deadline) -> None:
@@ -255,7 +285,7 @@ class PsrpSession(SessionBase):
         self._pool = None
         self._owed = None
         if selector and self._client is not None:
-            self._client.request(DELETE, self._resource, "", headers=selector)
+            self._client.request(DELETE, self._resource, "", headers=selector, answer=False)
 
     def _drop(self) -> None:
         client, self._client = self._client, None

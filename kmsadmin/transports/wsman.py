@@ -47,6 +47,7 @@ NS = {
 }
 _RSP = "{" + NS["rsp"] + "}"
 _BODY = "{" + NS["s"] + "}Body"
+_UNREAD = ET.Element(_BODY)
 _FAULT = "{" + NS["s"] + "}Fault"
 
 CREATE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Create"
@@ -157,8 +158,12 @@ def tls_context(ca_bundle: str | None, validate: bool) -> ssl.SSLContext:
         return context
 
 
+@functools.lru_cache(maxsize=64)
 def channel_bindings(der: bytes | None) -> GssChannelBindings | None:
-    """tls-server-end-point bindings (RFC 5929 §4.1): the certificate's hash, MD5/SHA-1 raised to SHA-256."""
+    """tls-server-end-point bindings (RFC 5929 §4.1): the certificate's hash, MD5/SHA-1 raised to SHA-256.
+
+    Kept per certificate: hosts behind one certificate (a wildcard, a cluster) share the answer.
+    """
     if not der:
         return None
     try:
@@ -534,8 +539,12 @@ class WsmanClient:
         *,
         headers: str = "",
         receive: bool = False,
+        answer: bool = True,
     ) -> ET.Element:
         """Send one WS-Man request and return the answer's ``s:Body``.
+
+        ``answer=False``: the caller does not read the body (Command, Send, Signal, Delete), so a
+        successful answer is not parsed (faults come with HTTP 500 and are parsed in any case).
 
         ``receive``: the request is a Receive, so an OperationTimeout fault ("no output yet") is asked
         again until the budget ends, and a dropped connection is asked again on a new one.
@@ -579,6 +588,8 @@ class WsmanClient:
                 log.debug("busy answer (HTTP %s), retry %d in %.2fs", err.status, busy, pause)
                 time.sleep(pause)
                 continue
+            if not answer:
+                return _UNREAD
             root = ET.fromstring(data)  # noqa: S314 - see _post
             found = root.find(_BODY)
             if found is not None and found.find(_FAULT) is not None:
