@@ -17,6 +17,7 @@ client for CredSSP, certificate authentication and proxies.
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -111,6 +112,7 @@ _COMMAND_OPTIONS = option_set({"WINRS_SKIP_CMD_SHELL": "False"})
 _STOP = "powershell/signal/crtl_c"
 _RSP = "{http://schemas.microsoft.com/wbem/wsman/1/windows/shell}"
 _COMMAND_ID = f"{_RSP}CommandResponse/{_RSP}CommandId"
+_GUID = re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}")
 
 
 _ENCODED: dict[str, str] = {}
@@ -234,8 +236,10 @@ class PsrpSession(SessionBase):
         )
         self._running = command_id
         answer = self._request(COMMAND, body, _COMMAND_OPTIONS)
-        # The host names the command in its answer (the pipeline id for PSRP); use what it says.
-        command_id = answer.findtext(_COMMAND_ID) or command_id
+        # The host names the command in its answer (the pipeline id for PSRP); use what it says when it
+        # is a GUID (it goes into later envelopes).
+        named = (answer.findtext(_COMMAND_ID) or "").strip().upper()
+        command_id = named if _GUID.fullmatch(named) else command_id
         self._running = command_id
         while (more := pool.data_to_send(_FRAGMENT_BYTES)) is not None:
             stream = "pr" if more.stream_type == StreamType.prompt_response else "stdin"
