@@ -119,6 +119,51 @@ class DeadlineExpired(Exception):
     """Internal: the step's time ran out before the next request could be sent."""
 
 
+#: How often one Receive is re-sent after the connection dropped under it (a Receive only asks for
+#: output, so asking again on a new connection is safe).
+RECEIVE_RESET_RETRIES = 2
+
+#: Smallest slice of time worth sending a request for; below this the step is out of time.
+MIN_REQUEST_SECONDS = 0.05
+
+
+def time_left(budget: Deadline) -> float:
+    """Seconds ``budget`` leaves for the next request; raises :class:`DeadlineExpired` when too few."""
+    left = budget.remaining()
+    if left < MIN_REQUEST_SECONDS:
+        raise DeadlineExpired
+    return left
+
+
+def request_limits(options: ConnectionOptions, budget: Deadline | None) -> tuple[float, float, int]:
+    """(connect timeout, read timeout, WS-Man OperationTimeout) for the next request within ``budget``.
+
+    Connect attempts (the first and each retry) share the time left rather than each taking all of
+    it; the OperationTimeout stays a second under the time left, so the host answers a Receive with
+    "no output yet" before the read timeout fires.
+    """
+    if budget is None:
+        return options.connection_timeout, options.read_timeout, options.operation_timeout
+    left = time_left(budget)
+    return (
+        min(options.connection_timeout, left / (options.reconnection_retries + 1)),
+        min(options.read_timeout, left),
+        max(1, min(options.operation_timeout, int(left) - 1)),
+    )
+
+
+def retry_pause(
+    options: ConnectionOptions, attempt: int, budget: Deadline | None, *, then: float = 0.0
+) -> float | None:
+    """The backoff before retrying a busy answer or a refused connect for the ``attempt + 1``-th time,
+    or None when the retries are used up or the pause (plus ``then``, what the retry needs) would
+    outlast ``budget``."""
+    pause = float(options.reconnection_backoff * 2**attempt)
+    if attempt >= options.reconnection_retries or (budget is not None and budget.remaining() <= pause + then):
+        return None
+    return pause
+
+
 @dataclass(frozen=True, slots=True)
 class Output:
     """What a transport collected from one script, before it becomes a ScriptResult."""

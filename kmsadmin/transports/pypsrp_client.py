@@ -25,22 +25,18 @@ from kmsadmin.transports.base import (
     OPERATION_TIMEOUT_FAULT,
     PSRP_BOOTSTRAP,
     PSRP_BOOTSTRAP_PARAMETER,
+    RECEIVE_RESET_RETRIES,
     Deadline,
-    DeadlineExpired,
     Output,
     SessionBase,
     error_text,
     log,
+    request_limits,
+    retry_pause,
     split_steps,
 )
 from kmsadmin.transports.options import ConnectionOptions
 from kmsadmin.values import RenderedScript
-
-#: How often one Receive is re-sent after the connection dropped under it.
-_RECEIVE_RESET_RETRIES = 2
-
-#: Smallest slices of time worth sending a request for; below this the step is out of time.
-_MIN_REQUEST_SECONDS = 0.05
 
 
 def wsman_kwargs(options: ConnectionOptions) -> dict[str, Any]:
@@ -100,9 +96,7 @@ class BoundedWSMan(WSMan):
     def __init__(self, options: ConnectionOptions) -> None:
         super().__init__(options.host, **wsman_kwargs(options))
         self._trust_env_once()
-        self._limits = (options.connection_timeout, options.read_timeout, options.operation_timeout)
-        self._busy_retries = options.reconnection_retries
-        self._backoff = options.reconnection_backoff
+        self._options = options
         #: the deadline the current requests must meet; None: only the configured timeouts
         self.budget: Deadline | None = None
         #: WS-Man requests sent (Create, Command, Send, Receive, Signal, Delete), for tests and logs
@@ -126,22 +120,11 @@ class BoundedWSMan(WSMan):
         transport._build_session = build_once
 
     def _fit_to_budget(self) -> None:
-        connect, read, operation = self._limits
+        connect, read, operation = request_limits(self._options, self.budget)
         transport: Any = self.transport
-        if self.budget is None:
-            transport.connection_timeout, transport.read_timeout = connect, read
-            self.operation_timeout = operation
-            return
-        left = self.budget.remaining()
-        if left < _MIN_REQUEST_SECONDS:
-            raise DeadlineExpired
-        # urllib3 retries a failed connect reconnection_retries times with this same timeout, so
-        # the attempts share what is left rather than each taking all of it.
-        transport.connection_timeout = min(connect, left / (self._busy_retries + 1))
-        transport.read_timeout = min(read, left)
-        # The host must answer a Receive with "no output yet" before our read timeout fires,
-        # so the WS-Man OperationTimeout stays a second under the time left.
-        self.operation_timeout = max(1, min(operation, int(left) - 1))
+        # urllib3 retries a failed connect reconnection_retries times with this same timeout.
+        transport.connection_timeout, transport.read_timeout = connect, read
+        self.operation_timeout = operation
 
     def invoke(
         self,
@@ -167,7 +150,7 @@ class BoundedWSMan(WSMan):
             except requests.exceptions.ConnectionError as err:
                 if (
                     action != WSManAction.RECEIVE
-                    or resets >= _RECEIVE_RESET_RETRIES
+                    or resets >= RECEIVE_RESET_RETRIES
                     or isinstance(err, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError)
                 ):
                     raise
@@ -187,12 +170,8 @@ class BoundedWSMan(WSMan):
                     # No output within OperationTimeout: the command still runs; ask again.
                     continue
                 status = http_status(err)
-                pause = self._backoff * (2**busy)
-                if (
-                    status not in BUSY_STATUSES
-                    or busy >= self._busy_retries
-                    or (self.budget is not None and self.budget.remaining() <= pause)
-                ):
+                pause = retry_pause(self._options, busy, self.budget) if status in BUSY_STATUSES else None
+                if pause is None:
                     raise
                 busy += 1
                 log.debug("busy answer (HTTP %s), retry %d in %.2fs", status, busy, pause)

@@ -21,23 +21,22 @@ from kmsadmin.transports.base import (
     BOOTSTRAP_ARGUMENTS,
     BOOTSTRAP_EXECUTABLE,
     BUSY_STATUSES,
+    RECEIVE_RESET_RETRIES,
     UTF8_CODEPAGE,
     Deadline,
-    DeadlineExpired,
     Output,
     SessionBase,
     chunks,
     clean_stderr,
     log,
+    retry_pause,
     stdin_payload,
+    time_left,
 )
 from kmsadmin.transports.options import ConnectionOptions
 from kmsadmin.values import RenderedScript
 
 _SEND_OVERHEAD = 2048
-#: How often one Receive is re-sent after the connection dropped under it.
-_RECEIVE_RESET_RETRIES = 2
-_MIN_REQUEST_SECONDS = 0.05
 
 PywinrmAuth = Literal["basic", "certificate", "ntlm", "kerberos", "credssp"]
 
@@ -80,8 +79,7 @@ class BoundedProtocol(Protocol):
         kwargs = protocol_kwargs(options)
         super().__init__(**kwargs)
         self._limits = (kwargs["read_timeout_sec"], kwargs["operation_timeout_sec"])
-        self._busy_retries = options.reconnection_retries
-        self._backoff = options.reconnection_backoff
+        self._options = options
         self.budget: Deadline | None = None
         #: WS-Man requests sent, for tests and logs
         self.requests = 0
@@ -91,9 +89,7 @@ class BoundedProtocol(Protocol):
         if self.budget is None:
             self.transport.read_timeout_sec, self.operation_timeout_sec = read, operation
             return
-        left = self.budget.remaining()
-        if left < _MIN_REQUEST_SECONDS:
-            raise DeadlineExpired
+        left = time_left(self.budget)
         # pywinrm uses one number for the connect and the read timeout; requests accepts floats.
         transport: Any = self.transport
         transport.read_timeout_sec = min(float(read), left)
@@ -108,12 +104,8 @@ class BoundedProtocol(Protocol):
             try:
                 return super().send_message(message)
             except WinRMTransportError as err:
-                pause = self._backoff * (2**busy)
-                if (
-                    err.code not in BUSY_STATUSES
-                    or busy >= self._busy_retries
-                    or (self.budget is not None and self.budget.remaining() <= pause)
-                ):
+                pause = retry_pause(self._options, busy, self.budget) if err.code in BUSY_STATUSES else None
+                if pause is None:
                     raise
                 busy += 1
                 if self.transport.encryption is None:
@@ -170,7 +162,7 @@ class PywinrmSession(SessionBase):
                 # No output within OperationTimeout; the budget check in send_message ends this loop.
                 continue
             except requests.exceptions.ConnectionError as exc:
-                if resets >= _RECEIVE_RESET_RETRIES or isinstance(
+                if resets >= RECEIVE_RESET_RETRIES or isinstance(
                     exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError
                 ):
                     raise

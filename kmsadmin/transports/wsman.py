@@ -34,7 +34,15 @@ from spnego._ntlm_raw.crypto import ntowfv1
 from spnego.channel_bindings import GssChannelBindings
 from spnego.exceptions import SpnegoError
 
-from kmsadmin.transports.base import BUSY_STATUSES, OPERATION_TIMEOUT_FAULT, Deadline, DeadlineExpired, log
+from kmsadmin.transports.base import (
+    BUSY_STATUSES,
+    OPERATION_TIMEOUT_FAULT,
+    RECEIVE_RESET_RETRIES,
+    Deadline,
+    log,
+    request_limits,
+    retry_pause,
+)
 from kmsadmin.transports.options import ConnectionOptions
 
 NS = {
@@ -320,17 +328,6 @@ class WsmanClient:
         self.requests = 0
 
     # -- connection -----------------------------------------------------------------------------------
-    def _limits(self) -> tuple[float, float, int]:
-        opts = self._options
-        if self.budget is None:
-            return opts.connection_timeout, opts.read_timeout, opts.operation_timeout
-        left = self.budget.remaining()
-        if left < 0.05:
-            raise DeadlineExpired
-        connect = min(opts.connection_timeout, left / (opts.reconnection_retries + 1))
-        # The host must answer a Receive with "no output yet" before the read timeout fires.
-        return connect, min(opts.read_timeout, left), max(1, min(opts.operation_timeout, int(left) - 1))
-
     def _connect(self, connect_timeout: float, read_timeout: float) -> _Connection:
         """TCP connect (retried like a busy answer), then the TLS handshake under the read timeout: a
         host that accepts TCP but never answers is hung, not unreachable."""
@@ -345,10 +342,8 @@ class WsmanClient:
                 cause: OSError = exc
             except OSError as exc:
                 error, cause = ConnectError(exc.strerror or str(exc)), exc
-            pause = opts.reconnection_backoff * (2**attempt)
-            if attempt >= opts.reconnection_retries or (
-                self.budget is not None and self.budget.remaining() <= pause + connect_timeout
-            ):
+            pause = retry_pause(opts, attempt, self.budget, then=connect_timeout)
+            if pause is None:
                 raise error from cause
             attempt += 1
             time.sleep(pause)
@@ -414,7 +409,7 @@ class WsmanClient:
     def _handshake(self, envelope: bytes, read_timeout: float) -> tuple[int, dict[str, str], bytes] | None:
         """Authenticate the connection; returns the answer when the envelope rode on the last leg."""
         opts = self._options
-        protocol = "negotiate" if opts.auth == "negotiate" else opts.auth
+        protocol = opts.auth
         try:
             context = spnego.client(
                 *_credentials(
@@ -552,7 +547,7 @@ class WsmanClient:
         busy = resets = 0
         opts = self._options
         while True:
-            connect, read, operation = self._limits()
+            connect, read, operation = request_limits(opts, self.budget)
             envelope = _ENVELOPE.format(
                 action=action,
                 message_id=str(uuid.uuid4()).upper(),
@@ -567,7 +562,7 @@ class WsmanClient:
             try:
                 data = self._post(envelope, read, connect)
             except ConnectionLost:
-                if not receive or resets >= 2:
+                if not receive or resets >= RECEIVE_RESET_RETRIES:
                     raise
                 resets += 1
                 log.debug("connection lost during Receive, asking again (%d)", resets)
@@ -577,12 +572,8 @@ class WsmanClient:
                     continue
                 raise
             except HTTPStatusError as err:
-                pause = opts.reconnection_backoff * (2**busy)
-                if (
-                    err.status not in BUSY_STATUSES
-                    or busy >= opts.reconnection_retries
-                    or (self.budget is not None and self.budget.remaining() <= pause)
-                ):
+                pause = retry_pause(opts, busy, self.budget) if err.status in BUSY_STATUSES else None
+                if pause is None:
                     raise
                 busy += 1
                 log.debug("busy answer (HTTP %s), retry %d in %.2fs", err.status, busy, pause)
