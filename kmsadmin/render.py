@@ -156,29 +156,25 @@ def _render_once(step: str, fmt: ScriptFormat, context: Mapping[str, Any]) -> st
         raise TemplateError(f"template {template_name(step, fmt)}: {exc.message}") from None
 
 
-#: Rendered scripts without secrets, by step, format and parameters: a fleet renders the same few
-#: scripts for hundreds of hosts (the facts script for every one of them).
-_RENDERED: dict[tuple[Any, ...], RenderedScript] = {}
-_RENDERED_LIMIT = 256
-
-
 def render(ref: ScriptRef) -> RenderedScript:
-    """Render one step. Parameters are plain values; secrets are :class:`Secret` objects."""
-    key: tuple[Any, ...] | None = None
+    """Render one step. Parameters are plain values; secrets are :class:`Secret` objects.
+
+    Scripts without secrets are kept by step, format and parameters: a fleet renders the same few
+    scripts for hundreds of hosts (the facts script for every one of them).
+    """
     if not ref.secrets:
-        key = (ref.step, ref.fmt, tuple(sorted(ref.params.items())))
+        key = tuple(sorted(ref.params.items()))
         try:
-            cached = _RENDERED.get(key)
+            hash(key)
         except TypeError:  # an unhashable parameter value: render it every time
-            key, cached = None, None
-        if cached is not None:
-            return cached
-    rendered = _render(ref)
-    if key is not None:
-        if len(_RENDERED) >= _RENDERED_LIMIT:
-            _RENDERED.clear()
-        _RENDERED[key] = rendered
-    return rendered
+            return _render(ref)
+        return _render_plain(ref.step, ref.fmt, key)
+    return _render(ref)
+
+
+@lru_cache(maxsize=256)
+def _render_plain(step: str, fmt: ScriptFormat, params: tuple[tuple[str, ParamValue], ...]) -> RenderedScript:
+    return _render(ScriptRef(step, dict(params), fmt=fmt))
 
 
 def _render(ref: ScriptRef) -> RenderedScript:

@@ -12,8 +12,8 @@ GVLKs are public (Microsoft's "KMS client activation keys" pages) and are kept b
 
 Files are written atomically (temporary file in the same directory, ``os.replace``): a reader, or a
 restart after the lab process died, never sees half a file. Host and fleet state, rewritten after
-every changing step, skip the fsync (a simulation, not a record; fsyncs under the KMS host's lock
-serialized a whole fleet's activations); credentials and keys, written once, are fsynced.
+every changing step, go through :func:`replace_file` without fsync (a simulation, not a record);
+everything else through :func:`write_bytes_atomic`, fsynced.
 """
 
 from __future__ import annotations
@@ -324,15 +324,21 @@ def host_from_dict(data: dict[str, Any]) -> HostState:
     return _HOST_ADAPTER.validate_python(data)
 
 
-def write_json_atomic(path: Path, data: Any, *, mode: int = 0o644, durable: bool = True) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (temporary file, fsync unless not ``durable``, rename)."""
+def write_json_atomic(path: Path, data: Any, *, mode: int = 0o644) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (temporary file, fsync, rename)."""
     # One encode and one write: json.dump would hand the file hundreds of small chunks.
-    write_bytes_atomic(path, json_bytes(data), mode=mode, durable=durable)
+    write_bytes_atomic(path, json_bytes(data), mode=mode)
 
 
-def write_text_atomic(path: Path, text: str, *, mode: int = 0o644, durable: bool = True) -> None:
+def write_text_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
     """Write text to ``path`` atomically with the given file mode."""
-    write_bytes_atomic(path, text.encode("utf-8"), mode=mode, durable=durable)
+    write_bytes_atomic(path, text.encode("utf-8"), mode=mode)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -348,26 +354,21 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
     finally:
         os.close(fd)
     os.replace(tmp, path)
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync unless not ``durable``, rename)."""
+def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename) with the given file mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         try:
             os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if durable:
-                os.fsync(fd)
+            _write_all(fd, data)
+            os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp_name, path)
@@ -377,18 +378,16 @@ def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o644, durable: b
 
 
 def save_host(directory: Path, state: HostState) -> Path:
-    """Persist one host as ``<directory>/<name>.json`` (indented, keys in field order).
-
-    Hosts are saved after every changing step; pydantic's own JSON encoder is about ten times faster
-    than ``json.dumps`` with an indent, which runs in pure Python.
-    """
+    """Persist one host as ``<directory>/<name>.json`` (the fleet saves through
+    :meth:`~kmsadmin.lab.fleet.Fleet.write`, outside its locks)."""
     path = directory / f"{state.name}.json"
-    write_bytes_atomic(path, dump_host(state), durable=False)
+    write_bytes_atomic(path, dump_host(state))
     return path
 
 
 def dump_host(state: HostState) -> bytes:
-    """A host's file content (indented JSON, keys in field order)."""
+    """A host's file content (indented JSON, keys in field order): pydantic's own JSON encoder is about
+    ten times faster than ``json.dumps`` with an indent, which runs in pure Python."""
     return _HOST_ADAPTER.dump_json(state, indent=1) + b"\n"
 
 

@@ -17,6 +17,7 @@ client for CredSSP, certificate authentication and proxies.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import uuid
 import xml.etree.ElementTree as ET
@@ -115,24 +116,22 @@ _COMMAND_ID = f"{_RSP}CommandResponse/{_RSP}CommandId"
 _GUID = re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}")
 
 
-_ENCODED: dict[str, str] = {}
-
-
 def _encoded(script: RenderedScript) -> str:
     """The bootstrap's parameter for one script: base64 of its UTF-8 text.
 
-    Scripts without secrets are kept (rendering keeps them too, so the same text object comes back for
-    every host and its hash is computed once); the encoded form then serves as the pipeline's cache key.
+    Scripts without secrets are kept (rendering keeps them too, so the same text comes back for every
+    host); the encoded form then also serves as the pipeline's cache key.
     """
     if script.text != script.display:  # carries a secret: never kept
-        return base64.b64encode(script.text.encode("utf-8")).decode("ascii")
-    found = _ENCODED.get(script.text)
-    if found is None:
-        found = base64.b64encode(script.text.encode("utf-8")).decode("ascii")
-        if len(_ENCODED) >= 256:
-            _ENCODED.clear()
-        _ENCODED[script.text] = found
-    return found
+        return _base64(script.text)
+    return _kept_base64(script.text)
+
+
+def _base64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+_kept_base64 = functools.lru_cache(maxsize=256)(_base64)
 
 
 class PsrpSession(SessionBase):
