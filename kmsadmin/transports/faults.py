@@ -69,21 +69,13 @@ def _translate_library(
     if isinstance(exc, requests.exceptions.SSLError):
         return _tls_failure(options, step, exc)
     if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return ConnectionFailed(
-            host,
-            step,
-            f"no TCP answer from {options.endpoint} within the connect timeout",
-            remediation=_listener_fix(options),
+        return _unreachable(
+            options, step, f"no TCP answer from {options.endpoint} within the connect timeout"
         )
     if isinstance(exc, requests.exceptions.RetryError):
         return _busy(options, step, "too many busy answers (HTTP 503)")
     if isinstance(exc, requests.exceptions.ConnectionError):
-        return ConnectionFailed(
-            host,
-            step,
-            f"cannot connect to {options.endpoint}: {_reason(exc)}",
-            remediation=_listener_fix(options),
-        )
+        return _unreachable(options, step, f"cannot connect to {options.endpoint}: {_reason(exc)}")
     if isinstance(exc, psrp_exc.AuthenticationError | winrm_exc.AuthenticationError):
         return _auth_failure(options, step)
     if isinstance(exc, psrp_exc.WSManFaultError):
@@ -104,27 +96,16 @@ def _translate_library(
 
 def _translate_native(exc: BaseException, options: ConnectionOptions, step: str) -> HostError | None:
     """The errors of kmsadmin's own WS-Man client (:mod:`kmsadmin.transports.wsman`)."""
-    host = options.name
     if isinstance(exc, TlsError):
         return _tls_failure(options, step, exc)
     if isinstance(exc, ConnectTimeoutError):
-        return ConnectionFailed(
-            host,
-            step,
-            f"no TCP answer from {options.endpoint} within the connect timeout",
-            remediation=_listener_fix(options),
+        return _unreachable(
+            options, step, f"no TCP answer from {options.endpoint} within the connect timeout"
         )
     if isinstance(exc, ConnectError):
-        return ConnectionFailed(
-            host, step, f"cannot connect to {options.endpoint}: {exc}", remediation=_listener_fix(options)
-        )
+        return _unreachable(options, step, f"cannot connect to {options.endpoint}: {exc}")
     if isinstance(exc, ConnectionLost):
-        return ConnectionFailed(
-            host,
-            step,
-            f"the connection to {options.endpoint} was lost: {exc}",
-            remediation=_listener_fix(options),
-        )
+        return _unreachable(options, step, f"the connection to {options.endpoint} was lost: {exc}")
     if isinstance(exc, AuthRefused):
         return _auth_failure(options, step)
     if isinstance(exc, WsmanFault):
@@ -181,6 +162,11 @@ def _reason(exc: BaseException) -> str:
         if marker in text:
             text = text.split(marker, 1)[1]
     return text.strip("()'\" ")[:300]
+
+
+def _unreachable(options: ConnectionOptions, step: str, message: str) -> HostError:
+    """The host could not be reached or the connection broke: check the listener and the path."""
+    return ConnectionFailed(options.name, step, message, remediation=_listener_fix(options))
 
 
 def _listener_fix(options: ConnectionOptions) -> str:
