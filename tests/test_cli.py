@@ -156,6 +156,24 @@ def test_convert_client_refuses_non_gvlk_without_force() -> None:
     assert "NR2B6-YBFTG" not in out and "GX2DJ" in out
 
 
+def test_convert_client_force_installs_an_unlisted_well_formed_key() -> None:
+    """A key outside Microsoft's tables (a MAK, say) passed with --force is installed, shown masked."""
+    code, _, err = invoke("keys", "check", HOST_KEY)
+    assert code == 1, err  # well-formed, not a GVLK
+    code, out, err = invoke(
+        "convert-client", "pc1", "--dry-run", "--key", HOST_KEY.lower(), "--force", "--json"
+    )
+    assert code == 0, out + err
+    doc = json.loads(out)
+    assert [s["step"] for s in doc["scripts"]] == ["install-gvlk", "activate"]
+    assert HOST_KEY not in out and HOST_KEY[:-5] not in out
+    assert "*****-*****-*****-*****-6789B" in doc["scripts"][0]["script"]
+    from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
+
+    plan = plan_convert_client("pc1", None, ConvertClientArgs(key=HOST_KEY, force=True))
+    assert plan.steps[0].ref.secrets["product_key"].value == HOST_KEY  # the key itself, not its mask
+
+
 @pytest.mark.parametrize(
     "args",
     [

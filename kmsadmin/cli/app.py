@@ -481,7 +481,8 @@ def convert_client(
                 raise InvalidInput(
                     "--key", "…" + checked.key[-5:], f"{checked.note}; pass --force to install it anyway"
                 )
-            key = checked.key
+            # checked.key is masked for a key that is not in Microsoft's tables (it may be a MAK)
+            key = validate.product_key(key)
         if edition is not None:
             catalog.find_client_key(edition)
         args = ConvertClientArgs(

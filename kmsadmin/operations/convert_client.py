@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kmsadmin import catalog
+from kmsadmin import catalog, validate
 from kmsadmin.facts import HostFacts, ProductFacts
 from kmsadmin.operations import Plan, PlannedStep, Problem
 from kmsadmin.values import ScriptRef, Secret
@@ -40,7 +40,8 @@ def _windows_key(
     if args.key != "auto":
         check = catalog.check_key(args.key)
         match = check.matches[0] if check.is_gvlk and check.matches else None
-        return match, check.key, None
+        # KeyCheck.key is masked for keys outside Microsoft's tables: install the normalised key itself
+        return match, validate.product_key(args.key), None
     if args.edition:
         named = catalog.find_client_key(args.edition)
         return named, named.gvlk, None
