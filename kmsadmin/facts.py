@@ -222,10 +222,15 @@ def raise_for_error(result: ScriptResult, outcome: StepOutcome) -> None:
         return
     code = outcome.error.hresult
     info = hresult_info(code) if code else None
+    message = outcome.error.message or "the step failed"
+    if not code and outcome.error.stage not in (None, "Input", "Check"):
+        # Windows failed but gave no licensing code (templates/README.md, rule 4): say so rather
+        # than guess one.
+        message += " (HRESULT unknown)"
     raise RemoteScriptError(
         result.host,
         result.step,
-        outcome.error.message or "the step failed",
+        message,
         hresult=code,
         meaning=info.meaning if info and info.known else None,
         remediation=info.remediation if info and info.known else None,

@@ -542,8 +542,12 @@ def test_office_host_requirements() -> None:
     assert host_can_carry(csvlk_group("office 2016"), "Windows Server 2008 R2").ok
     assert not host_can_carry(csvlk_group("office 2019"), "Windows Server 2008 R2").ok
     office24 = csvlk_group("office 2024")
-    assert office24.kms_host_activation_ids[0] == "F3D89BBF-C0EC-47CE-A8FA-E5A5F97E447F"
-    assert "8D368FC1-9470-4BE2-8D66-90E836CBB051" in office24.note
+    # [OHOST] and the current [OTOOLS] name one host ID; 8D368FC1-... is the ProPlus 2024 client SKU
+    assert office24.kms_host_activation_ids == ("F3D89BBF-C0EC-47CE-A8FA-E5A5F97E447F",)
+    assert "8D368FC1-9470-4BE2-8D66-90E836CBB051" in office24.note and "client SKU" in office24.note
+    assert "[OTOOLS]" in office24.note and office24.source.startswith(
+        "[OHOST] MicrosoftDocs/OfficeDocs-DeployOffice"
+    )
 
 
 def test_unknown_host_os() -> None:

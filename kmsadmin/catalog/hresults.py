@@ -9,7 +9,7 @@ PowerShell print them: ``0xC004F074``, ``c004f074``, unsigned ``3221549172`` or 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -94,6 +94,12 @@ def _table() -> dict[str, HResultInfo]:
             unconfirmed=bool(row.get("unconfirmed", False)),
             note=row.get("note", ""),
         )
+        # Another code for the same condition (e.g. slerror.h's informational 0x4004F065 for
+        # [ERR]'s 0xC004F065): the same entry under its own code.
+        for alias in row.get("aliases", ()):
+            other = normalize_hresult(alias["code"])
+            note = f"Alias of {code}. {table[code].note}".strip()
+            table[other] = replace(table[code], code=other, symbol=alias.get("symbol", ""), note=note)
     return table
 
 

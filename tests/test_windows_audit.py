@@ -1,0 +1,131 @@
+"""Findings of the Windows-names documentation audit, each checked against its Microsoft source."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from kmsadmin import catalog
+from kmsadmin.errors import RemoteScriptError
+from kmsadmin.facts import parse_outcome, raise_for_error
+from kmsadmin.lab import pwsh
+from kmsadmin.render import render
+from kmsadmin.values import ScriptRef, ScriptResult
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+WINDOWS_APP = "55c92734-d682-4d71-983e-d6ec3f16059f"
+
+
+def _function(script: str, name: str) -> str:
+    """The text of one PowerShell function of a rendered script."""
+    start = script.index(f"function {name} {{")
+    end = script.index("\r\n}\r\n", start)
+    return script[start:end]
+
+
+# --- 1. the HRESULT of a failed CIM call ----------------------------------------------------------
+
+
+def test_hresult_comes_from_wmi_error_data_or_a_com_exception_only() -> None:
+    script = render(
+        ScriptRef(
+            step="activate", params={"application_id": WINDOWS_APP, "activation_id": "", "force": False}
+        )
+    ).text
+    body = _function(script, "Get-KmsHResult")
+    # MSFT_WmiError.error_Code first (the licensing HRESULT), with its source named in the comment
+    assert "$data.error_Code" in body and "MSFT_WmiError" in body
+    # A CimException's own HResult is COR_E_EXCEPTION (0x80131500): it is read only from a COMException
+    assert "0x80131500" in body and "COR_E_EXCEPTION" in body
+    reads = [
+        line.strip() for line in body.split("\r\n") if ".HResult" in line and not line.strip().startswith("#")
+    ]
+    assert reads == ["$fromCom = ConvertTo-KmsHResult -Code $item.HResult"]
+    guard = body[: body.index("$fromCom = ")].rsplit("foreach", 1)[1]
+    assert "-is [System.Runtime.InteropServices.COMException]" in guard
+    # and the COMException is what Assert-KmsReturn throws for a non-zero ReturnValue
+    assert "System.Runtime.InteropServices.COMException" in _function(script, "Assert-KmsReturn")
+    assert pwsh.syntax_errors(script) == []
+
+
+def _failed(stage: str, hresult: str | None) -> ScriptResult:
+    line = {"kmsadmin": 1, "step": "activate", "changed": False}
+    line["error"] = {"hresult": hresult, "message": "Activate failed", "stage": stage}
+    return ScriptResult(host="pc1", step="activate", stdout=json.dumps(line))
+
+
+def test_a_windows_failure_without_a_code_reports_the_hresult_unknown() -> None:
+    result = _failed("Activate", None)
+    with pytest.raises(RemoteScriptError) as caught:
+        raise_for_error(result, parse_outcome(result))
+    assert caught.value.hresult is None and "HRESULT unknown" in str(caught.value)
+    assert "0x80131500" not in str(caught.value)
+
+
+@pytest.mark.parametrize("stage", ["Input", "Check"])
+def test_own_refusals_carry_no_hresult_and_do_not_call_it_unknown(stage: str) -> None:
+    result = _failed(stage, None)
+    with pytest.raises(RemoteScriptError) as caught:
+        raise_for_error(result, parse_outcome(result))
+    assert "HRESULT" not in str(caught.value)
+
+
+def test_a_reported_code_is_explained() -> None:
+    result = _failed("Activate", "0xC004F074")
+    with pytest.raises(RemoteScriptError) as caught:
+        raise_for_error(result, parse_outcome(result))
+    assert caught.value.hresult == "0xC004F074" and "unknown" not in str(caught.value)
+
+
+# --- 7. smaller findings --------------------------------------------------------------------------
+
+
+def test_phone_deposit_names_the_installation_id_parameter() -> None:
+    text = (TEMPLATES / "ps1" / "phone-deposit.ps1.j2").read_text(encoding="utf-8")
+    assert "DepositOfflineConfirmationId(InstallationId, ConfirmationId)" in text
+    assert "DepositOfflineConfirmationId(OfflineInstallationId" not in text
+    assert "InstallationId = [string]$product.OfflineInstallationId" in text
+
+
+def test_hresults_header_names_the_real_source_of_the_messages() -> None:
+    header = catalog_text("hresults.toml").split("[sources.ERR]", 1)[0]
+    assert 'Messages: the "Error message"\n# text of [ERR]' in header
+    assert "[SLERR] is the source of the symbol only" in header
+    # the message is [ERR]'s wording, not slerror.h's ("Software Licensing Service ...")
+    assert catalog.hresult_info("0xC004C008").message.startswith("The activation server determined")
+
+
+def catalog_text(name: str) -> str:
+    return (files("kmsadmin.catalog") / "data" / name).read_text(encoding="utf-8")
+
+
+def test_informational_nongenuine_code_is_an_alias_with_its_slerror_symbol() -> None:
+    documented = catalog.hresult_info("0xC004F065")
+    alias = catalog.hresult_info(0x4004F065)
+    assert alias.known and alias.code == "0x4004F065"
+    assert alias.symbol == "SL_I_NONGENUINE_GRACE_PERIOD"
+    assert alias.meaning == documented.meaning and alias.remediation == documented.remediation
+    assert "Alias of 0xC004F065" in alias.note and "slerror.h" in alias.note
+    assert "[SLERR]" in alias.source and "[ERR]" in alias.source
+
+
+def test_srv_record_lookup_is_limited_to_the_node() -> None:
+    params = {
+        "action": "add",
+        "zone_name": "contoso.com",
+        "record_name": "_vlmcs._tcp",
+        "kms_host": "kms1.contoso.com",
+        "kms_port": 1688,
+        "priority": 0,
+        "weight": 0,
+        "ttl": 3600,
+        "kms_hosts_group": "",
+    }
+    script = render(ScriptRef(step="dns-srv-record", params=params)).text
+    lookups = re.findall(r"Get-DnsServerResourceRecord -[^\r\n]*", script)
+    assert lookups and all(" -Node " in call for call in lookups)
+    assert "Get-DnsServerResourceRecord.md" in script
