@@ -195,7 +195,11 @@ CIM_METHODS = {
         "SetVLActivationInterval",
         "SetVLRenewalInterval",
     ],
-    "set-kms-host": ["SetKeyManagementServiceMachine", "SetKeyManagementServicePort"],
+    "set-kms-host": [
+        "ClearKeyManagementServicePort",
+        "SetKeyManagementServiceMachine",
+        "SetKeyManagementServicePort",
+    ],
     "clear-kms-host": ["ClearKeyManagementServiceMachine", "ClearKeyManagementServicePort"],
     "set-lookup-domain": ["SetKeyManagementServiceLookupDomain"],
     "clear-lookup-domain": ["ClearKeyManagementServiceLookupDomain"],

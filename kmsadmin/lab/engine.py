@@ -651,6 +651,11 @@ def step_set_kms_host(ctx: Context, params: dict[str, str]) -> StepResult:
         ctx.require_elevation("SetKeyManagementServicePort")
         target.kms_port = want_port
         changed = True
+    if name and want_port is None and before["kms_port"] != 0:
+        # slmgr /skms name (no port) clears the port back to the default ([SLMGRVBS] SetKmsMachineName)
+        ctx.require_elevation("ClearKeyManagementServicePort")
+        target.kms_port = 0
+        changed = True
     return StepResult(changed, before, _machine(target), None)
 
 
