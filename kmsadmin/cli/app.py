@@ -168,6 +168,39 @@ def _host_key(host_key_file: Path | None, required: bool) -> Any:
     return Secret(validate.product_key(raw)) if raw else None
 
 
+def _method(method: str | None, mak_file: Path | None) -> Any:
+    """The activation method the admin chose: --method, or --mak-file (never guessed from a key)."""
+    if method not in (None, "kms", "mak"):
+        raise InvalidInput("--method", method or "", "must be kms or mak")
+    if mak_file is not None and method == "kms":
+        raise InvalidInput("--mak-file", str(mak_file), "goes with --method mak")
+    return "mak" if mak_file is not None else (method or "kms")
+
+
+def _mak(mak_file: Path | None, required: bool) -> Any:
+    """The MAK from a file, KMSADMIN_MAK, or a prompt (never from argv): well-formed and not a GVLK."""
+    from kmsadmin import catalog, validate
+    from kmsadmin.values import Secret
+
+    raw = None
+    if mak_file is not None:
+        raw = _read_secret_file(mak_file, "MAK file")
+    elif os.environ.get("KMSADMIN_MAK"):
+        raw = os.environ["KMSADMIN_MAK"]
+    elif required and sys.stdin.isatty():
+        raw = typer.prompt("MAK (Multiple Activation Key)", hide_input=True)
+    if not raw:
+        if required:
+            raise InvalidInput("MAK", "", "give --mak-file FILE or set KMSADMIN_MAK")
+        return None
+    key = validate.product_key(raw)
+    if catalog.check_key(key).is_gvlk:
+        raise InvalidInput(
+            "MAK", "…" + key[-5:], "is a GVLK (KMS client setup key), not a MAK: use --method kms"
+        )
+    return Secret(key)
+
+
 def _print_scripts(plans: list[Any], fmt: str, json_out: bool) -> None:
     """--dry-run output: the exact scripts, secrets masked."""
     from kmsadmin.cli.output import emit_json
@@ -437,6 +470,19 @@ def convert_client(
         str | None, typer.Option(help="edition for --dry-run (see `kmsadmin keys list`)")
     ] = None,
     office: Annotated[bool, typer.Option("--office", help="also convert Office volume products")] = False,
+    method: Annotated[
+        str | None, typer.Option("--method", help="kms (default) or mak: how the machines activate")
+    ] = None,
+    mak_file: Annotated[
+        Path | None,
+        typer.Option("--mak-file", help="file holding the MAK (--method mak); or KMSADMIN_MAK / a prompt"),
+    ] = None,
+    activation: Annotated[
+        str, typer.Option(help="MAK activation: online, or phone (prints the Installation ID)")
+    ] = "online",
+    confirmation_id: Annotated[
+        str | None, typer.Option(help="Confirmation ID for MAK phone activation")
+    ] = None,
     fmt: FormatOpt = "ps1",
     dry_run: DryRunOpt = False,
     check: CheckOpt = False,
@@ -485,6 +531,18 @@ def convert_client(
             key = validate.product_key(key)
         if edition is not None:
             catalog.find_client_key(edition)
+        chosen = _method(method, mak_file)
+        if chosen == "mak" and (target != "keep" or key != "auto" or office):
+            raise InvalidInput(
+                "--method",
+                "mak",
+                "a MAK activates with Microsoft: drop --kms-host, --lookup-domain, "
+                "--auto-discover, --key and --office",
+            )
+        if activation not in ("online", "phone") or (activation == "phone" and chosen != "mak"):
+            raise InvalidInput("--activation", activation, "online, or phone with --method mak")
+        if confirmation_id is not None and activation != "phone":
+            raise InvalidInput("--confirmation-id", confirmation_id, "goes with --activation phone")
         args = ConvertClientArgs(
             key=key,
             force=force,
@@ -494,6 +552,10 @@ def convert_client(
             kms_port=kms_port_num,
             lookup_domain=lookup_domain,
             office=office,
+            method=chosen,
+            mak=_mak(mak_file, required=not dry_run) if chosen == "mak" else None,
+            activation=activation,
+            confirmation_id=validate.confirmation_id(confirmation_id) if confirmation_id else None,
         )
         if dry_run:
             plans = [plan_convert_client(n, None, args) for n in names]

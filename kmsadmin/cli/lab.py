@@ -125,6 +125,9 @@ def up(
     tsig_key_file: Annotated[
         Path | None, typer.Option("--tsig-key-file", help="BIND key file that may update the zone")
     ] = None,
+    mak_limit: Annotated[
+        int | None, typer.Option("--mak-limit", help="activations each lab MAK allows (default 5)")
+    ] = None,
 ) -> None:
     """Create (or load) the lab in STATE_DIR and serve it."""
     state_dir = state_dir.resolve()
@@ -152,6 +155,7 @@ def up(
         reset=reset,
         quiet=foreground_child,
         dns=(dns_server, dns_zone, tsig_key_file),
+        mak_limit=mak_limit,
     )
 
 
@@ -222,9 +226,13 @@ def _open_fleet(
     os_mix: str | None,
     faults: str | None,
     reset: bool,
+    mak_limit: int | None = None,
 ) -> Fleet:
+    from kmsadmin.lab import kms
     from kmsadmin.lab.fleet import Fleet
 
+    if mak_limit is not None and mak_limit < 0:
+        raise _fail("--mak-limit must be 0 or more", 2)
     if reset:
         _reset(state_dir)
     if Fleet.exists(state_dir):
@@ -247,12 +255,13 @@ def _open_fleet(
         kms_hosts=1 if kms_hosts is None else kms_hosts,
         os_mix=os_mix,
         faults=faults or "",
+        mak_limit=kms.DEFAULT_MAK_LIMIT if mak_limit is None else mak_limit,
     )
 
 
 def _reset(state_dir: Path) -> None:
     """Remove the files a lab keeps in its state directory (only those)."""
-    for name in ("fleet.json", "host-keys.json", "credentials.json", RUNTIME):
+    for name in ("fleet.json", "host-keys.json", "mak-keys.json", "credentials.json", RUNTIME):
         (state_dir / name).unlink(missing_ok=True)
     for sub in ("hosts", "keys"):
         folder = state_dir / sub
@@ -276,6 +285,7 @@ def _serve(
     reset: bool,
     quiet: bool,
     dns: tuple[str | None, str | None, Path | None] = (None, None, None),
+    mak_limit: int | None = None,
 ) -> None:
     from kmsadmin.errors import KmsAdminError
     from kmsadmin.lab.api import EndpointConfig, HostFaults
@@ -286,7 +296,13 @@ def _serve(
 
     try:
         fleet = _open_fleet(
-            state_dir, hosts=hosts, kms_hosts=kms_hosts, os_mix=os_mix, faults=faults, reset=reset
+            state_dir,
+            hosts=hosts,
+            kms_hosts=kms_hosts,
+            os_mix=os_mix,
+            faults=faults,
+            reset=reset,
+            mak_limit=mak_limit,
         )
         # lab DNS publishing and discovery on a real DNS server (kmsadmin.lab.dnspublish)
         from kmsadmin.lab import dnspublish
@@ -421,6 +437,7 @@ def status(
             row["license_status_name"] = names.get(row["license_status"], "?")
             row["port"] = ports.get(row["name"])
             report["hosts"].append(row)
+        report["maks"] = fleet.maks.summary()
     if json_out:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -431,6 +448,9 @@ def status(
         port = f":{row['port']}" if row["port"] else ""
         line = f"  {row['name']:<10} {row['role']:<8} {row['os']:<45} {row['license_status_name']:<12}"
         typer.echo(line + count + port)
+    for mak in report.get("maks", []):
+        state = "blocked" if mak["blocked"] else f"{mak['remaining']} of {mak['limit']} activations left"
+        typer.echo(f"  MAK {mak['name']} (ending {mak['partial_key']}): {state}")
 
 
 @lab_app.command("confirmation-id")

@@ -454,7 +454,7 @@ def _install(ctx: Context, params: dict[str, str], *, host_key: bool) -> StepRes
     if product is None:
         # slmgr.vbs /ipk: SoftwareLicensingService.InstallProductKey, then RefreshLicenseStatus [SLMGRVBS]
         ctx.require_elevation("InstallProductKey")
-        kms.install_product_key(host, key, ctx.fleet.host_keys, ctx.now)
+        kms.install_product_key(host, key, ctx.fleet.host_keys, ctx.now, ctx.fleet.maks)
         changed = True
         product = next((p for p in host.keyed(app) if p.partial_key == tail), None)
         if product is None:
@@ -504,8 +504,8 @@ def step_activate(ctx: Context, params: dict[str, str]) -> StepResult:
             else:
                 ctx.require_elevation("Activate")
                 with ctx.fleet.kms_lock:
-                    kms.activate_online(ctx.host, product, ctx.fleet.ledger)
                     ctx.meta_dirty = True
+                    kms.activate_online(ctx.host, product, ctx.fleet.ledger, ctx.fleet.maks)
         except kms.LabFailure as failure:
             ctx.dirty = True
             raise StepFailed(failure, changed) from None
@@ -568,8 +568,8 @@ def step_phone_deposit(ctx: Context, params: dict[str, str]) -> StepResult:
                 kms.SL_E_NOT_SUPPORTED, "DepositOfflineConfirmationId", "a GVLK activates through KMS"
             )
         with ctx.fleet.kms_lock:
-            kms.deposit_confirmation(ctx.host, product, confirmation, ctx.fleet.ledger)
             ctx.meta_dirty = True
+            kms.deposit_confirmation(ctx.host, product, confirmation, ctx.fleet.ledger, ctx.fleet.maks)
         changed = True
     return StepResult(changed, before, {"license_status": product.license_status}, None)
 

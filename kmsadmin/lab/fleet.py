@@ -6,6 +6,7 @@ State directory layout::
                         ledger (what the lab's stand-in for Microsoft's activation service remembers)
     hosts/<name>.json   one simulated host each (kmsadmin.lab.model.HostState)
     host-keys.json      the lab's host keys, one per host-key group (mode 0600)
+    mak-keys.json       the lab's MAKs, by name (mode 0600; kmsadmin.lab.kms "Lab MAKs")
     keys/<kms>.key      the host key for that KMS host's group, nothing else (mode 0600)
     credentials.json    the lab's generated user name and password (mode 0600)
     runtime.json        written by ``kmsadmin lab up`` while serving: pid, ports, scheme
@@ -71,6 +72,9 @@ class FleetMeta:
     dns_srv: bool = False
     ledger_hosts: dict[str, list[str]] = field(default_factory=dict)
     ledger_activations: dict[str, int] = field(default_factory=dict)
+    #: activations each lab MAK allows, and the machines each MAK activated (MAK name -> host names)
+    mak_limit: int = kms.DEFAULT_MAK_LIMIT
+    mak_hosts: dict[str, list[str]] = field(default_factory=dict)
     #: what ``lab up`` was asked for (to refuse a mismatching restart)
     spec: dict[str, str] = field(default_factory=dict)
     #: per-host fault specs (server-side faults are re-applied on restart)
@@ -99,6 +103,7 @@ class Fleet:
         hosts: dict[str, HostState],
         host_keys: dict[str, str],
         password: str,
+        mak_keys: dict[str, str] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.meta = meta
@@ -115,6 +120,7 @@ class Fleet:
         self._versions: dict[Path, int] = {}
         self._written: dict[Path, int] = {}
         self.ledger = kms.ActivationLedger(meta.ledger_hosts, meta.ledger_activations)
+        self.maks = kms.MakService(mak_keys or {}, meta.mak_limit, meta.mak_hosts)
         #: lab DNS on a real DNS server (``lab up --dns-server``), else None (kmsadmin.lab.dnspublish)
         self.dns = dnspublish.Publisher.load(state_dir)
 
@@ -136,6 +142,7 @@ class Fleet:
         faults: str = "",
         domain: str = DEFAULT_DOMAIN,
         dns_srv: bool = False,
+        mak_limit: int = kms.DEFAULT_MAK_LIMIT,
     ) -> Fleet:
         """A new lab: ``kms_hosts`` KMS hosts (kms01..) and ``hosts`` clients (client001..)."""
         if hosts < 0 or kms_hosts < 0 or hosts + kms_hosts == 0:
@@ -150,12 +157,17 @@ class Fleet:
             dns_srv=dns_srv,
             spec={"hosts": str(hosts), "kms_hosts": str(kms_hosts), "os_mix": os_mix or "", "domain": domain},
             faults=faults,
+            mak_limit=mak_limit,
         )
         taken: set[str] = set()
         host_keys: dict[str, str] = {}
         for group in kms.group_names():
             host_keys[group] = kms.generate_host_key(taken)
             taken.add(host_keys[group])
+        mak_keys: dict[str, str] = {}
+        for name in kms.MAK_NAMES:
+            mak_keys[name] = kms.generate_host_key(taken)
+            taken.add(mak_keys[name])
         made: dict[str, HostState] = {}
         width = max(3, len(str(hosts)))
         for i in range(1, kms_hosts + 1):
@@ -191,7 +203,7 @@ class Fleet:
         for name, host in made.items():
             if host.role == "kms_host":
                 meta.kms_groups[name] = _default_group(host)
-        fleet = cls(state_dir, meta, made, host_keys, secrets.token_urlsafe(18))
+        fleet = cls(state_dir, meta, made, host_keys, secrets.token_urlsafe(18), mak_keys)
         fleet._write_all()
         return fleet
 
@@ -204,10 +216,12 @@ class Fleet:
             )
             host_keys = json.loads((state_dir / "host-keys.json").read_text(encoding="utf-8"))
             creds = json.loads((state_dir / "credentials.json").read_text(encoding="utf-8"))
+            mak_file = state_dir / "mak-keys.json"
+            mak_keys = json.loads(mak_file.read_text(encoding="utf-8")) if mak_file.is_file() else {}
             hosts = {name: load_host(state_dir / "hosts" / f"{name}.json") for name in meta.hosts}
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load the lab in {state_dir}: {exc}") from exc
-        fleet = cls(state_dir, meta, hosts, dict(host_keys), str(creds["password"]))
+        fleet = cls(state_dir, meta, hosts, dict(host_keys), str(creds["password"]), dict(mak_keys))
         fleet.username = str(creds.get("username", DEFAULT_USER))
         return fleet
 
@@ -215,6 +229,7 @@ class Fleet:
 
     def _write_all(self) -> None:
         write_json_atomic(self.state_dir / "host-keys.json", dict(self.host_keys.keys), mode=0o600)
+        write_json_atomic(self.state_dir / "mak-keys.json", dict(self.maks.keys), mode=0o600)
         write_json_atomic(
             self.state_dir / "credentials.json",
             {"username": self.username, "password": self.password},

@@ -36,6 +36,7 @@ from kmsadmin.errors import InvalidInput
 from kmsadmin.lab.model import (
     CHANNEL_CSVLK,
     CHANNEL_GVLK,
+    CHANNEL_MAK,
     CHANNEL_RETAIL,
     DEFAULT_KMS_PORT,
     KMS_VALIDITY_DAYS,
@@ -53,6 +54,10 @@ from kmsadmin.lab.model import (
 E_ACCESS_DENIED = 0x80070005
 E_INVALIDARG = 0x80070057
 SL_E_CHPA_MAXIMUM_UNLOCK_EXCEEDED = 0xC004C008
+#: "The activation server determined the specified product key is blocked." [ERR]
+MAK_BLOCKED = 0xC004C003
+#: "The activation server reported that the Multiple Activation Key has exceeded its limit." [ERR]
+MAK_LIMIT_EXCEEDED = 0xC004C020
 SL_E_PKEY_NOT_INSTALLED = 0xC004F014  # "product key is not available" [ERR]
 SL_E_NOT_SUPPORTED = 0xC004F016
 SL_E_CIDIID_INVALID_DATA_LENGTH = 0xC004F02F
@@ -131,6 +136,64 @@ class HostKeys:
     def group_of(self, key: str) -> str | None:
         """The group a lab host key belongs to, or None."""
         return next((group for group, value in self.keys.items() if value == key), None)
+
+
+#: the lab's MAKs (see the module docstring) and the default number of activations each allows
+MAK_NAMES = ("windows-client", "windows-server", "windows-client-blocked")
+BLOCKED_MAK = "windows-client-blocked"
+DEFAULT_MAK_LIMIT = 5
+
+
+@dataclass(slots=True)
+class MakService:
+    """The lab's stand-in for Microsoft's activation service, for MAKs: name -> key, machines activated."""
+
+    keys: Mapping[str, str]
+    limit: int
+    #: MAK name -> the machines it activated (host names, in order)
+    hosts: dict[str, list[str]]
+
+    def name_of(self, key: str) -> str | None:
+        """The lab name of a MAK, or None."""
+        return next((name for name, value in self.keys.items() if value == key), None)
+
+    def name_of_digest(self, digest: str | None) -> str | None:
+        """The lab name of the MAK with that key digest, or None."""
+        return next((name for name, value in self.keys.items() if key_digest(value) == digest), None)
+
+    def remaining(self, name: str) -> int:
+        """Activations left on a MAK (what VAMT shows as the remaining MAK activation count)."""
+        return 0 if name == BLOCKED_MAK else max(0, self.limit - len(self.hosts.get(name, [])))
+
+    def activate(self, name: str, host: str, stage: str) -> None:
+        """One activation of a MAK by ``host``: 0xC004C003 when blocked, 0xC004C020 past its limit [ERR]."""
+        if name == BLOCKED_MAK:
+            raise LabFailure(MAK_BLOCKED, stage, "the MAK is blocked")
+        machines = self.hosts.setdefault(name, [])
+        if host in machines:
+            return
+        if len(machines) >= self.limit:
+            raise LabFailure(MAK_LIMIT_EXCEEDED, stage, f"all {self.limit} activations of the MAK are used")
+        machines.append(host)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per MAK: name, last five characters, limit, used, remaining (never the key)."""
+        return [
+            {
+                "name": name,
+                "partial_key": key[-5:],
+                "limit": self.limit,
+                "used": len(self.hosts.get(name, [])),
+                "remaining": self.remaining(name),
+                "blocked": name == BLOCKED_MAK,
+            }
+            for name, key in self.keys.items()
+        ]
+
+
+def mak_fits(name: str, host: HostState) -> bool:
+    """A client MAK installs on client editions, the server MAK on Windows Server."""
+    return host.os.is_server == (name == "windows-server")
 
 
 _LAB_KEY_ALPHABET = validate.PRODUCT_KEY_ALPHABET.replace("N", "")
@@ -273,11 +336,13 @@ def _replace_product(host: HostState, old: Product | None, new: Product) -> None
         host.products.append(new)
 
 
-def install_product_key(host: HostState, raw_key: str, host_keys: HostKeys, now: datetime) -> Product:
+def install_product_key(
+    host: HostState, raw_key: str, host_keys: HostKeys, now: datetime, maks: MakService | None = None
+) -> Product:
     """SoftwareLicensingService.InstallProductKey + RefreshLicenseStatus on the model.
 
-    Raises :class:`LabFailure` with 0xC004F050 (invalid key, or a host key this OS cannot carry)
-    or 0xC004F069 (a GVLK whose licence is not installed here).
+    Raises :class:`LabFailure` with 0xC004F050 (invalid key, a host key this OS cannot carry, or a MAK
+    for another kind of Windows) or 0xC004F069 (a GVLK whose licence is not installed here).
     """
     try:
         key = validate.product_key(raw_key)
@@ -287,6 +352,9 @@ def install_product_key(host: HostState, raw_key: str, host_keys: HostKeys, now:
     group = host_keys.group_of(key)
     if group is not None:
         return _install_host_key(host, key, group, now)
+    mak = maks.name_of(key) if maks is not None else None
+    if mak is not None:
+        return _install_mak(host, key, mak, now)
     check = catalog.check_key(key)
     if check.is_gvlk:
         return _install_gvlk(host, key, now)
@@ -324,6 +392,23 @@ def _install_gvlk(host: HostState, key: str, now: datetime) -> Product:
         "InstallProductKey",
         f"the GVLK ending {key[-5:]} belongs to an edition not installed on {host.os.caption}",
     )
+
+
+def _install_mak(host: HostState, key: str, mak: str, now: datetime) -> Product:
+    if not mak_fits(mak, host) or windows_entry(host) is None:
+        # a MAK activates the product group it was issued for: "the product key is invalid" [ERR] 0xC004F050
+        raise LabFailure(
+            SL_E_INVALID_PRODUCT_KEY,
+            "InstallProductKey",
+            f"the MAK ending {key[-5:]} is not for {host.os.caption}",
+        )
+    old = next(iter(host.products_of(catalog.WINDOWS_APP_ID)), None)
+    if old is not None and old.partial_key == key[-5:]:
+        return old
+    product = windows_other_product(host, CHANNEL_MAK, key, now)
+    _keep_client_settings(old, product)
+    _replace_product(host, old, product)
+    return product
 
 
 def _keep_client_settings(old: Product | None, new: Product) -> None:
@@ -413,10 +498,27 @@ class ActivationLedger:
         self.activations[digest] = count + 1
 
 
-def activate_online(host: HostState, product: Product, ledger: ActivationLedger) -> None:
-    """Activation "over the internet" of a host key, MAK or retail key: the lab always answers yes."""
-    if product.is_kms_host and product.key_digest:
-        ledger.record(product.key_digest, host.name)
+def _count_activation(
+    host: HostState, product: Product, ledger: ActivationLedger, maks: MakService | None, stage: str
+) -> None:
+    """What Microsoft's activation service counts: host keys in the ledger, MAKs against their limit."""
+    try:
+        if product.is_kms_host and product.key_digest:
+            ledger.record(product.key_digest, host.name)
+        mak = maks.name_of_digest(product.key_digest) if maks is not None else None
+        if product.channel == CHANNEL_MAK and mak is not None and maks is not None:
+            maks.activate(mak, host.name, stage)
+    except LabFailure as failure:
+        # the product keeps its state and reports the HRESULT as LicenseStatusReason
+        product.license_status_reason = failure.hresult or 0
+        raise
+
+
+def activate_online(
+    host: HostState, product: Product, ledger: ActivationLedger, maks: MakService | None = None
+) -> None:
+    """Activation "over the internet" of a host key, MAK or retail key (host keys and MAKs are counted)."""
+    _count_activation(host, product, ledger, maks, "Activate")
     product.license_status = LICENSED
     product.license_status_reason = 0
     product.grace_expires = None
@@ -440,7 +542,9 @@ def format_confirmation_id(cid: str) -> str:
     return "-".join(cid[i : i + 6] for i in range(0, 48, 6))
 
 
-def deposit_confirmation(host: HostState, product: Product, cid: str, ledger: ActivationLedger) -> None:
+def deposit_confirmation(
+    host: HostState, product: Product, cid: str, ledger: ActivationLedger, maks: MakService | None = None
+) -> None:
     """DepositOfflineConfirmationId(OfflineInstallationId, CID) on the model."""
     digits = "".join(ch for ch in cid if ch.isdigit())
     if len(digits) != 48 or len(digits) != len(cid.replace("-", "").replace(" ", "")):
@@ -449,8 +553,7 @@ def deposit_confirmation(host: HostState, product: Product, cid: str, ledger: Ac
     if digits != confirmation_id_for(installation_id(host, product)):
         # SL_E_CIDIID_MISMATCHED: "The Installation ID (IID) and the Confirmation ID (CID) do not match"
         raise LabFailure(SL_E_CIDIID_MISMATCHED, "DepositOfflineConfirmationId")
-    if product.is_kms_host and product.key_digest:
-        ledger.record(product.key_digest, host.name)
+    _count_activation(host, product, ledger, maks, "DepositOfflineConfirmationId")
     product.license_status = LICENSED
     product.license_status_reason = 0
     product.grace_expires = None

@@ -17,6 +17,7 @@ from kmsadmin.operations import Plan, PlannedStep, Problem
 from kmsadmin.values import ScriptRef, Secret
 
 TargetMode = Literal["host", "domain", "auto", "keep"]
+Method = Literal["kms", "mak"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,12 @@ class ConvertClientArgs:
     kms_port: int = 1688
     lookup_domain: str | None = None
     office: bool = False
+    #: the activation method, always chosen by the admin, never inferred from a key
+    method: Method = "kms"
+    #: the Multiple Activation Key (method "mak"); shown as its last five characters only
+    mak: Secret | None = None
+    activation: str = "online"  # online | phone (MAK)
+    confirmation_id: str | None = None
 
 
 def _windows_key(
@@ -226,8 +233,59 @@ def _plan_office_product(
     return steps, []
 
 
+def _plan_mak(host: str, facts: HostFacts | None, args: ConvertClientArgs) -> Plan:
+    """Install a MAK and activate it with Microsoft online, or by phone (Installation ID, then the
+    Confirmation ID): slmgr /ipk, then /ato, or /dti and /atp ([SLMGRDOC]; VAMT "MAK" [ITPRO])."""
+    mak = args.mak or Secret("", placeholder="MAK from --mak-file, KMSADMIN_MAK or the prompt")
+    app = catalog.WINDOWS_APP_ID
+    product = facts.windows_product() if facts else None
+    details: dict[str, object] = {"method": "MAK", "partial_key": mak.tail or None}
+    steps: list[PlannedStep] = []
+    key_changes = product is None or not mak.value or product.partial_key != mak.tail
+    if key_changes:
+        steps.append(
+            PlannedStep(
+                ScriptRef("install-gvlk", {"application_id": app}, {"product_key": mak}),
+                f"installed key ends {product.partial_key if product else 'nothing'}, want the MAK ending {mak.tail or '?'}",
+            )
+        )
+    if not key_changes and product is not None and product.license_status == 1:
+        return Plan(host, "convert-client", tuple(steps), details=details)
+    if args.activation != "phone":
+        steps.append(
+            PlannedStep(
+                ScriptRef("activate", {"application_id": app, "activation_id": "", "force": False}),
+                "activate the MAK with Microsoft over the internet",
+            )
+        )
+        return Plan(host, "convert-client", tuple(steps), details=details)
+    if args.confirmation_id and not key_changes:
+        steps.append(
+            PlannedStep(
+                ScriptRef(
+                    "phone-deposit",
+                    {"application_id": app, "activation_id": "", "confirmation_id": args.confirmation_id},
+                ),
+                "deposit the Confirmation ID from the Microsoft activation line",
+            )
+        )
+        return Plan(host, "convert-client", tuple(steps), details=details)
+    notes: tuple[str, ...] = ()
+    if args.confirmation_id:
+        notes = ("the Confirmation ID belongs to the Installation ID of the installed MAK: it is not used",)
+    steps.append(
+        PlannedStep(
+            ScriptRef("phone-iid", {"application_id": app, "activation_id": ""}),
+            "show the Installation ID to read to the Microsoft activation line (slui 4)",
+        )
+    )
+    return Plan(host, "convert-client", tuple(steps), notes, stop_after="phone-iid", details=details)
+
+
 def plan_convert_client(host: str, facts: HostFacts | None, args: ConvertClientArgs) -> Plan:
     """Plan the conversion; ``facts=None`` lists the steps for ``--dry-run``."""
+    if args.method == "mak":
+        return _plan_mak(host, facts, args)
     plan = _plan_windows(host, facts, args)
     if not args.office or plan.blocked:
         return plan
