@@ -11,12 +11,15 @@ import pytest
 
 from kmsadmin import catalog
 from kmsadmin.errors import RemoteScriptError
-from kmsadmin.facts import parse_outcome, raise_for_error
+from kmsadmin.facts import HostFacts, parse_outcome, raise_for_error
 from kmsadmin.lab import pwsh
+from kmsadmin.operations.capacity import Machine, identify
+from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
 from kmsadmin.render import render
 from kmsadmin.values import ScriptRef, ScriptResult
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WINDOWS_APP = "55c92734-d682-4d71-983e-d6ec3f16059f"
 
 
@@ -129,3 +132,58 @@ def test_srv_record_lookup_is_limited_to_the_node() -> None:
     lookups = re.findall(r"Get-DnsServerResourceRecord -[^\r\n]*", script)
     assert lookups and all(" -Node " in call for call in lookups)
     assert "Get-DnsServerResourceRecord.md" in script
+
+
+# --- 6. editions the catalog does not know are not guessed from the caption ------------------------
+
+#: What such hosts report: EditionID (registry), OperatingSystemSKU = the PRODUCT_* value of
+#: GetProductInfo (MicrosoftDocs/sdk-api nf-sysinfoapi-getproductinfo.md: PRODUCT_SERVERRDSH 0xAF
+#: "Windows 10 Enterprise for Virtual Desktops"; PRODUCT_IOTENTERPRISE 0xBC).
+UNCATALOGUED = [
+    ("Microsoft Windows 11 Enterprise multi-session", "ServerRdsh", 0xAF),
+    ("Microsoft Windows 11 IoT Enterprise", "IoTEnterprise", 0xBC),
+]
+
+
+@pytest.mark.parametrize(("caption", "edition_id", "sku"), UNCATALOGUED)
+def test_uncatalogued_edition_gets_no_gvlk_from_its_caption(caption: str, edition_id: str, sku: int) -> None:
+    # the caption alone would name Windows 11 Enterprise: that GVLK would change the edition
+    assert catalog.identify_windows(caption=caption, edition_id=None, build=22631, sku=None, product_type=1)
+    for reported in ({"edition_id": edition_id, "sku": sku}, {"edition_id": edition_id, "sku": None}):
+        assert catalog.identify_windows(caption=caption, build=22631, product_type=1, **reported) is None
+    assert (
+        catalog.identify_windows(caption=caption, edition_id=None, build=22631, sku=sku, product_type=1)
+        is None
+    )
+    reason = catalog.unidentified_reason(caption=caption, edition_id=edition_id, build=22631, sku=sku)
+    assert f"EditionID {edition_id} / SKU {sku}" in reason and "no KMS client key" in reason
+
+
+@pytest.mark.parametrize(("caption", "edition_id", "sku"), UNCATALOGUED)
+def test_convert_client_refuses_an_uncatalogued_edition_with_the_reason(
+    caption: str, edition_id: str, sku: int
+) -> None:
+    data = json.loads((FIXTURES / "facts" / "win11-enterprise.json").read_text(encoding="utf-8"))
+    data["os"].update(caption=caption, edition_id=edition_id, sku=sku)
+    plan = plan_convert_client("pc1", HostFacts.model_validate(data), ConvertClientArgs())
+    assert plan.blocked and not plan.steps
+    (problem,) = plan.problems
+    assert (
+        edition_id in problem.message and "not in Microsoft's KMS client setup key tables" in problem.message
+    )
+
+
+def test_capacity_plan_does_not_guess_a_reported_edition_from_its_caption() -> None:
+    machine = Machine(
+        name="avd1",
+        role="client",
+        os="Microsoft Windows 11 Enterprise multi-session",
+        edition_id="ServerRdsh",
+        build=22631,
+        sku=0xAF,
+        product_type=1,
+    )
+    entry, why = identify(machine)
+    assert entry is None and "EditionID ServerRdsh" in why
+    # with nothing but the caption, the caption is still the last resort
+    assert identify(Machine(name="pc", role="client", os="Microsoft Windows 11 Enterprise"))[0] is not None

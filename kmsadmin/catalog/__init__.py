@@ -24,7 +24,13 @@ from kmsadmin.catalog.csvlk import (
 )
 from kmsadmin.catalog.errors import NotFoundInCatalog
 from kmsadmin.catalog.hresults import HResultInfo, hresult_codes, hresult_info, normalize_hresult
-from kmsadmin.catalog.identify import identify_office, identify_windows, is_evaluation, os_product
+from kmsadmin.catalog.identify import (
+    identify_office,
+    identify_windows,
+    is_evaluation,
+    os_product,
+    unidentified_reason,
+)
 from kmsadmin.catalog.keys import (
     ClientKey,
     KeyCheck,
@@ -90,5 +96,6 @@ __all__ = [
     "os_product",
     "required_updates",
     "threshold_for",
+    "unidentified_reason",
     "waiting_note",
 ]

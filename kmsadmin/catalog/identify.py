@@ -86,13 +86,20 @@ def identify_windows(
 ) -> ClientKey | None:
     """The catalog row (and so the GVLK) of the Windows edition a host runs, or ``None``.
 
-    Order of evidence: EditionID + build, then OperatingSystemSKU + build, then (last resort)
-    English words of Caption + build. ProductType separates server from client rows. Evaluation
-    editions (EditionID ending in ``Eval`` or an evaluation SKU) give ``None``: they have no GVLK.
-    The catalog is immutable, so answers are kept (a fleet asks the same few questions many times).
+    Order of evidence: EditionID + build, then OperatingSystemSKU + build, then (last resort, only
+    when the host reported neither EditionID nor SKU) English words of Caption + build. An EditionID
+    or SKU that is not in the catalog gives ``None``: a caption such as "Windows 11 Enterprise
+    multi-session" (EditionID ``ServerRdsh``) or "Windows 11 IoT Enterprise" (``IoTEnterprise``)
+    contains the words of another edition, and that edition's GVLK would change the edition
+    (:func:`unidentified_reason` says why). ProductType separates server from client rows.
+    Evaluation editions (EditionID ending in ``Eval`` or an evaluation SKU) give ``None``: they have
+    no GVLK. The catalog is immutable, so answers are kept (a fleet asks the same few questions many
+    times).
     """
     if is_evaluation(edition_id) or (sku is not None and sku in EVALUATION_SKUS):
         return None
+    if sku == 0:
+        sku = None  # PRODUCT_UNDEFINED: no SKU reported
     server = _is_server(product_type, caption)
     rows = client_keys("windows")
     evidence: list[list[ClientKey]] = []
@@ -109,9 +116,33 @@ def identify_windows(
         if found:
             # Several rows fit (should not happen with a build): only an English caption can decide.
             return _by_caption(found, caption) if caption else None
-    if caption:
+    if caption and not evidence:
         return _by_caption(_narrow(rows, build, server), caption)
     return None
+
+
+def unidentified_reason(
+    *,
+    caption: str | None,
+    edition_id: str | None,
+    build: int | None,
+    sku: int | None,
+) -> str:
+    """Why :func:`identify_windows` found no KMS client key for what the host reported."""
+    if is_evaluation(edition_id) or (sku is not None and sku in EVALUATION_SKUS):
+        return "an evaluation edition has no KMS client key; convert it to a retail edition first"
+    reported = [f"EditionID {edition_id}"] if edition_id else []
+    if sku:
+        reported.append(f"SKU {sku}")
+    if reported:
+        return (
+            f"{' / '.join(reported)} (build {build}) is not in Microsoft's KMS client setup key tables: "
+            "no KMS client key; the caption is not used to guess one, because another edition's GVLK "
+            "would change the edition"
+        )
+    if caption:
+        return f"no EditionID or SKU reported and the caption {caption!r} names no catalog edition"
+    return "the host reported no EditionID, SKU or caption"
 
 
 def os_product(build: int, product_type: int | None) -> str:

@@ -244,6 +244,11 @@ def identify(machine: Machine) -> tuple[ClientKey | None, str]:
         )
         if entry is not None:
             return entry, "edition id / build / SKU"
+        if machine.edition_id or machine.sku:
+            # A reported edition the catalog does not know is not guessed from its caption.
+            return None, catalog.unidentified_reason(
+                caption=machine.os, edition_id=machine.edition_id, build=machine.build, sku=machine.sku
+            )
     if not machine.os:
         return None, "no kmsadmin_os or kmsadmin_edition"
     return _from_caption(machine.os, machine.product_type)

@@ -67,10 +67,8 @@ def _windows_key(
         caption=os.caption, edition_id=os.edition_id, build=os.build, sku=os.sku, product_type=os.product_type
     )
     if entry is None:
-        why = (
-            "an evaluation edition"
-            if catalog.is_evaluation(os.edition_id)
-            else "not a volume-licensable edition"
+        why = catalog.unidentified_reason(
+            caption=os.caption, edition_id=os.edition_id, build=os.build, sku=os.sku
         )
         return (
             None,
@@ -78,7 +76,8 @@ def _windows_key(
             Problem(
                 "edition",
                 f"no KMS client key for {os.caption or '?'} (EditionID {os.edition_id}, build {os.build}, SKU {os.sku}): {why}",
-                "Home and evaluation editions cannot be KMS clients; upgrade the edition, or pass --key with a GVLK",
+                "Home and evaluation editions cannot be KMS clients; upgrade the edition, or pass --key "
+                "with the GVLK Microsoft lists for this exact edition",
                 hresult="0xC004F069",
             ),
         )
