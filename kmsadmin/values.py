@@ -16,6 +16,9 @@ ParamValue = str | int | bool | None
 #: characters of a product key: "Partial Product Key").
 SECRET_VISIBLE_CHARS = 5
 
+#: Hosts worked on at once, one default for every command with ``--forks`` (and the library calls).
+DEFAULT_FORKS = 64
+
 
 @dataclass(frozen=True, slots=True)
 class Secret:

@@ -13,7 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
+from kmsadmin.cli.options import Connection, ForksOpt, connection_options
 from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_PENDING, InvalidInput, KmsAdminError
+from kmsadmin.values import DEFAULT_FORKS
 
 app = typer.Typer(
     name="kmsadmin",
@@ -26,6 +28,8 @@ keys_app = typer.Typer(
     help="KMS client setup keys (GVLKs) from Microsoft's official tables.", no_args_is_help=True
 )
 app.add_typer(keys_app, name="keys")
+
+_NO_CONNECTION = Connection()  # filled in by @connection_options
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
@@ -246,74 +250,9 @@ def _validate_format(fmt: str) -> None:
         raise InvalidInput("format", fmt, "must be ps1 or slmgr")
 
 
-# ---------------------------------------------------------------------------------- connection options
-UserOpt = Annotated[
-    str | None, typer.Option("--user", "-u", help="WinRM user (DOMAIN\\user or .\\user); or KMSADMIN_USER")
-]
-PasswordFileOpt = Annotated[
-    Path | None, typer.Option(help="file holding the WinRM password; or KMSADMIN_PASSWORD / a prompt")
-]
-TransportOpt = Annotated[str | None, typer.Option("--transport", help="psrp (default), winrs or pywinrm")]
-AuthOpt = Annotated[
-    str | None,
-    typer.Option("--auth", help="negotiate (default), ntlm, kerberos, basic, credssp, certificate"),
-]
-HttpOpt = Annotated[
-    bool | None,
-    typer.Option("--https/--http", help="HTTPS (default, 5986) or HTTP with message encryption (5985)"),
-]
-WinrmPortOpt = Annotated[int | None, typer.Option("--winrm-port", help="WinRM listener port")]
-CaBundleOpt = Annotated[
-    Path | None, typer.Option(help="CA bundle (PEM) to validate the hosts' HTTPS certificates")
-]
-NoVerifyOpt = Annotated[
-    bool, typer.Option("--no-cert-validation", help="do not validate HTTPS certificates (not recommended)")
-]
-DeadlineOpt = Annotated[float | None, typer.Option(help="seconds one host may take for one step")]
-InsecureBasicOpt = Annotated[
-    bool, typer.Option("--allow-unencrypted-basic", help="allow Basic auth over plain HTTP")
-]
 InventoryOpt = Annotated[
     Path | None, typer.Option("--inventory", "-i", help="Ansible inventory: host vars (ansible_*) and groups")
 ]
-
-
-def _explicit(
-    user: str | None,
-    password_file: Path | None,
-    transport: str | None,
-    auth: str | None,
-    https: bool | None,
-    winrm_port: int | None,
-    ca_bundle: Path | None,
-    no_cert_validation: bool,
-    deadline: float | None,
-    allow_unencrypted_basic: bool,
-) -> dict[str, object]:
-    """CLI connection flags as the transports' explicit layer (None = not given)."""
-    explicit: dict[str, object] = {
-        "user": user,
-        "transport": transport,
-        "auth": auth,
-        "https": https,
-        "port": winrm_port,
-        "ca_bundle": str(ca_bundle) if ca_bundle else None,
-        "cert_validation": False if no_cert_validation else None,
-        "deadline": deadline,
-        "allow_unencrypted_basic": True if allow_unencrypted_basic else None,
-    }
-    if password_file is not None:
-        explicit["password_file"] = str(password_file)
-    elif (
-        user
-        and not os.environ.get("KMSADMIN_PASSWORD")
-        and not os.environ.get("KMSADMIN_PASSWORD_FILE")
-        and sys.stdin.isatty()
-    ):
-        from kmsadmin.values import Secret
-
-        explicit["password"] = Secret(typer.prompt(f"password for {user}", hide_input=True))
-    return explicit
 
 
 def _hosts_and_vars(
@@ -338,6 +277,7 @@ def _hosts_and_vars(
 
 # ------------------------------------------------------------------------------------------ setup-host
 @app.command("setup-host")
+@connection_options
 def setup_host(
     host: Annotated[str, typer.Argument(help="the KMS host to set up (name or address)")],
     host_key_file: Annotated[
@@ -375,16 +315,7 @@ def setup_host(
     check: CheckOpt = False,
     json_out: JsonOpt = False,
     inventory: InventoryOpt = None,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    transport: TransportOpt = None,
-    auth: AuthOpt = None,
-    https: HttpOpt = None,
-    winrm_port: WinrmPortOpt = None,
-    ca_bundle: CaBundleOpt = None,
-    no_cert_validation: NoVerifyOpt = False,
-    deadline: DeadlineOpt = None,
-    allow_unencrypted_basic: InsecureBasicOpt = False,
+    connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Make HOST a KMS host: preflight, role, firewall, host key, activation, settings, verify."""
     from kmsadmin import validate
@@ -426,18 +357,7 @@ def setup_host(
         if args.csvlk is None and group_var:
             # the inventory names the host key's group: the preflight can check it before installing
             args = dataclasses.replace(args, csvlk=_csvlk(str(group_var)))
-        explicit = _explicit(
-            user,
-            password_file,
-            transport,
-            auth,
-            https,
-            winrm_port,
-            ca_bundle,
-            no_cert_validation,
-            deadline,
-            allow_unencrypted_basic,
-        )
+        explicit = connection.explicit()
     except KmsAdminError as exc:
         fail(exc)
     _run_remote(
@@ -455,6 +375,7 @@ def _csvlk(value: str | None) -> str | None:
 
 # -------------------------------------------------------------------------------------- convert-client
 @app.command("convert-client")
+@connection_options
 def convert_client(
     hosts: Annotated[list[str], typer.Argument(help="machines to convert")],
     kms_host: Annotated[
@@ -488,16 +409,7 @@ def convert_client(
     check: CheckOpt = False,
     json_out: JsonOpt = False,
     inventory: InventoryOpt = None,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    transport: TransportOpt = None,
-    auth: AuthOpt = None,
-    https: HttpOpt = None,
-    winrm_port: WinrmPortOpt = None,
-    ca_bundle: CaBundleOpt = None,
-    no_cert_validation: NoVerifyOpt = False,
-    deadline: DeadlineOpt = None,
-    allow_unencrypted_basic: InsecureBasicOpt = False,
+    connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Make HOSTS KMS clients: detect the edition, install its GVLK, point at KMS, activate, verify."""
     from kmsadmin import catalog, validate
@@ -563,18 +475,7 @@ def convert_client(
             if any(p.blocked for p in plans):
                 raise typer.Exit(2)
             return
-        explicit = _explicit(
-            user,
-            password_file,
-            transport,
-            auth,
-            https,
-            winrm_port,
-            ca_bundle,
-            no_cert_validation,
-            deadline,
-            allow_unencrypted_basic,
-        )
+        explicit = connection.explicit()
     except KmsAdminError as exc:
         fail(exc)
     _run_remote(
@@ -608,29 +509,20 @@ ReportHtmlOpt = Annotated[
 ]
 ReportCsvOpt = Annotated[Path | None, typer.Option("--report-csv", help="write one CSV row per host here")]
 JunitOpt = Annotated[Path | None, typer.Option("--junit", help="write a JUnit XML report here (for CI)")]
-ForksOpt = Annotated[int, typer.Option("--forks", "-f", help="hosts worked on at once")]
 
 
 @app.command()
+@connection_options
 def status(
     hosts: Annotated[list[str] | None, typer.Argument(help="hosts, or inventory patterns with -i")] = None,
     inventory: InventoryOpt = None,
     json_out: JsonOpt = False,
-    forks: ForksOpt = 64,
+    forks: ForksOpt = DEFAULT_FORKS,
     report_json: ReportJsonOpt = None,
     report_html: ReportHtmlOpt = None,
     report_csv: ReportCsvOpt = None,
     junit: JunitOpt = None,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    transport: TransportOpt = None,
-    auth: AuthOpt = None,
-    https: HttpOpt = None,
-    winrm_port: WinrmPortOpt = None,
-    ca_bundle: CaBundleOpt = None,
-    no_cert_validation: NoVerifyOpt = False,
-    deadline: DeadlineOpt = None,
-    allow_unencrypted_basic: InsecureBasicOpt = False,
+    connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Licensing status of hosts (read-only): edition, license status, days left, KMS target and counts.
 
@@ -643,18 +535,7 @@ def status(
     try:
         if not hosts and inventory is None:
             raise InvalidInput("hosts", "", "name at least one host, or give -i INVENTORY")
-        explicit = _explicit(
-            user,
-            password_file,
-            transport,
-            auth,
-            https,
-            winrm_port,
-            ca_bundle,
-            no_cert_validation,
-            deadline,
-            allow_unencrypted_basic,
-        )
+        explicit = connection.explicit()
         if inventory is not None:
             from kmsadmin.cli.rollout import fleet_status
 
@@ -663,7 +544,7 @@ def status(
                 ":".join(hosts or ["all"]),
                 explicit=explicit,
                 forks=forks,
-                deadline=deadline or 300.0,
+                deadline=connection.deadline or 300.0,
                 json_out=json_out,
                 reports={"json": report_json, "html": report_html, "csv": report_csv, "junit": junit},
             )
@@ -676,13 +557,14 @@ def status(
 
 # ------------------------------------------------------------------------------------------ rollout
 @app.command()
+@connection_options
 def rollout(
     playbook: Annotated[Path, typer.Argument(help="playbook (see playbooks/ for ready ones)")],
     inventory: Annotated[
         Path,
         typer.Option("--inventory", "-i", help="Ansible inventory (YAML or ansible-inventory --list JSON)"),
     ],
-    forks: ForksOpt = 64,
+    forks: ForksOpt = DEFAULT_FORKS,
     limit: Annotated[
         str | None, typer.Option("--limit", "-l", help="Ansible host pattern to narrow the run")
     ] = None,
@@ -696,34 +578,15 @@ def rollout(
     report_csv: ReportCsvOpt = None,
     junit: JunitOpt = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    transport: TransportOpt = None,
-    auth: AuthOpt = None,
-    https: HttpOpt = None,
-    winrm_port: WinrmPortOpt = None,
-    ca_bundle: CaBundleOpt = None,
-    no_cert_validation: NoVerifyOpt = False,
-    deadline: Annotated[float, typer.Option(help="seconds each host may take for all its steps")] = 900.0,
-    allow_unencrypted_basic: InsecureBasicOpt = False,
+    connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Roll a playbook out over an inventory: parallel, resumable, with reports. --check plans only (exit 3 if changes)."""
     from kmsadmin.cli.output import fail
     from kmsadmin.cli.rollout import run_rollout
+    from kmsadmin.fleet.rollout import DEFAULT_DEADLINE
 
     try:
-        explicit = _explicit(
-            user,
-            password_file,
-            transport,
-            auth,
-            https,
-            winrm_port,
-            ca_bundle,
-            no_cert_validation,
-            None,
-            allow_unencrypted_basic,
-        )
+        explicit = connection.explicit(with_deadline=False)
         code, _ = run_rollout(
             playbook,
             inventory,
@@ -733,7 +596,7 @@ def rollout(
             check=check,
             journal_path=journal,
             resume=resume,
-            deadline=deadline,
+            deadline=connection.deadline or DEFAULT_DEADLINE,
             progress=not no_progress,
             reports={"json": report_json, "html": report_html, "csv": report_csv, "junit": junit},
         )
@@ -763,20 +626,12 @@ def demo(
 
 
 @app.command()
+@connection_options
 def doctor(
     host: Annotated[str, typer.Argument(help="the host to diagnose")],
     inventory: InventoryOpt = None,
     json_out: JsonOpt = False,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    transport: TransportOpt = None,
-    auth: AuthOpt = None,
-    https: HttpOpt = None,
-    winrm_port: WinrmPortOpt = None,
-    ca_bundle: CaBundleOpt = None,
-    no_cert_validation: NoVerifyOpt = False,
-    deadline: DeadlineOpt = None,
-    allow_unencrypted_basic: InsecureBasicOpt = False,
+    connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Diagnose WinRM reachability, auth and encryption, admin rights, UAC remote restrictions, clock skew."""
     from kmsadmin.cli import remote
@@ -786,18 +641,7 @@ def doctor(
         names, hostvars = _hosts_and_vars([host], inventory)
         if len(names) != 1:
             raise InvalidInput("host", host, f"matches {len(names)} hosts; doctor takes one")
-        explicit = _explicit(
-            user,
-            password_file,
-            transport,
-            auth,
-            https,
-            winrm_port,
-            ca_bundle,
-            no_cert_validation,
-            deadline,
-            allow_unencrypted_basic,
-        )
+        explicit = connection.explicit()
     except KmsAdminError as exc:
         fail(exc)
     raise typer.Exit(

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from kmsadmin.cli.options import ForksOpt
 from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_USAGE, InvalidInput, KmsAdminError
+from kmsadmin.values import DEFAULT_FORKS
 
 if TYPE_CHECKING:
     from kmsadmin.dns.check import CheckReport
@@ -41,7 +43,6 @@ ServerOpt = Annotated[
     typer.Option("--server", help="DNS server to ask / update: IP[:PORT] (default: the system resolver)"),
 ]
 LimitOpt = Annotated[str | None, typer.Option("--limit", help="Ansible host pattern within the KMS hosts")]
-ForksOpt = Annotated[int, typer.Option("--forks", help="hosts contacted in parallel")]
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -340,7 +341,7 @@ def publishing(
     state: Annotated[str, typer.Argument(help="on or off")],
     inventory: Annotated[Path, typer.Option("-i", "--inventory", help="inventory with a kms_hosts group")],
     limit: LimitOpt = None,
-    forks: ForksOpt = 8,
+    forks: ForksOpt = DEFAULT_FORKS,
     json_out: JsonOpt = False,
 ) -> None:
     """Turn DNS publishing on or off on every KMS host (slmgr /sdns | /cdns; the kms-host-settings step)."""
@@ -367,7 +368,7 @@ def publish_list(
         bool, typer.Option("--clear", help="remove DnsDomainPublishList (publish in the own domain only)")
     ] = False,
     limit: LimitOpt = None,
-    forks: ForksOpt = 8,
+    forks: ForksOpt = DEFAULT_FORKS,
     json_out: JsonOpt = False,
 ) -> None:
     """Set DnsDomainPublishList on every KMS host (then sppsvc restarts): publish in several DNS domains."""
@@ -388,7 +389,7 @@ def plan_command(
     gather: Annotated[
         bool, typer.Option("--gather", help="read each host's facts over WinRM instead of inventory vars")
     ] = False,
-    forks: ForksOpt = 8,
+    forks: ForksOpt = DEFAULT_FORKS,
     json_out: JsonOpt = False,
 ) -> None:
     """Capacity plan: host key group, host OS fit and updates, thresholds, host count, key budget (exit 1 if blocked)."""

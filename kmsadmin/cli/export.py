@@ -12,6 +12,9 @@ from typing import Annotated
 
 import typer
 
+from kmsadmin.cli.options import ForksOpt
+from kmsadmin.values import DEFAULT_FORKS
+
 export_app = typer.Typer(
     help="Write a rollout as a project another tool runs (Ansible).",
     no_args_is_help=True,
@@ -42,7 +45,7 @@ def ansible(
             "--gather", help="read each host's facts over WinRM now (edition, Server Core, Office, preflight)"
         ),
     ] = False,
-    forks: Annotated[int, typer.Option("--forks", help="hosts read at once with --gather")] = 20,
+    forks: ForksOpt = DEFAULT_FORKS,
     json_out: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
 ) -> None:
     """Export PLAYBOOK over INVENTORY as an Ansible project in DIR (site.yml, inventory.yml, scripts).

@@ -11,9 +11,7 @@ import typer
 
 from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_OK, EXIT_PENDING, KmsAdminError
 from kmsadmin.fleet.runner import HostReport, SessionFactory, run_host
-
-#: Hosts named on the command line run in parallel up to this many at a time.
-CLI_FORKS = 32
+from kmsadmin.values import DEFAULT_FORKS
 
 
 def session_factory(
@@ -57,7 +55,7 @@ def _run_all(
     except KmsAdminError as exc:
         fail(exc)
     factory = session_factory(explicit, hostvars)
-    with ThreadPoolExecutor(max_workers=min(CLI_FORKS, max(1, len(hosts)))) as pool:
+    with ThreadPoolExecutor(max_workers=min(DEFAULT_FORKS, max(1, len(hosts)))) as pool:
         return list(
             pool.map(lambda h: run_host(operation, h, args, factory, check=check, deadline=deadline), hosts)
         )

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from kmsadmin import validate
 from kmsadmin.dns.records import Action, SrvRecord, relative_name
 from kmsadmin.errors import HostError, InvalidInput, KmsAdminError
-from kmsadmin.values import RenderedScript, ScriptRef, ScriptResult
+from kmsadmin.values import DEFAULT_FORKS, RenderedScript, ScriptRef, ScriptResult
 
 log = logging.getLogger("kmsadmin.dns")
 
@@ -186,7 +186,7 @@ def run_on_hosts(
     ref: ScriptRef,
     sessions: SessionFactory,
     *,
-    forks: int = 8,
+    forks: int = DEFAULT_FORKS,
 ) -> list[StepRun]:
     """Run one step on many hosts (one session each, ``forks`` at a time), results in host order."""
     if not hosts:

@@ -54,7 +54,7 @@ from kmsadmin.operations.capacity import identify, machine_from_vars
 from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
 from kmsadmin.operations.setup_host import SetupHostArgs, plan_setup_host
 from kmsadmin.render import render
-from kmsadmin.values import RenderedScript, ScriptRef, Secret
+from kmsadmin.values import DEFAULT_FORKS, RenderedScript, ScriptRef, Secret
 
 #: What stands in the rendered ``install-host-key`` script where the key goes; the runner replaces the
 #: quoted literal ``'<placeholder>'`` with the key it reads at run time. Not a product-key shape, so a
@@ -323,7 +323,7 @@ def plan_export(
     return ExportPlan(playbook, inventory, plays, limit=limit, gathered=gather is not None)
 
 
-def gatherer_for(inventory: Inventory, forks: int = 20) -> FactsGatherer:
+def gatherer_for(inventory: Inventory, forks: int = DEFAULT_FORKS) -> FactsGatherer:
     """Gather facts over WinRM with the rollout's connection options (inventory ``ansible_*`` vars)."""
     from kmsadmin.fleet.rollout import transport_session_factory_for
     from kmsadmin.fleet.runner import gather_facts

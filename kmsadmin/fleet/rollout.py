@@ -56,7 +56,7 @@ from kmsadmin.fleet.playbook import (
     build_args,
 )
 from kmsadmin.fleet.runner import HostReport, SessionFactory, run_host
-from kmsadmin.values import Secret
+from kmsadmin.values import DEFAULT_FORKS, Secret
 
 log = logging.getLogger("kmsadmin.fleet")
 
@@ -599,7 +599,7 @@ def rollout(
     inventory: Inventory,
     *,
     session_factory_for: SessionFactoryFor,
-    forks: int = 64,
+    forks: int = DEFAULT_FORKS,
     limit: str | None = None,
     check: bool = False,
     journal: Journal | None = None,

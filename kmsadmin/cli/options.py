@@ -1,0 +1,138 @@
+"""Options shared by several commands, each defined once.
+
+Every command that connects to hosts takes the same ten connection options: decorate it with
+:func:`connection_options` and give it a ``connection: Connection`` parameter instead of repeating
+them. ``--forks`` has one definition and one default (:data:`kmsadmin.values.DEFAULT_FORKS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+ForksOpt = Annotated[int, typer.Option("--forks", "-f", help="hosts worked on at once")]
+
+UserOpt = Annotated[
+    str | None, typer.Option("--user", "-u", help="WinRM user (DOMAIN\\user or .\\user); or KMSADMIN_USER")
+]
+PasswordFileOpt = Annotated[
+    Path | None, typer.Option(help="file holding the WinRM password; or KMSADMIN_PASSWORD / a prompt")
+]
+TransportOpt = Annotated[str | None, typer.Option("--transport", help="psrp (default), winrs or pywinrm")]
+AuthOpt = Annotated[
+    str | None,
+    typer.Option("--auth", help="negotiate (default), ntlm, kerberos, basic, credssp, certificate"),
+]
+HttpOpt = Annotated[
+    bool | None,
+    typer.Option("--https/--http", help="HTTPS (default, 5986) or HTTP with message encryption (5985)"),
+]
+WinrmPortOpt = Annotated[int | None, typer.Option("--winrm-port", help="WinRM listener port")]
+CaBundleOpt = Annotated[
+    Path | None, typer.Option(help="CA bundle (PEM) to validate the hosts' HTTPS certificates")
+]
+NoVerifyOpt = Annotated[
+    bool, typer.Option("--no-cert-validation", help="do not validate HTTPS certificates (not recommended)")
+]
+DeadlineOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="seconds one host may take: for one step (default 300), "
+        "in a rollout for all its steps (default 900)"
+    ),
+]
+InsecureBasicOpt = Annotated[
+    bool, typer.Option("--allow-unencrypted-basic", help="allow Basic auth over plain HTTP")
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """The connection options as given on the command line (None / False = not given)."""
+
+    user: str | None = None
+    password_file: Path | None = None
+    transport: str | None = None
+    auth: str | None = None
+    https: bool | None = None
+    winrm_port: int | None = None
+    ca_bundle: Path | None = None
+    no_cert_validation: bool = False
+    deadline: float | None = None
+    allow_unencrypted_basic: bool = False
+
+    def explicit(self, *, with_deadline: bool = True) -> dict[str, object]:
+        """The transports' explicit layer (None = not given); prompts for a password if needed."""
+        explicit: dict[str, object] = {
+            "user": self.user,
+            "transport": self.transport,
+            "auth": self.auth,
+            "https": self.https,
+            "port": self.winrm_port,
+            "ca_bundle": str(self.ca_bundle) if self.ca_bundle else None,
+            "cert_validation": False if self.no_cert_validation else None,
+            "deadline": self.deadline if with_deadline else None,
+            "allow_unencrypted_basic": True if self.allow_unencrypted_basic else None,
+        }
+        if self.password_file is not None:
+            explicit["password_file"] = str(self.password_file)
+        elif (
+            self.user
+            and not os.environ.get("KMSADMIN_PASSWORD")
+            and not os.environ.get("KMSADMIN_PASSWORD_FILE")
+            and sys.stdin.isatty()
+        ):
+            from kmsadmin.values import Secret
+
+            explicit["password"] = Secret(typer.prompt(f"password for {self.user}", hide_input=True))
+        return explicit
+
+
+#: The connection options, in --help order: (parameter name, annotation, default).
+_CONNECTION_PARAMS: tuple[tuple[str, Any, Any], ...] = (
+    ("user", UserOpt, None),
+    ("password_file", PasswordFileOpt, None),
+    ("transport", TransportOpt, None),
+    ("auth", AuthOpt, None),
+    ("https", HttpOpt, None),
+    ("winrm_port", WinrmPortOpt, None),
+    ("ca_bundle", CaBundleOpt, None),
+    ("no_cert_validation", NoVerifyOpt, False),
+    ("deadline", DeadlineOpt, None),
+    ("allow_unencrypted_basic", InsecureBasicOpt, False),
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def connection_options(func: F) -> F:
+    """Give a command the ten connection options; it receives them as ``connection: Connection``."""
+    signature = inspect.signature(func, eval_str=True)
+    if "connection" not in signature.parameters:
+        raise TypeError(f"{func.__name__} needs a 'connection: Connection' parameter")
+    names = [name for name, _, _ in _CONNECTION_PARAMS]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        connection = Connection(**{name: kwargs.pop(name) for name in names if name in kwargs})
+        return func(*args, connection=connection, **kwargs)
+
+    params = [p for p in signature.parameters.values() if p.name != "connection"]
+    params += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+        for name, annotation, default in _CONNECTION_PARAMS
+    ]
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper  # type: ignore[return-value]
+
+
+__all__ = ["Connection", "ForksOpt", "connection_options"]

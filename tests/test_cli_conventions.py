@@ -1,0 +1,93 @@
+"""CLI conventions: shared connection options, one --forks default, help text, version, completion."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from kmsadmin.cli.app import app
+from kmsadmin.values import DEFAULT_FORKS
+
+runner = CliRunner()
+
+CONNECTION_OPTIONS = {
+    "--user",
+    "--password-file",
+    "--transport",
+    "--auth",
+    "--https",
+    "--winrm-port",
+    "--ca-bundle",
+    "--no-cert-validation",
+    "--deadline",
+    "--allow-unencrypted-basic",
+}
+REMOTE_COMMANDS = ("setup-host", "convert-client", "status", "rollout", "doctor")
+
+
+def walk(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every command of the tree with its path (groups included)."""
+    yield path, command
+    if hasattr(command, "commands"):
+        for name, sub in command.commands.items():
+            yield from walk(sub, (*path, name))
+
+
+def root() -> Any:
+    return typer.main.get_command(app)
+
+
+def options_of(command: Any) -> dict[str, Any]:
+    return {p.opts[0]: p for p in command.params if p.param_type_name == "option"}
+
+
+def test_every_remote_command_has_the_ten_connection_options_from_one_definition() -> None:
+    commands = dict(walk(root()))
+    first: dict[str, object] | None = None
+    for name in REMOTE_COMMANDS:
+        opts = options_of(commands[(name,)])
+        assert opts.keys() >= CONNECTION_OPTIONS, name
+        shared = {k: (opts[k].help, opts[k].default, tuple(opts[k].opts)) for k in CONNECTION_OPTIONS}
+        if first is None:
+            first = dict(shared)
+        assert dict(shared) == first, name
+    # and no other command grows a partial copy of them
+    for path, command in commands.items():
+        if path and path not in {(n,) for n in REMOTE_COMMANDS}:
+            assert not (CONNECTION_OPTIONS & options_of(command).keys()), path
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value", "message"),
+    [
+        ("doctor", "--transport", "bogus", "transport must be one of"),
+        ("status", "--auth", "bogus", "auth must be one of"),
+        ("convert-client", "--winrm-port", "0", "port must be at least 1"),
+        ("setup-host", "--deadline", "-1", "deadline"),
+    ],
+)
+def test_connection_options_reach_the_transport_options(
+    command: str, flag: str, value: str, message: str
+) -> None:
+    extra = ["--csvlk", "Windows Server 2022"] if command == "setup-host" else []
+    result = runner.invoke(
+        app,
+        [command, "127.0.0.1", *extra, flag, value],
+        env={"KMSADMIN_HOST_KEY": "BCDFG-HJKMP-QRTVW-XY234-6789B"},
+    )
+    assert result.exit_code == 4, result.output
+    assert "127.0.0.1" in result.stderr and message in result.stderr
+
+
+def test_one_forks_default_across_commands() -> None:
+    forks = {
+        path: options_of(command)["--forks"]
+        for path, command in walk(root())
+        if "--forks" in options_of(command)
+    }
+    assert {("rollout",), ("status",), ("plan",), ("dns", "publishing")} <= forks.keys()
+    assert {path: opt.default for path, opt in forks.items()} == dict.fromkeys(forks, DEFAULT_FORKS)
