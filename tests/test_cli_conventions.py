@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,3 +96,65 @@ def test_one_forks_default_across_commands() -> None:
     }
     assert {("rollout",), ("status",), ("plan",), ("dns", "publishing")} <= forks.keys()
     assert {path: opt.default for path, opt in forks.items()} == dict.fromkeys(forks, DEFAULT_FORKS)
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout == f"kmsadmin {version('kmsadmin')}\n"
+
+
+def test_shell_completion_script_and_completions(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("kmsadmin")
+    shown = subprocess.run(
+        [exe, "--show-completion", "bash"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert shown.returncode == 0 and "_KMSADMIN_COMPLETE=complete_bash" in shown.stdout
+    env = {
+        **os.environ,
+        "_KMSADMIN_COMPLETE": "complete_bash",
+        "COMP_WORDS": "kmsadmin rollout --for",
+        "COMP_CWORD": "2",
+    }
+    completed = subprocess.run([exe], capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert completed.stdout.split() == ["--forks"]
+
+
+def test_command_summaries_are_whole_sentences() -> None:
+    for path, command in walk(root()):
+        if not hasattr(command, "commands"):
+            continue
+        # the console script, as a user sees it (plain click help, 80 columns)
+        result = subprocess.run(
+            [Path(sys.executable).with_name("kmsadmin"), *path, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "COLUMNS": "80"},
+        )
+        assert result.returncode == 0, result.stderr
+        # (click's wrapping may break after a hyphen: "wrong-" / "port")
+        listing = " ".join(result.stdout.split("Commands:", 1)[1].split()).replace("- ", "-")
+        assert "..." not in listing, path
+        for name, sub in command.commands.items():
+            if sub.hidden:
+                continue
+            first = " ".join((sub.help or "").split("\n\n")[0].split())
+            summary = first.split(". ")[0].rstrip(".")
+            assert f"{name} {summary}" in listing, (path, name)
+
+
+REST_MARKUP = re.compile(r"``|:(?:func|mod|class|meth|attr|data|ref):`|^\.\. ", re.MULTILINE)
+
+
+def test_help_has_no_rest_markup_and_every_option_has_help() -> None:
+    for path, command in walk(root()):
+        result = runner.invoke(app, [*path, "--help"], terminal_width=200)
+        assert result.exit_code == 0, path
+        assert not REST_MARKUP.search(result.stdout), (path, REST_MARKUP.findall(result.stdout))
+        for param in command.params:
+            if param.param_type_name == "option" and not param.hidden:
+                assert param.help, (path, param.opts)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kmsadmin.cli.options import Connection, ForksOpt, connection_options
+from kmsadmin.cli.options import Connection, ForksOpt, HelpGroup, connection_options
 from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_PENDING, InvalidInput, KmsAdminError
 from kmsadmin.values import DEFAULT_FORKS
 
@@ -21,17 +21,39 @@ app = typer.Typer(
     name="kmsadmin",
     help="Set up Microsoft KMS hosts and move Windows/Office fleets onto them over WinRM.",
     no_args_is_help=True,
-    add_completion=False,
+    cls=HelpGroup,
     pretty_exceptions_enable=False,
 )
 keys_app = typer.Typer(
-    help="KMS client setup keys (GVLKs) from Microsoft's official tables.", no_args_is_help=True
+    help="KMS client setup keys (GVLKs) from Microsoft's official tables.",
+    no_args_is_help=True,
+    cls=HelpGroup,
 )
 app.add_typer(keys_app, name="keys")
 
 _NO_CONNECTION = Connection()  # filled in by @connection_options
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"kmsadmin {version('kmsadmin')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print kmsadmin's version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Set up Microsoft KMS hosts and move Windows/Office fleets onto them over WinRM."""
 
 
 def _mount_subcommands() -> None:
@@ -302,7 +324,13 @@ def setup_host(
         bool | None,
         typer.Option("--dns-publishing/--no-dns-publishing", help="publish the _vlmcs._tcp SRV record"),
     ] = None,
-    low_priority: Annotated[bool | None, typer.Option("--low-priority/--normal-priority")] = None,
+    low_priority: Annotated[
+        bool | None,
+        typer.Option(
+            "--low-priority/--normal-priority",
+            help="run the KMS service at low CPU priority (slmgr /cpri) or normal (/spri)",
+        ),
+    ] = None,
     activation_interval: Annotated[
         int | None, typer.Option(help="minutes unactivated clients wait between attempts (15..43200)")
     ] = None,

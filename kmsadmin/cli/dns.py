@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from kmsadmin.cli.options import ForksOpt
+from kmsadmin.cli.options import ForksOpt, HelpGroup
 from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_USAGE, InvalidInput, KmsAdminError
 from kmsadmin.values import DEFAULT_FORKS
 
@@ -30,8 +30,11 @@ if TYPE_CHECKING:
 dns_app = typer.Typer(
     help="KMS DNS: check and create _vlmcs._tcp SRV records, turn KMS hosts' DNS publishing on or off.",
     no_args_is_help=True,
+    cls=HelpGroup,
 )
-record_app = typer.Typer(help="Add or remove one _vlmcs._tcp SRV record.", no_args_is_help=True)
+record_app = typer.Typer(
+    help="Add or remove one _vlmcs._tcp SRV record.", no_args_is_help=True, cls=HelpGroup
+)
 dns_app.add_typer(record_app, name="record")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text.")]
@@ -272,8 +275,12 @@ def _record_options(action: Action) -> Any:
         ],
         target: Annotated[str, typer.Option("--target", help="the KMS host's FQDN")],
         port: Annotated[int, typer.Option("--port", help="the KMS host's listening port")] = 1688,
-        priority: Annotated[int, typer.Option("--priority")] = 0,
-        weight: Annotated[int, typer.Option("--weight")] = 0,
+        priority: Annotated[
+            int, typer.Option("--priority", help="SRV priority: clients try lower values first")
+        ] = 0,
+        weight: Annotated[
+            int, typer.Option("--weight", help="SRV weight: share among records of equal priority")
+        ] = 0,
         ttl: Annotated[int, typer.Option("--ttl", help="seconds")] = 3600,
         zone: Annotated[
             str | None, typer.Option("--zone", help="the zone holding DOMAIN (default: DOMAIN)")

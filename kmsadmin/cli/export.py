@@ -12,12 +12,13 @@ from typing import Annotated
 
 import typer
 
-from kmsadmin.cli.options import ForksOpt
+from kmsadmin.cli.options import ForksOpt, HelpGroup
 from kmsadmin.values import DEFAULT_FORKS
 
 export_app = typer.Typer(
     help="Write a rollout as a project another tool runs (Ansible).",
     no_args_is_help=True,
+    cls=HelpGroup,
 )
 
 

@@ -25,12 +25,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from kmsadmin.cli.options import HelpGroup
+
 if TYPE_CHECKING:
     from kmsadmin.lab.fleet import Fleet
 
 lab_app = typer.Typer(
     help="A simulated Windows fleet (KMS hosts and clients) speaking real WinRM on 127.0.0.1.",
     no_args_is_help=True,
+    cls=HelpGroup,
 )
 
 RUNTIME = "runtime.json"
@@ -381,7 +384,7 @@ def _serve(
 
 @lab_app.command("down")
 def down(state_dir: StateDir) -> None:
-    """Stop a lab started with ``lab up --detach`` (SIGTERM, then wait)."""
+    """Stop a lab started with 'lab up --detach' (SIGTERM, then wait)."""
     state_dir = state_dir.resolve()
     pid = _running_pid(state_dir)
     if pid is None:

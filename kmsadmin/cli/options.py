@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 ForksOpt = Annotated[int, typer.Option("--forks", "-f", help="hosts worked on at once")]
 
@@ -135,4 +136,19 @@ def connection_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-__all__ = ["Connection", "ForksOpt", "connection_options"]
+class HelpGroup(TyperGroup):
+    """A command group whose command list shows each summary whole (its first sentence), wrapped,
+    instead of click's cut at the terminal width ("... parallel,...")."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=sys.maxsize)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+__all__ = ["Connection", "ForksOpt", "HelpGroup", "connection_options"]
