@@ -91,6 +91,11 @@ class ConnectionFailed(HostError):
     """The host could not be reached (DNS, TCP, TLS, HTTP 5xx)."""
 
 
+class ProtocolError(HostError):
+    """The host's answer broke the protocol (HTTP framing, size caps, XML, base64, PSRP or NTLM): it is
+    not a working WinRM listener, or something else answers on its port. Not retried."""
+
+
 class AuthenticationFailed(HostError):
     """The host refused the credentials."""
 

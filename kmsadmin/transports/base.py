@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
-from kmsadmin.errors import HostError, HostTimeout
+from defusedxml.ElementTree import fromstring as defused_fromstring
+
+from kmsadmin.errors import HostError, HostTimeout, ProtocolError
 from kmsadmin.transports.options import ConnectionOptions
 from kmsadmin.values import RenderedScript, ScriptResult
 
@@ -302,10 +304,9 @@ def clean_stderr(raw: bytes) -> tuple[str, ...]:
 
 def _clixml_errors(blob: str) -> list[str]:
     try:
-        # The text comes from the host we authenticated to, and the expat bundled with Python
-        # >= 3.11 refuses entity-expansion bombs; a blob that fails to parse is kept as text.
-        root = ET.fromstring(blob)  # noqa: S314
-    except ET.ParseError:
+        # hostile text: DTDs and entities refused; a blob that fails to parse is kept as text
+        root = defused_fromstring(blob, forbid_dtd=True)
+    except (ET.ParseError, ValueError):  # DefusedXmlException is a ValueError
         return [blob]
     namespace = root.tag[1:].split("}", 1)[0] if root.tag.startswith("{") else ""
     prefix = f"{{{namespace}}}" if namespace else ""
@@ -373,8 +374,12 @@ class SessionBase(ABC):
             duration = time.monotonic() - started
             error = translate(exc, self._options, step, seconds)
             # Whatever failed, the pool/shell and the connection's auth or encryption state can no
-            # longer be trusted: drop them so the next run starts clean.
-            self._abort()
+            # longer be trusted: drop them so the next run starts clean. A host that broke the
+            # protocol gets no polite cleanup requests (they would meet the same answers).
+            if isinstance(error, ProtocolError):
+                self._drop()
+            else:
+                self._abort()
             log.warning(
                 "host=%s step=%s transport=%s duration=%.3fs failed=%s",
                 host,

@@ -18,6 +18,7 @@ from kmsadmin.errors import (
     HostError,
     HostTimeout,
     KmsAdminError,
+    ProtocolError,
 )
 from kmsadmin.transports.base import BUSY_STATUSES, DeadlineExpired, host_timeout
 from kmsadmin.transports.options import ConnectionOptions
@@ -27,6 +28,7 @@ from kmsadmin.transports.wsman import (
     ConnectionLost,
     ConnectTimeoutError,
     HTTPStatusError,
+    ProtocolViolation,
     ReadTimeout,
     TlsError,
     WsmanFault,
@@ -108,6 +110,8 @@ def _translate_native(exc: BaseException, options: ConnectionOptions, step: str)
         return _unreachable(options, step, f"the connection to {options.endpoint} was lost: {exc}")
     if isinstance(exc, AuthRefused):
         return _auth_failure(options, step)
+    if isinstance(exc, ProtocolViolation):
+        return protocol_error(options, step, str(exc))
     if isinstance(exc, WsmanFault):
         return _fault(options, step, exc.code, exc.reason or str(exc))
     if isinstance(exc, HTTPStatusError):
@@ -174,6 +178,20 @@ def _listener_fix(options: ConnectionOptions) -> str:
     return (
         f"check that {options.host} resolves and is up, that WinRM listens on {options.port} "
         f"({setup} on the host) and that TCP {options.port} is open in its firewall and on the path"
+    )
+
+
+def protocol_error(options: ConnectionOptions, step: str, what: str) -> HostError:
+    """The host's answer broke HTTP, WS-Man, XML, PSRP or NTLM: it is not a working WinRM listener."""
+    return ProtocolError(
+        options.name,
+        step,
+        f"{options.endpoint} sent an answer kmsadmin refuses: {what}",
+        remediation=(
+            f"check that {options.endpoint} is a Windows WinRM listener (winrm enumerate "
+            "winrm/config/listener on the host) and that no other service, proxy or TLS inspection "
+            "answers on that port; the host was not changed"
+        ),
     )
 
 

@@ -65,6 +65,7 @@ from kmsadmin.transports.wsman import (
     SEND,
     SIGNAL,
     SIGNAL_TERMINATE,
+    ProtocolViolation,
     WsmanClient,
     WsmanFault,
     option_set,
@@ -172,10 +173,15 @@ class PsrpSession(SessionBase):
         body = f"<rsp:Receive><rsp:DesiredStream{target}>stdout</rsp:DesiredStream></rsp:Receive>"
         streams, _ = streams_of(self._request(RECEIVE, body, _KEEPALIVE, receive=True))
         events: list[PSRPEvent[Any, Any]] = []
-        for data in streams:
-            pool.receive_data(PSRPPayload(data, StreamType.default, None))
-            while (event := pool.next_event()) is not None:
-                events.append(event)
+        try:
+            for data in streams:
+                pool.receive_data(PSRPPayload(data, StreamType.default, None))
+                while (event := pool.next_event()) is not None:
+                    events.append(event)
+        except Exception as exc:  # psrpcore raises what its decoders meet in garbage fragments
+            raise ProtocolViolation(
+                f"PSRP data that cannot be decoded ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from exc
         return events
 
     def _ensure_pool(self, budget: Deadline) -> _Pool:

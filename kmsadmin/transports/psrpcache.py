@@ -20,6 +20,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from defusedxml.ElementTree import fromstring as defused_fromstring
 from psrpcore import PSRPEvent, StreamType
 from psrpcore._payload import PSRPMessage, create_message
 from psrpcore.types import PSObject, PSRPMessageType, deserialize, serialize
@@ -102,8 +103,8 @@ class MessageCachePool:
         ps_object = _deserialized.get(key)
         if ps_object is None:
             ps_object = deserialize(
-                # expat refuses external entities and caps entity expansion; psrpcore parses the same way
-                ET.fromstring(message.data),  # noqa: S314
+                # hostile bytes: DTDs and entities refused (errors become the caller's ProtocolViolation)
+                defused_fromstring(bytes(message.data), forbid_dtd=True),
                 cipher=self._cipher,
                 our_capability=self.our_capability,
                 their_capability=self.their_capability,

@@ -15,6 +15,7 @@ requires while ``AllowUnencrypted`` is false. HTTPS handshakes carry channel bin
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import re
 import socket
@@ -30,6 +31,8 @@ from typing import Any
 import spnego
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as defused_fromstring
 from spnego._ntlm_raw.crypto import ntowfv1
 from spnego.channel_bindings import GssChannelBindings
 from spnego.exceptions import SpnegoError
@@ -57,6 +60,7 @@ _RSP = "{" + NS["rsp"] + "}"
 _BODY = "{" + NS["s"] + "}Body"
 _UNREAD = ET.Element(_BODY)
 _FAULT = "{" + NS["s"] + "}Fault"
+_ENVELOPE_TAG = "{" + NS["s"] + "}Envelope"
 
 CREATE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Create"
 DELETE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Delete"
@@ -127,6 +131,10 @@ class ReadTimeout(WsmanError):
 
 class AuthRefused(WsmanError):
     """The host refused the credentials (HTTP 401 after the handshake)."""
+
+
+class ProtocolViolation(WsmanError):
+    """The answer broke HTTP, a size cap, XML, base64, PSRP or NTLM: not a working WinRM listener."""
 
 
 class HTTPStatusError(WsmanError):
@@ -222,77 +230,196 @@ def fault_of(root: ET.Element) -> WsmanFault | None:
 
 
 # --- HTTP/1.1 ----------------------------------------------------------------------------------------
+#: Caps on what one answer may hold. Every byte comes from a host that may be broken or hostile; a
+#: Receive answer is at most MaxEnvelopeSize (150 kB) plus the encryption framing, a fault or an error
+#: page a few kB, so these leave room for any real WinRM and stop memory and time bombs.
+MAX_LINE = 8192
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 64 * 1024
+MAX_INTERIM_ANSWERS = 8
+MAX_BODY = 4 * 1024 * 1024
+_DIGITS = re.compile(rb"[0-9]{1,12}")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,8}")
+
+
+class _Reader:
+    """Buffered reads from a socket that stop at a monotonic deadline: a host dripping one byte at a
+    time (slowloris) meets the deadline, not a fresh socket timeout per byte."""
+
+    __slots__ = ("_buf", "_sock", "end")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+        #: the monotonic time the current answer must be complete by
+        self.end = float("inf")
+
+    def _fill(self) -> bool:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the answer did not complete in time")
+        self._sock.settimeout(left if left != float("inf") else None)
+        data = self._sock.recv(65536)
+        if not data:
+            return False
+        self._buf += data
+        return True
+
+    def readline(self, limit: int = MAX_LINE) -> bytes:
+        """One line with its end; b"" at EOF. A line longer than ``limit`` is a protocol violation."""
+        start = 0
+        while True:
+            found = self._buf.find(b"\n", start)
+            if found >= 0:
+                if found >= limit:
+                    raise ProtocolViolation(f"an HTTP line longer than {limit} bytes")
+                line = bytes(self._buf[: found + 1])
+                del self._buf[: found + 1]
+                return line
+            if len(self._buf) >= limit:
+                raise ProtocolViolation(f"an HTTP line longer than {limit} bytes")
+            start = len(self._buf)
+            if not self._fill():
+                line = bytes(self._buf)
+                self._buf.clear()
+                return line
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes (fewer only at EOF)."""
+        while len(self._buf) < size:
+            if not self._fill():
+                break
+        data = bytes(self._buf[:size])
+        del self._buf[:size]
+        return data
+
+    def read_to_eof(self, limit: int) -> bytes:
+        """Everything until the host closes; more than ``limit`` bytes is a protocol violation."""
+        while self._fill():
+            if len(self._buf) > limit:
+                raise ProtocolViolation(f"an answer larger than {limit // 1024} kB")
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+
 class _Connection:
     """One keep-alive HTTP/1.1 connection: WinRM's exchange is one POST and one answer at a time, so
     the framing is a request line, headers and a Content-Length body each way (chunked answers are
     read too). ``http.client`` parses headers through the ``email`` package, which was a tenth of the
-    client's CPU per host in a fleet run."""
+    client's CPU per host in a fleet run.
+
+    Every answer is bounded: header lines, header count and size, interim (1xx) answers, body and
+    chunk sizes (:data:`MAX_BODY`), and the time the whole exchange may take."""
 
     def __init__(self, sock: socket.socket, host_header: str) -> None:
         self.sock = sock
-        self._reader = sock.makefile("rb")
+        self._reader = _Reader(sock)
         self._host = host_header
 
     def close(self) -> None:
-        self._reader.close()
         self.sock.close()
 
     def exchange(
-        self, path: str, body: bytes, headers: dict[str, str]
+        self, path: str, body: bytes, headers: dict[str, str], *, timeout: float | None = None
     ) -> tuple[int, dict[str, str], bytes, bool]:
-        """Send one POST; returns (status, lower-cased headers, body, whether the host closes)."""
+        """Send one POST; returns (status, lower-cased headers, body, whether the host closes).
+
+        ``timeout``: seconds the whole exchange may take (None: the socket's timeout), checked between
+        reads, so no answer outlives it however slowly it arrives. Raises ``TimeoutError`` when it
+        passes and :class:`ProtocolViolation` for an answer that breaks HTTP or the caps.
+        """
+        if timeout is None:
+            timeout = self.sock.gettimeout()
+        end = time.monotonic() + timeout if timeout is not None else float("inf")
+        self._reader.end = end
         lines = [f"POST {path} HTTP/1.1", f"Host: {self._host}", f"Content-Length: {len(body)}"]
         lines.extend(f"{name}: {value}" for name, value in headers.items())
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no time left to send the request")
+        self.sock.settimeout(left if timeout is not None else None)
+        # sendall's timeout bounds the whole send (a host that never reads cannot hold it)
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        interim = 0
         while True:
-            status_line = self._reader.readline(65537)
+            status_line = self._reader.readline()
             if not status_line:
                 raise ConnectionLost("the host closed the connection without answering")
             version, _, rest = status_line.decode("latin-1").partition(" ")
-            try:
-                status = int(rest[:3])
-            except ValueError:
-                raise ConnectionLost(f"not an HTTP answer: {status_line[:80]!r}") from None
-            answer: dict[str, str] = {}
-            while True:
-                line = self._reader.readline(65537)
-                if line in (b"\r\n", b"\n", b""):
-                    break
-                name, _, value = line.decode("latin-1").partition(":")
-                key = name.strip().lower()
-                value = value.strip()
-                # repeated headers (WWW-Authenticate) are joined as RFC 9110 allows
-                answer[key] = f"{answer[key]}, {value}" if key in answer else value
+            if not version.startswith("HTTP/1.") or not _DIGITS.fullmatch(rest[:3].encode("latin-1")):
+                raise ProtocolViolation(f"not an HTTP answer: {status_line[:80]!r}")
+            status = int(rest[:3])
+            answer = self._headers()
             if not 100 <= status < 200:
                 break
+            interim += 1
+            if interim > MAX_INTERIM_ANSWERS:
+                raise ProtocolViolation(f"more than {MAX_INTERIM_ANSWERS} interim (1xx) answers")
         connection = answer.get("connection", "").lower()
         closes = connection == "close" or (version == "HTTP/1.0" and connection != "keep-alive")
         if "chunked" in answer.get("transfer-encoding", "").lower():
             data = self._read_chunked()
         elif "content-length" in answer:
-            length = int(answer["content-length"])
+            raw = answer["content-length"].encode("latin-1")
+            if not _DIGITS.fullmatch(raw):
+                raise ProtocolViolation(f"a Content-Length that is not a size: {raw[:40]!r}")
+            length = int(raw)
+            if length > MAX_BODY:
+                raise ProtocolViolation(
+                    f"a Content-Length of {length} bytes, over the {MAX_BODY // 1024} kB an answer may have"
+                )
             data = self._reader.read(length)
             if len(data) != length:
                 raise ConnectionLost("the connection closed in the middle of an answer")
         elif status in (204, 304):
             data = b""
         else:
-            data, closes = self._reader.read(), True
+            data, closes = self._reader.read_to_eof(MAX_BODY), True
         return status, answer, data, closes
+
+    def _headers(self) -> dict[str, str]:
+        """The header block after a status line (or the trailers of a chunked body), bounded."""
+        answer: dict[str, str] = {}
+        count = size = 0
+        while True:
+            line = self._reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                return answer
+            count += 1
+            size += len(line)
+            if count > MAX_HEADERS or size > MAX_HEADER_BYTES:
+                raise ProtocolViolation(
+                    f"more than {MAX_HEADERS} headers or {MAX_HEADER_BYTES // 1024} kB of headers"
+                )
+            name, _, value = line.decode("latin-1").partition(":")
+            key = name.strip().lower()
+            value = value.strip()
+            # repeated headers (WWW-Authenticate) are joined as RFC 9110 allows
+            answer[key] = f"{answer[key]}, {value}" if key in answer else value
 
     def _read_chunked(self) -> bytes:
         parts: list[bytes] = []
+        total = 0
         while True:
-            size_line = self._reader.readline(65537)
+            size_line = self._reader.readline(1024)
             if not size_line:
                 raise ConnectionLost("the connection closed in the middle of an answer")
-            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            raw = size_line.split(b";", 1)[0].strip()
+            if not _HEX.fullmatch(raw):
+                raise ProtocolViolation(f"a chunk size that is not a size: {raw[:40]!r}")
+            size = int(raw, 16)
             if size == 0:
-                while self._reader.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
+                self._headers()  # trailers, bounded like headers
                 return b"".join(parts)
-            parts.append(self._reader.read(size))
-            self._reader.readline(65537)
+            total += size
+            if total > MAX_BODY:
+                raise ProtocolViolation(f"a chunked answer larger than {MAX_BODY // 1024} kB")
+            chunk = self._reader.read(size)
+            if len(chunk) != size:
+                raise ConnectionLost("the connection closed in the middle of an answer")
+            parts.append(chunk)
+            self._reader.readline(1024)
 
 
 # --- the client --------------------------------------------------------------------------------------
@@ -387,15 +514,14 @@ class WsmanClient:
         if authorization:
             headers["Authorization"] = authorization
         try:
-            conn.sock.settimeout(read_timeout)
-            status, answer, data, closes = conn.exchange(self._path, body, headers)
+            status, answer, data, closes = conn.exchange(self._path, body, headers, timeout=read_timeout)
         except TimeoutError as exc:
             self.close()
             raise ReadTimeout(f"no answer within {read_timeout:g}s") from exc
         except ssl.SSLError as exc:
             self.close()
             raise ConnectionLost(f"TLS error: {exc}") from exc
-        except ConnectionLost:
+        except (ConnectionLost, ProtocolViolation):
             self.close()
             raise
         except (OSError, ValueError) as exc:
@@ -439,25 +565,18 @@ class WsmanClient:
                 "Negotiate " + base64.b64encode(token or b"").decode("ascii"),
                 read_timeout,
             )
-            found = _TOKEN.search(response.get("www-authenticate", ""))
-            in_token = base64.b64decode(found.group(1)) if found else None
+            in_token = _auth_token(response.get("www-authenticate", ""))
             if status == 401:
                 if in_token is None or context.complete or self._conn is None:
                     raise AuthRefused("the host refused the credentials")
-                try:
-                    token = context.step(in_token)
-                except SpnegoError as exc:
-                    raise AuthRefused(f"authentication failed: {exc}") from exc
+                token = _step(context, in_token, "authentication failed")
                 continue
             if status != 200:
                 # e.g. 503 before the host looked at the token: nothing is authenticated yet
                 body = data.decode("utf-8", "replace")
                 raise HTTPStatusError(status, body[:2000])
             if in_token and not context.complete:
-                try:
-                    context.step(in_token)
-                except SpnegoError as exc:
-                    raise AuthRefused(f"the host's final authentication token was rejected: {exc}") from exc
+                _step(context, in_token, "the host's final authentication token was rejected")
             self._context = context
             self._authenticated = True
             return (status, response, data) if carry else None
@@ -488,16 +607,21 @@ class WsmanClient:
         text = data.decode("utf-8", "replace")
         if text.lstrip().startswith("<"):
             try:
-                # expat refuses external entities and caps entity expansion (Python >= 3.7.1)
-                found = fault_of(ET.fromstring(text))  # noqa: S314
-            except ET.ParseError:
-                found = None
+                found = fault_of(parse_xml(data))
+            except ProtocolViolation:
+                found = None  # not a SOAP fault: the HTTP status is what counts
             if found is not None:
                 raise found
         raise HTTPStatusError(status, text[:2000])
 
     def _encrypt(self, envelope: bytes) -> bytes:
-        header, wrapped, padding = self._context.wrap_winrm(envelope)
+        try:
+            header, wrapped, padding = self._context.wrap_winrm(envelope)
+        except Exception as exc:  # e.g. an NTLM host that negotiated no signing or sealing
+            raise ProtocolViolation(
+                f"cannot encrypt for this host ({type(exc).__name__}: {_short(exc)}); it did not "
+                "negotiate message integrity and confidentiality"
+            ) from exc
         return b"".join(
             (
                 f"--{_BOUNDARY}\r\n\tContent-Type: application/HTTP-SPNEGO-session-encrypted\r\n"
@@ -512,7 +636,17 @@ class WsmanClient:
 
     def _decrypt(self, body: bytes) -> bytes:
         if self._context is None:
-            raise ConnectionLost("an encrypted answer arrived on a connection without keys")
+            raise ProtocolViolation("an encrypted answer arrived on a connection without keys")
+        try:
+            return self._unwrap(body)
+        except WsmanError:
+            raise
+        except Exception as exc:  # framing, lengths, signature: the answer cannot be trusted
+            raise ProtocolViolation(
+                f"cannot decrypt the answer ({type(exc).__name__}: {_short(exc)})"
+            ) from exc
+
+    def _unwrap(self, body: bytes) -> bytes:
         parts = re.split(rb"--\s*" + re.escape(_BOUNDARY.encode()) + rb"(?:--)?\r\n", body)
         plain = bytearray()
         for i in range(1, len(parts) - 1, 2):
@@ -522,7 +656,7 @@ class WsmanClient:
             size = struct.unpack("<i", payload[:4])[0]
             data = self._context.unwrap_winrm(payload[4 : 4 + size], payload[4 + size :])
             if len(data) != length:
-                raise ConnectionLost(f"decrypted {len(data)} bytes, the host announced {length}")
+                raise ProtocolViolation(f"decrypted {len(data)} bytes, the host announced {length}")
             plain += data
         return bytes(plain)
 
@@ -581,11 +715,56 @@ class WsmanClient:
                 continue
             if not answer:
                 return _UNREAD
-            root = ET.fromstring(data)  # noqa: S314 - see _post
+            root = parse_xml(data)
+            if root.tag != _ENVELOPE_TAG:
+                raise ProtocolViolation(f"the answer is XML but not a SOAP envelope ({root.tag[:80]})")
             found = root.find(_BODY)
             if found is not None and found.find(_FAULT) is not None:
                 raise fault_of(root) or WsmanFault(None, "SOAP fault")
             return found if found is not None else ET.Element("Body")
+
+
+def parse_xml(data: bytes | str) -> ET.Element:
+    """Parse XML from a host with DTDs, entity declarations and external references refused
+    (defusedxml); anything unparsable is a :class:`ProtocolViolation`."""
+    try:
+        root: ET.Element = defused_fromstring(data, forbid_dtd=True)
+    except DefusedXmlException as exc:
+        raise ProtocolViolation(
+            f"XML with a DTD or entity declarations ({type(exc).__name__}), which WS-Man never sends"
+        ) from exc
+    except (ET.ParseError, ValueError) as exc:
+        raise ProtocolViolation(f"the answer is not well-formed XML ({_short(exc)})") from exc
+    return root
+
+
+def _short(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__)[:200]
+
+
+def _auth_token(header: str) -> bytes | None:
+    """The Negotiate/NTLM/Kerberos token of a WWW-Authenticate header, decoded, or None."""
+    found = _TOKEN.search(header)
+    if found is None:
+        return None
+    try:
+        return base64.b64decode(found.group(1), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolViolation("an authentication token that is not base64") from exc
+
+
+def _step(context: Any, token: bytes, refused: str) -> bytes | None:
+    """One authentication step with the host's token: a token the protocol rejects is refused
+    authentication; one that cannot even be decoded is a protocol violation."""
+    try:
+        out: bytes | None = context.step(token)
+    except SpnegoError as exc:
+        raise AuthRefused(f"{refused}: {exc}") from exc
+    except Exception as exc:  # a malformed token (struct/index/value errors inside the decoder)
+        raise ProtocolViolation(
+            f"an authentication token that cannot be decoded ({type(exc).__name__}: {_short(exc)})"
+        ) from exc
+    return out
 
 
 @functools.lru_cache(maxsize=64)
@@ -614,10 +793,17 @@ def _negotiated(context: Any) -> str:
 
 
 def streams_of(body: ET.Element) -> tuple[list[bytes], bool]:
-    """(decoded ``rsp:Stream`` payloads, whether the command reported Done) of a ReceiveResponse."""
+    """(decoded ``rsp:Stream`` payloads, whether the command reported Done) of a ReceiveResponse.
+
+    Raises :class:`ProtocolViolation` for an answer without a ReceiveResponse or with a stream that
+    is not base64.
+    """
     response = body.find(_RSP + "ReceiveResponse")
     if response is None:
-        return [], False
-    data = [base64.b64decode(s.text) for s in response.iter(_RSP + "Stream") if s.text]
+        raise ProtocolViolation("a Receive answer without a ReceiveResponse")
+    try:
+        data = [base64.b64decode(s.text, validate=True) for s in response.iter(_RSP + "Stream") if s.text]
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolViolation(f"a Receive stream that is not base64 ({exc})") from exc
     state = response.find(_RSP + "CommandState")
     return data, state is not None and state.attrib.get("State") == COMMAND_DONE

@@ -1,0 +1,94 @@
+"""The attack suite, client level: kmsadmin's PSRP session against every case of the hostile WS-Man
+endpoint (tests/hostile.py). Each case ends as one typed per-host error naming the host, within the
+step's deadline, with memory bounded; never a traceback.
+
+The same cases run through ``kmsadmin status`` and ``kmsadmin rollout`` next to healthy lab hosts in
+tests/lab/test_hostile_fleet.py.
+"""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kmsadmin.errors import ConnectionFailed, HostError, HostTimeout, ProtocolError
+from kmsadmin.transports import build_options, open_session
+from kmsadmin.transports.faults import CertificateRejected
+from kmsadmin.values import RenderedScript
+from tests.hostile import BY_NAME, CASES, Authority, HostileServer, inventory_hosts
+
+DEADLINE = 3.0
+KINDS: dict[str, type[HostError]] = {
+    "ProtocolError": ProtocolError,
+    "HostTimeout": HostTimeout,
+    "ConnectionFailed": ConnectionFailed,
+}
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileServer]:
+    authority = Authority(tmp_path_factory.mktemp("hostile"))
+    with HostileServer(authority) as server:
+        yield server
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("name", [case.name for case in CASES])
+def test_each_attack_is_one_typed_host_error_within_the_deadline(hostile: HostileServer, name: str) -> None:
+    case = BY_NAME[name]
+    host = name.replace("_", "-")
+    hostvars = inventory_hosts(hostile, "admin", "Passw0rd-hostile")[host]
+    options = build_options(host, hostvars=hostvars, env={})
+    script = RenderedScript(step="facts", version=1, fmt="ps1", text="'x'", display="'x'")
+    rss_before = _peak_rss_mb()
+    started = time.monotonic()
+    with open_session(options) as session, pytest.raises(HostError) as caught:
+        session.run(script, deadline=DEADLINE)
+    elapsed = time.monotonic() - started
+    error = caught.value
+    assert isinstance(error, KINDS[case.expect]), (name, type(error).__name__, str(error))
+    assert error.host == host and error.step == "facts"
+    assert error.remediation, name
+    assert host in str(error)
+    # the whole run, cleanup included, ends within the deadline plus the cleanup grace
+    assert elapsed <= DEADLINE + 2, (name, elapsed)
+    # a body, chunk or header bomb never grows the process by more than a few times the body cap
+    assert _peak_rss_mb() - rss_before < 64, name
+    if name == "certificate_for_another_name":
+        assert isinstance(error, CertificateRejected)
+    if name in ("http_500_with_hostile_xml", "redirect"):
+        assert "HTTP 500" in error.message or "HTTP 302" in error.message
+    assert threading.active_count() < 200
+
+
+def test_the_external_dtd_is_never_fetched(tmp_path: Path) -> None:
+    """The external DTD case points at a port nothing listens on; make it a listener and watch it."""
+    import socket
+
+    probe = socket.create_server(("127.0.0.1", 0))
+    probe.settimeout(0.5)
+    port = probe.getsockname()[1]
+    from tests import hostile as module
+
+    answer = module.ok(
+        f'<?xml version="1.0"?><!DOCTYPE r SYSTEM "http://127.0.0.1:{port}/x.dtd">' + module.CREATED
+    )
+    case = module.Case("external_dtd_fetch", lambda s, _: s(answer), "ProtocolError")
+    with HostileServer(Authority(tmp_path), (case,)) as server:
+        host = "external-dtd-fetch"
+        options = build_options(host, hostvars=inventory_hosts(server, "admin", "pw-12345")[host], env={})
+        with open_session(options) as session, pytest.raises(ProtocolError):
+            session.run(
+                RenderedScript(step="facts", version=1, fmt="ps1", text="1", display="1"), deadline=DEADLINE
+            )
+    with pytest.raises(TimeoutError):
+        probe.accept()
+    probe.close()
