@@ -550,19 +550,39 @@ def status(
     report_html: ReportHtmlOpt = None,
     report_csv: ReportCsvOpt = None,
     junit: JunitOpt = None,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="list only hosts that are: not-activated, expiring[:DAYS], waiting, failed (comma list)"
+        ),
+    ] = None,
+    fail_on: Annotated[
+        str | None,
+        typer.Option(
+            help="exit 1 if any host is: not-activated, expiring[:DAYS], waiting, failed (comma list)"
+        ),
+    ] = None,
+    metrics: Annotated[
+        Path | None, typer.Option(help="write OpenMetrics text here (node_exporter textfile collector)")
+    ] = None,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
-    """Licensing status of hosts (read-only): edition, license status, days left, KMS target and counts.
+    """Licensing status of hosts (read-only): license status and why not activated, days left, KMS host used.
+
+    Fleet findings follow: duplicate Client Machine IDs, editions the KMS host cannot activate, KMS hosts
+    below their threshold, clock skew, expiring activations. --fail-on sets the exit code for cron and CI.
 
     With -i INVENTORY the selected hosts (default: all) are read in parallel and the same reports as
     a rollout can be written.
     """
     from kmsadmin.cli import remote
+    from kmsadmin.cli.activation import HealthOptions
     from kmsadmin.cli.output import fail
 
     try:
         if not hosts and inventory is None:
             raise InvalidInput("hosts", "", "name at least one host, or give -i INVENTORY")
+        health = HealthOptions.parse(only, fail_on, metrics)
         explicit = connection.explicit()
         if inventory is not None:
             from kmsadmin.cli.rollout import fleet_status
@@ -575,12 +595,15 @@ def status(
                 deadline=connection.deadline or 300.0,
                 json_out=json_out,
                 reports={"json": report_json, "html": report_html, "csv": report_csv, "junit": junit},
+                health=health,
             )
             raise typer.Exit(code)
         names, hostvars = _hosts_and_vars(list(hosts or []), None)
     except KmsAdminError as exc:
         fail(exc)
-    raise typer.Exit(remote.status(names, explicit=explicit, hostvars=hostvars, json_out=json_out))
+    raise typer.Exit(
+        remote.status(names, explicit=explicit, hostvars=hostvars, json_out=json_out, health=health)
+    )
 
 
 # ------------------------------------------------------------------------------------------ rollout

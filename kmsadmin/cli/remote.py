@@ -161,13 +161,22 @@ def status(
     explicit: Mapping[str, object],
     hostvars: Mapping[str, Mapping[str, object]] | None = None,
     json_out: bool = False,
+    health: Any = None,
 ) -> int:
-    """Read-only licensing status of each host."""
+    """Read-only licensing status of each host (``health``: ``--only``, ``--fail-on``, ``--metrics``)."""
+    from kmsadmin.cli.activation import HealthOptions, assess, exit_code, print_activation, selected
     from kmsadmin.cli.output import emit_json, table
 
+    options = health if health is not None else HealthOptions()
     reports = _run_all("status", hosts, None, explicit=explicit, hostvars=hostvars or {}, check=False)
+    assessed = assess(reports, options, hostvars=hostvars)
+    failed = EXIT_HOST_FAILED if any(r.status == "failed" for r in reports) else EXIT_OK
     if json_out:
-        emit_json([r.to_dict() for r in reports])
+        chosen = {v.host for v in selected(assessed, options)}
+        emit_json([r.to_dict() for r in reports if r.host in chosen])
+        return failed or exit_code(assessed, options)
+    if options.only or assessed.findings or any(v.read and not v.activated() for v in assessed.views):
+        print_activation(assessed, options)
     else:
         table(
             None,
@@ -191,7 +200,7 @@ def status(
         for r in reports:
             if r.error and r.error.get("remediation"):
                 sys.stderr.write(f"{r.host}: fix: {r.error['remediation']}\n")
-    return EXIT_HOST_FAILED if any(r.status == "failed" for r in reports) else EXIT_OK
+    return failed or exit_code(assessed, options)
 
 
 def doctor(

@@ -191,8 +191,12 @@ def fleet_status(
     deadline: float,
     reports: Mapping[str, Path | None],
     json_out: bool,
+    health: Any = None,
 ) -> int:
-    """``kmsadmin status -i INVENTORY``: read-only facts from every selected host, with reports."""
+    """``kmsadmin status -i INVENTORY``: read-only facts from every selected host, with reports.
+
+    ``health`` (:class:`kmsadmin.cli.activation.HealthOptions`): ``--only``, ``--fail-on``, ``--metrics``.
+    """
     from concurrent.futures import ThreadPoolExecutor
     from datetime import UTC, datetime
 
@@ -211,6 +215,10 @@ def fleet_status(
         host_reports = list(
             pool.map(lambda n: run_host("status", n, None, factories[n], deadline=deadline), names)
         )
+    from kmsadmin.cli.activation import HealthOptions, assess, exit_code, print_activation, selected
+
+    options = health if health is not None else HealthOptions()
+    assessed = assess(host_reports, options, hostvars={n: inventory.vars_for(n) for n in names})
     entries = []
     for r in host_reports:
         entry = r.to_dict()
@@ -221,6 +229,8 @@ def fleet_status(
             "status", entries, started=started, finished=datetime.now(UTC), inventory=str(inventory_path)
         )
     )
+    document["findings"] = [f.to_dict() for f in assessed.findings]
+    document["summary"]["findings"] = assessed.to_dict()["by_kind"]
     written = write_reports(
         document,
         json_path=reports.get("json"),
@@ -229,12 +239,17 @@ def fleet_status(
         junit_path=reports.get("junit"),
     )
     if json_out:
+        if options.only:
+            chosen = {v.host for v in selected(assessed, options)}
+            document = {**document, "hosts": [h for h in document["hosts"] if h["host"] in chosen]}
         emit_json(document)
     else:
         print_summary(document)
+        print_activation(assessed, options)
         for path in written:
             sys.stdout.write(f"report: {path}\n")
-    return 1 if any(r.status == "failed" for r in host_reports) else 0
+    failed = 1 if any(r.status == "failed" for r in host_reports) else 0
+    return failed or exit_code(assessed, options)
 
 
 def _counts_line(document: Mapping[str, Any]) -> str:

@@ -16,12 +16,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from kmsadmin import catalog
 from kmsadmin.errors import HostError, KmsAdminError, PreflightFailed
 from kmsadmin.facts import FACTS, HostFacts, parse_facts, parse_outcome, raise_for_error
-from kmsadmin.operations import Plan
+from kmsadmin.operations import Plan, health
 from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
 from kmsadmin.operations.setup_host import KMS_HOST_SETTINGS, SetupHostArgs, plan_setup_host
 from kmsadmin.render import render
@@ -89,6 +90,9 @@ class HostReport:
     state: dict[str, Any] = field(default_factory=dict)
     error: dict[str, Any] | None = None
     duration: float = 0.0
+    #: a status run's facts and the controller's UTC clock when they were read (not in reports)
+    facts: HostFacts | None = None
+    read_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (no secrets ever reach a report)."""
@@ -237,7 +241,9 @@ def run_host(
         step_name = "facts"
         facts = gather_facts(session, host, deadline_at)
         if operation == "status":
+            report.facts, report.read_at = facts, datetime.now(UTC)
             report.state = summarize_state(facts)
+            report.state["activation"] = health.host_view(host, facts, read_at=report.read_at).to_dict()
             return report
         plan = make_plan(operation, host, facts, args)
         report.plan = plan.to_dict()

@@ -394,6 +394,25 @@ def _failures_section(report: Mapping[str, Any]) -> str:
     )
 
 
+def _findings_section(report: Mapping[str, Any]) -> str:
+    """Fleet findings of a status report (duplicate CMIDs, wrong KMS host, clock skew, ...)."""
+    rows = report.get("findings")
+    if rows is None:
+        return ""
+    title = f"<h2>Findings ({len(rows)})</h2>"
+    if not rows:
+        return f'<section>{title}<p class="muted">No finding.</p></section>'
+    body = "".join(
+        f"<tr><td><code>{_e(row.get('kind'))}</code></td><td>{_e(', '.join(row.get('hosts') or []))}</td>"
+        f"<td>{_e(row.get('message'))}</td><td>{_e(row.get('fix'))}</td></tr>"
+        for row in rows
+    )
+    return (
+        f'<section>{title}<div class="scroll"><table id="finding-table"><thead><tr><th>Finding</th>'
+        f"<th>Hosts</th><th>What</th><th>Fix</th></tr></thead><tbody>{body}</tbody></table></div></section>"
+    )
+
+
 def _waiting_section(report: Mapping[str, Any]) -> str:
     rows = waiting_hosts(report)
     if not rows:
@@ -542,7 +561,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"{_tiles(report)}"
         f'<div class="charts">{_edition_section(summary)}{_kms_section(summary)}'
         f"{_days_section(summary)}</div>"
-        f"{_failures_section(report)}{_waiting_section(report)}{_hosts_section(report)}"
+        f"{_failures_section(report)}{_findings_section(report)}{_waiting_section(report)}"
+        f"{_hosts_section(report)}"
         f"{_skipped_section(report)}"
         f"</main><script>{_SCRIPT}</script></body></html>\n"
     )
