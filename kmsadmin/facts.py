@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kmsadmin.catalog import OFFICE_APP_ID, WINDOWS_APP_ID, hresult_info
+from kmsadmin.catalog import OFFICE_APP_ID, WINDOWS_APP_ID, RequiredUpdate, hresult_info
 from kmsadmin.errors import RemoteScriptError
 from kmsadmin.values import ScriptRef, ScriptResult
 
@@ -27,6 +27,8 @@ class OsFacts(_Model):
     caption: str | None = None
     version: str | None = None
     build: int | None = None
+    #: update build revision (CurrentVersion\UBR): the "2322" of 20348.2322; None before Windows 10
+    ubr: int | None = None
     sku: int | None = None
     edition_id: str | None = None
     product_type: int | None = None
@@ -173,6 +175,10 @@ class HostFacts(_Model):
     def has_update(self, kb: str) -> bool:
         """Whether an update (KB) is in Get-HotFix's list."""
         return kb.upper() in {h.upper() for h in self.hotfixes}
+
+    def has_required_update(self, update: RequiredUpdate) -> bool:
+        """The update's KB is listed, or the OS build.UBR is at least the update's (a later LCU)."""
+        return update.installed(build=self.os.build, ubr=self.os.ubr, hotfixes=self.hotfixes)
 
 
 class StepError(_Model):

@@ -476,8 +476,9 @@ def test_2025_group_on_server_2022_records_the_kb_discrepancy() -> None:
     verdict = host_can_carry(csvlk_group("2025"), "Windows Server 2022 Datacenter")
     assert verdict.ok
     update = verdict.required_updates[0]
-    assert update.kb == "KB5034765"
-    assert "discrepancy" in update.note.lower()
+    # [PLAN24] prints KB5034765 (a Windows 11 update); Server 2022's 2024-02 B is KB5034770 [RELINFO]
+    assert (update.kb, update.doc_kb, update.min_build) == ("KB5034770", "KB5034765", "20348.2322")
+    assert "Windows 11" in update.note and "[RELINFO]" in update.source and "[PLAN24]" in update.source
 
 
 def test_2022_group_on_server_2016_needs_kb5003638() -> None:

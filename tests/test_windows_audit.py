@@ -13,10 +13,11 @@ from kmsadmin import catalog
 from kmsadmin.errors import RemoteScriptError
 from kmsadmin.facts import HostFacts, parse_outcome, raise_for_error
 from kmsadmin.lab import pwsh
-from kmsadmin.operations.capacity import Machine, identify
+from kmsadmin.operations.capacity import Machine, _builds, _fit, identify
 from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
+from kmsadmin.operations.setup_host import SetupHostArgs, plan_setup_host
 from kmsadmin.render import render
-from kmsadmin.values import ScriptRef, ScriptResult
+from kmsadmin.values import ScriptRef, ScriptResult, Secret
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -187,3 +188,77 @@ def test_capacity_plan_does_not_guess_a_reported_edition_from_its_caption() -> N
     assert entry is None and "EditionID ServerRdsh" in why
     # with nothing but the caption, the caption is still the last resort
     assert identify(Machine(name="pc", role="client", os="Microsoft Windows 11 Enterprise"))[0] is not None
+
+
+# --- 3. required host updates are decided by OS build and UBR ---------------------------------------
+
+#: [RELINFO] (Windows Server release history, Build / KB article columns) for every [PLAN24] row of a
+#: Windows 10-based host; the KB is what the admin is shown.
+RELINFO_BUILDS = {
+    "KB5034770": "20348.2322",
+    "KB5034768": "17763.5458",
+    "KB5003646": "17763.1999",
+    "KB5003638": "14393.4467",
+    "KB4478877": "14393.2641",
+}
+HOST_BUILDS = {"Windows Server 2022": 20348, "Windows Server 2019": 17763, "Windows Server 2016": 14393}
+
+
+def _update(group: str, host_os: str) -> catalog.RequiredUpdate:
+    (update,) = catalog.required_updates(catalog.csvlk_group(group), host_os)
+    return update
+
+
+def test_every_windows_10_based_required_update_has_its_release_build() -> None:
+    seen = {}
+    for group in catalog.csvlk_groups():
+        for host_os, build in HOST_BUILDS.items():
+            for update in catalog.required_updates(group, host_os):
+                assert update.min_build.split(".")[0] == str(build), (update.kb, host_os)
+                assert "[RELINFO] MicrosoftDocs/windows-release-pr" in update.source
+                seen[update.kb] = update.min_build
+    assert seen == {kb: RELINFO_BUILDS[kb] for kb in seen} and len(seen) >= 4
+    # pre-Windows 10 rollups have no UBR in the release information: KB only
+    assert _update("windows-server-2016", "Windows Server 2012 R2").min_build == ""
+
+
+def test_an_installed_later_cumulative_update_satisfies_the_requirement() -> None:
+    update = _update("windows-server-2025", "Windows Server 2022")
+    assert update.kb == "KB5034770" and update.label == "KB5034770 (build 20348.2322 or later)"
+    later_lcu = {"build": 20348, "hotfixes": ["KB5044281"]}
+    assert update.installed(ubr=2762, **later_lcu)  # 2024-10 B supersedes 2024-02 B
+    assert update.installed(ubr=2322, **later_lcu)
+    assert not update.installed(ubr=2227, **later_lcu)  # 2024-01 B is too old
+    assert not update.installed(build=20348, ubr=None, hotfixes=["KB5044281"])
+    assert not update.installed(build=17763, ubr=9999, hotfixes=[])  # another OS: the build decides nothing
+    assert update.installed(build=20348, ubr=None, hotfixes=["kb5034770"])
+    rollup = _update("windows-server-2016", "Windows Server 2012 R2")
+    assert not rollup.installed(build=9600, ubr=99999, hotfixes=[])
+    assert rollup.installed(build=9600, ubr=None, hotfixes=[rollup.kb])
+
+
+def _server2022(ubr: int | None, hotfixes: list[str]) -> HostFacts:
+    data = json.loads((FIXTURES / "facts" / "server2022-fresh.json").read_text(encoding="utf-8"))
+    data["os"]["ubr"] = ubr
+    data["hotfixes"] = hotfixes
+    return HostFacts.model_validate(data)
+
+
+def test_setup_host_accepts_a_later_lcu_without_the_listed_kb() -> None:
+    args = SetupHostArgs(host_key=Secret("BCDFG-HJKMP-QRTVW-XY234-6789B"), csvlk="windows-server-2025")
+    plan = plan_setup_host("kms1", _server2022(2762, ["KB5044281"]), args)
+    assert not plan.problems and plan.details["required_updates"] == ["KB5034770"]
+    old = plan_setup_host("kms1", _server2022(2227, ["KB5034129"]), args)
+    (problem,) = old.problems
+    assert problem.check == "required-update" and problem.hresult == "0xC004F050"
+    assert "KB5034770 (build 20348.2322 or later)" in problem.message
+    assert "runs build 20348.2227" in problem.message
+
+
+def test_capacity_plan_uses_the_build_and_ubr() -> None:
+    host = Machine(name="kms1", role="kms_host", os="Windows Server 2022", build=20348, ubr=2762, hotfixes=())
+    group = catalog.csvlk_group("windows-server-2025")
+    assert _fit(host, group).missing_updates == []
+    old = Machine(name="kms1", role="kms_host", os="Windows Server 2022", build=20348, ubr=2227, hotfixes=())
+    fit = _fit(old, group)
+    assert fit.missing_updates == ["KB5034770"] and "(OS build 20348.2322 or later)" in _builds(fit)

@@ -47,6 +47,29 @@ class RequiredUpdate:
     source: str
     later: str = ""
     note: str = ""
+    #: "build.revision" of this update ([RELINFO]); "" where only the KB can be matched
+    min_build: str = ""
+    #: the KB number the planning page prints, where it names another OS's update
+    doc_kb: str = ""
+
+    @property
+    def label(self) -> str:
+        """``KB5034770 (build 20348.2322 or later)`` – what the admin is shown."""
+        return f"{self.kb} (build {self.min_build} or later)" if self.min_build else self.kb
+
+    def installed(self, *, build: int | None, ubr: int | None, hotfixes: Iterable[str] | None) -> bool:
+        """Whether a host has this update or a later cumulative update.
+
+        The KB in Get-HotFix's list counts; so does, for rows with ``min_build``, the same OS build
+        with an update build revision (UBR) at least the update's ([PLAN24] "or later cumulative
+        update": later LCUs supersede it, so its KB may not be listed).
+        """
+        if hotfixes is not None and self.kb.upper() in {h.upper() for h in hotfixes}:
+            return True
+        if not self.min_build or build is None or ubr is None:
+            return False
+        base, _, revision = self.min_build.partition(".")
+        return build == int(base) and ubr >= int(revision)
 
     def to_dict(self) -> dict[str, str]:
         """JSON form."""
@@ -55,6 +78,8 @@ class RequiredUpdate:
             "title": self.title,
             "date": self.date,
             "later": self.later,
+            "min_build": self.min_build,
+            "doc_kb": self.doc_kb,
             "source": self.source,
             "note": self.note,
         }
@@ -220,6 +245,8 @@ def _data() -> tuple[tuple[CsvlkGroup, ...], tuple[_UpdateRow, ...], dict[str, t
                 source=source_text(sources, u["source"]),
                 later=u.get("later", ""),
                 note=u.get("note", ""),
+                min_build=u.get("min_build", ""),
+                doc_kb=u.get("doc_kb", ""),
             ),
         )
         for u in raw["update"]
@@ -339,7 +366,7 @@ def _windows_verdict(group: CsvlkGroup, host: _HostOs) -> HostVerdict:
             reason += "; this group is retired (not in current Microsoft docs)"
         if updates:
             reason += "; install first: " + ", ".join(
-                f"{u.kb} ({u.title}) {u.later}".strip() for u in updates
+                f"{u.label} ({u.title}) {u.later}".strip() for u in updates
             )
         return HostVerdict(True, reason, updates)
     if host.name == "Windows Server 2008 R2" and group.age >= 2016:

@@ -322,6 +322,7 @@ def facts_data(host: HostState, now: datetime) -> dict[str, Any]:
             "caption": host.os.caption,
             "version": host.os.version,
             "build": host.os.build,
+            "ubr": host.os.ubr or None,
             "sku": host.os.sku,
             "edition_id": host.os.edition_id,
             "product_type": host.os.product_type,

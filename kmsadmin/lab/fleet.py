@@ -415,6 +415,7 @@ def _new_host(
         product_type=profile.product_type,
         family=profile.family,
         installation_type=profile.installation_type,
+        ubr=profile.ubr,
     )
     host = HostState(
         name=name,
@@ -447,13 +448,15 @@ def _new_host(
 
 
 def _patched(host: HostState, profile: osmix.OsProfile) -> list[str]:
-    """The image's updates: its baseline plus every KMS-host prerequisite the catalog lists for it."""
+    """The image's updates: its baseline plus every KMS-host prerequisite the catalog lists for it
+    that its cumulative update (build.UBR) does not already supersede."""
     kbs = list(profile.hotfixes)
+    host.hotfixes = kbs
     if profile.is_server or host.role == "kms_host":
         for group in kms.group_names():
-            ok, _, required = kms.carry_verdict(group, host)
+            ok, _, _ = kms.carry_verdict(group, host)
             if ok:
-                kbs.extend(kb for kb in required if kb not in kbs)
+                kbs.extend(kb for kb in kms.missing_updates(group, host) if kb not in kbs)
     return kbs
 
 

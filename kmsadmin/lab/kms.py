@@ -254,6 +254,17 @@ def carry_verdict(group_name: str, host: HostState) -> tuple[bool, str, list[str
     return bool(verdict.ok), str(getattr(verdict, "reason", "") or ""), kbs
 
 
+def missing_updates(group_name: str, host: HostState) -> list[str]:
+    """The required updates (KBs) the host has neither listed nor superseded by its build.UBR."""
+    group = catalog.csvlk_group(group_name)
+    verdict = catalog.host_can_carry(group, host_os_name(host), edition_id=host.os.edition_id)
+    return [
+        str(update.kb)
+        for update in verdict.required_updates
+        if not update.installed(build=host.os.build, ubr=host.os.ubr or None, hotfixes=host.hotfixes)
+    ]
+
+
 # --------------------------------------------------------------------------- identification
 
 
@@ -418,14 +429,14 @@ def _keep_client_settings(old: Product | None, new: Product) -> None:
 
 
 def _install_host_key(host: HostState, key: str, group: str, now: datetime) -> Product:
-    ok, reason, kbs = carry_verdict(group, host)
+    ok, reason, _ = carry_verdict(group, host)
     if not ok:
         # host OS outside the group's "can be hosted on" list [PLAN24]; a client-OS host key on a
         # server: "A client KMS key can't be installed into the KMS in Windows Server" [ITPRO]
         raise LabFailure(
             SL_E_INVALID_PRODUCT_KEY, "InstallProductKey", reason or f"{host.os.caption} cannot carry it"
         )
-    missing = [kb for kb in kbs if kb not in host.hotfixes]
+    missing = missing_updates(group, host)
     if missing:
         # "the fix for 0xC004F050 ... when installing a newer CSVLK ... is to install" the host KB [KEYS17]
         raise LabFailure(

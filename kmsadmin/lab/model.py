@@ -87,6 +87,8 @@ class OsInfo:
     product_type: int
     family: str
     installation_type: str
+    #: HKLM\...\CurrentVersion\UBR; 0 = not reported (facts: null)
+    ubr: int = 0
 
     @property
     def version(self) -> str:

@@ -57,6 +57,8 @@ class OsProfile:
     installation_type: str = "Client"
     #: a representative cumulative update installed on the image
     hotfixes: tuple[str, ...] = ()
+    #: the update build revision (UBR) that update brings ([RELINFO] build column); 0 = not reported
+    ubr: int = 0
 
     @property
     def version(self) -> str:
@@ -88,7 +90,7 @@ def _client(*, name: str, caption: str, edition_id: str, build: int, sku: int, f
 
 
 def _server(
-    *, name: str, year: int, edition: str, build: int, sku: int, hotfixes: tuple[str, ...]
+    *, name: str, year: int, edition: str, build: int, sku: int, hotfixes: tuple[str, ...], ubr: int
 ) -> OsProfile:
     edition_id = f"Server{edition}"
     return OsProfile(
@@ -102,6 +104,7 @@ def _server(
         license_name=f"Windows(R), {edition_id} edition",
         installation_type="Server",
         hotfixes=hotfixes,
+        ubr=ubr,
     )
 
 
@@ -111,7 +114,11 @@ def _server(
 # PRODUCT_DATACENTER_SERVER_CORE 12, PRODUCT_STANDARD_SERVER_CORE 13 (winnt.h GetProductInfo values).
 # Builds: Windows 11 23H2 22631, LTSC 2024 26100; Windows 10 22H2 19045, LTSC 2021 19044,
 # LTSC 2019 17763, LTSB 2016 14393; Server 2016 14393, 2019 17763, 2022 20348, 2025 26100.
-# Hotfixes are the KMS-host prerequisites of microsoft.md §b.1 ([PLAN24] "KMS host required updates").
+# Hotfixes are the KMS-host prerequisites of microsoft.md §b.1 ([PLAN24] "KMS host required updates"),
+# or a later cumulative update with its UBR from Microsoft's Windows Server release information
+# ([RELINFO]: KB5003638 14393.4467, KB5034768 17763.5458, KB5044281 20348.2762 (2024-10 B, later than
+# the required KB5034770 20348.2322, which a Server 2022 image therefore does not list), KB5046617
+# 26100.2314).
 _PROFILES: tuple[OsProfile, ...] = (
     _client(
         name="win11-enterprise",
@@ -234,7 +241,13 @@ _PROFILES: tuple[OsProfile, ...] = (
         family="Windows 10",
     ),
     _server(
-        name="server2016-standard", year=2016, edition="Standard", build=14393, sku=7, hotfixes=("KB5003638",)
+        name="server2016-standard",
+        year=2016,
+        edition="Standard",
+        build=14393,
+        sku=7,
+        hotfixes=("KB5003638",),
+        ubr=4467,
     ),
     _server(
         name="server2016-datacenter",
@@ -243,6 +256,7 @@ _PROFILES: tuple[OsProfile, ...] = (
         build=14393,
         sku=8,
         hotfixes=("KB5003638",),
+        ubr=4467,
     ),
     _server(
         name="server2019-standard",
@@ -251,6 +265,7 @@ _PROFILES: tuple[OsProfile, ...] = (
         build=17763,
         sku=7,
         hotfixes=("KB5003646", "KB5034768"),
+        ubr=5458,
     ),
     _server(
         name="server2019-datacenter",
@@ -259,9 +274,16 @@ _PROFILES: tuple[OsProfile, ...] = (
         build=17763,
         sku=8,
         hotfixes=("KB5003646", "KB5034768"),
+        ubr=5458,
     ),
     _server(
-        name="server2022-standard", year=2022, edition="Standard", build=20348, sku=7, hotfixes=("KB5034770",)
+        name="server2022-standard",
+        year=2022,
+        edition="Standard",
+        build=20348,
+        sku=7,
+        hotfixes=("KB5044281",),
+        ubr=2762,
     ),
     _server(
         name="server2022-datacenter",
@@ -269,10 +291,27 @@ _PROFILES: tuple[OsProfile, ...] = (
         edition="Datacenter",
         build=20348,
         sku=8,
-        hotfixes=("KB5034770",),
+        hotfixes=("KB5044281",),
+        ubr=2762,
     ),
-    _server(name="server2025-standard", year=2025, edition="Standard", build=26100, sku=7, hotfixes=()),
-    _server(name="server2025-datacenter", year=2025, edition="Datacenter", build=26100, sku=8, hotfixes=()),
+    _server(
+        name="server2025-standard",
+        year=2025,
+        edition="Standard",
+        build=26100,
+        sku=7,
+        hotfixes=("KB5046617",),
+        ubr=2314,
+    ),
+    _server(
+        name="server2025-datacenter",
+        year=2025,
+        edition="Datacenter",
+        build=26100,
+        sku=8,
+        hotfixes=("KB5046617",),
+        ubr=2314,
+    ),
 )
 
 PROFILES: dict[str, OsProfile] = {p.name: p for p in _PROFILES}
@@ -322,6 +361,7 @@ def core_variant(profile: OsProfile) -> OsProfile:
         license_name=profile.license_name,
         installation_type="Server Core",
         hotfixes=profile.hotfixes,
+        ubr=profile.ubr,
     )
 
 

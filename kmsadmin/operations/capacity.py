@@ -44,6 +44,8 @@ class Machine:
     edition: str | None = None
     edition_id: str | None = None
     build: int | None = None
+    #: update build revision (``kmsadmin_ubr`` or facts): with ``build``, decides "or later" updates
+    ubr: int | None = None
     sku: int | None = None
     product_type: int | None = None
     #: installed updates (``kmsadmin_hotfixes`` or facts), None when unknown
@@ -165,7 +167,8 @@ def machine_from_vars(name: str, hostvars: Mapping[str, Any], groups: Collection
 
     Role: member of ``kms_hosts`` or ``kmsadmin_role: kms_host``. Identity: ``kmsadmin_edition`` (catalog
     name), ``kmsadmin_os`` (OS name or caption, as the lab writes it), optional ``kmsadmin_edition_id``,
-    ``kmsadmin_build``, ``kmsadmin_sku``; ``kmsadmin_hotfixes`` (list or comma-separated KBs);
+    ``kmsadmin_build``, ``kmsadmin_ubr``, ``kmsadmin_sku``; ``kmsadmin_hotfixes`` (list or comma-separated
+    KBs);
     ``kmsadmin_office`` (Office catalog names).
     """
     role: Role = (
@@ -179,6 +182,7 @@ def machine_from_vars(name: str, hostvars: Mapping[str, Any], groups: Collection
         edition=str(hostvars["kmsadmin_edition"]) if hostvars.get("kmsadmin_edition") else None,
         edition_id=str(hostvars["kmsadmin_edition_id"]) if hostvars.get("kmsadmin_edition_id") else None,
         build=_opt_int(name, "kmsadmin_build", hostvars.get("kmsadmin_build")),
+        ubr=_opt_int(name, "kmsadmin_ubr", hostvars.get("kmsadmin_ubr")),
         sku=_opt_int(name, "kmsadmin_sku", hostvars.get("kmsadmin_sku")),
         product_type=_opt_int(name, "kmsadmin_product_type", hostvars.get("kmsadmin_product_type")),
         hotfixes=None if hotfixes is None else tuple(h.upper() for h in _names(hotfixes)),
@@ -195,6 +199,7 @@ def machine_from_facts(name: str, role: Role, facts: HostFacts) -> Machine:
         os=facts.os.caption,
         edition_id=facts.os.edition_id,
         build=facts.os.build,
+        ubr=facts.os.ubr,
         sku=facts.os.sku,
         product_type=facts.os.product_type,
         hotfixes=tuple(h.upper() for h in facts.hotfixes),
@@ -291,9 +296,17 @@ def _fit(machine: Machine, group: CsvlkGroup) -> HostFit:
     fit = HostFit(machine.name, host_os, group.name, verdict.ok, verdict.reason)
     for update in verdict.required_updates:
         fit.required_updates.append(update.to_dict())
-        if machine.hotfixes is None or update.kb.upper() not in machine.hotfixes:
+        if not update.installed(build=machine.build, ubr=machine.ubr, hotfixes=machine.hotfixes):
             fit.missing_updates.append(update.kb)
     return fit
+
+
+def _builds(fit: HostFit) -> str:
+    """`` (OS build 17763.5458 or later)`` for the missing updates whose build is known ([RELINFO])."""
+    builds = [
+        u["min_build"] for u in fit.required_updates if u["kb"] in fit.missing_updates and u["min_build"]
+    ]
+    return f" (OS build {', '.join(builds)} or later)" if builds else ""
 
 
 def plan_capacity(machines: Iterable[Machine]) -> CapacityPlan:
@@ -353,9 +366,8 @@ def plan_capacity(machines: Iterable[Machine]) -> CapacityPlan:
                     Finding(
                         "host-updates",
                         f"{machine.name} ({fit.os}) needs {', '.join(fit.missing_updates)} or a later "
-                        "cumulative "
-                        f"update before it can take the {group.name} host key (without it: 0xC004F050 "
-                        "'product key is invalid')",
+                        f"cumulative update{_builds(fit)} before it can take the {group.name} host key "
+                        "(without it: 0xC004F050 'product key is invalid')",
                         "install the latest cumulative update on the KMS host before installing the host key",
                         machine.name,
                     )

@@ -98,15 +98,16 @@ def _preflight(facts: HostFacts, args: SetupHostArgs) -> tuple[list[Problem], li
             )
         for update in verdict.required_updates:
             required.append(update.kb)
-            if facts.has_update(update.kb) or args.assume_updates:
+            if facts.has_required_update(update) or args.assume_updates:
                 continue
+            running = f"{os.build}.{os.ubr}" if os.ubr is not None else "unknown"
             problems.append(
                 Problem(
                     "required-update",
-                    f"{host_os} needs {update.kb} ({update.title}) or a later cumulative update to carry a "
-                    f"{group.name} host key",
-                    f"install {update.kb} or a later cumulative update; if a later cumulative update is "
-                    "already installed, re-run with --assume-updates",
+                    f"{host_os} needs {update.label} ({update.title}) or a later cumulative update to carry "
+                    f"a {group.name} host key; it runs build {running} and does not list {update.kb}",
+                    f"install {update.kb} or a later cumulative update; if one is installed but not "
+                    "reported, re-run with --assume-updates",
                     hresult="0xC004F050",
                 )
             )

@@ -108,6 +108,7 @@ def test_facts_match_the_documented_shape(lab: Lab) -> None:
         "caption": "Microsoft Windows 11 Enterprise",
         "version": "10.0.22631",
         "build": 22631,
+        "ubr": None,
         "sku": 4,
         "edition_id": "Enterprise",
         "product_type": 1,
