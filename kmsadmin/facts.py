@@ -65,6 +65,10 @@ class ProductFacts(_Model):
     lookup_domain: str | None = None
     discovered_kms: str | None = None
     discovered_port: int | None = None
+    vl_activation_type: int = 0
+    vl_activation_type_enabled: int = 0
+    ad_object_name: str | None = None
+    ad_object_dn: str | None = None
 
     @property
     def is_windows(self) -> bool:
@@ -80,6 +84,36 @@ class ProductFacts(_Model):
     def is_kms_client(self) -> bool:
         """Description contains VOLUME_KMSCLIENT: a GVLK is installed ([TSKMS])."""
         return "VOLUME_KMSCLIENT" in self.description.upper()
+
+    @property
+    def activation_method(self) -> str | None:
+        """How this product is activated: ADBA, KMS, Token, MAK, Retail, OEM or KMS host; None if not.
+
+        A GVLK (VOLUME_KMSCLIENT) product says how it was last activated in VLActivationType
+        (1 AD, 2 KMS, 3 Token [WMITABLE]); other channels activate with Microsoft by their key type
+        (Description / ProductKeyChannel, as slmgr.vbs tells them apart [SLMGRVBS]).
+        """
+        if self.license_status != 1:
+            return None
+        if self.is_kms_host:
+            return "KMS host"
+        text = f"{self.description} {self.channel or ''}".upper()
+        if self.is_kms_client:
+            return {1: "ADBA", 3: "Token"}.get(self.vl_activation_type, "KMS")
+        for tag, name in (("MAK", "MAK"), ("RETAIL", "Retail"), ("OEM", "OEM")):
+            if tag in text:
+                return name
+        return None
+
+    @property
+    def activated_by(self) -> str | None:
+        """The activation object (ADBA) or KMS host (KMS) that activated the product."""
+        method = self.activation_method
+        if method == "ADBA":
+            return self.ad_object_name
+        if method == "KMS":
+            return self.discovered_kms or self.kms_machine
+        return None
 
     @property
     def days_left(self) -> float:

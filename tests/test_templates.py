@@ -48,6 +48,7 @@ VALID: dict[str, Any] = {
     "kms_hosts_group": "",
     "domains": "contoso.com,branch.contoso.com",
     "clear": False,
+    "activation_type": 1,
 }
 
 HOSTILE = [
@@ -111,7 +112,7 @@ def as_text(value: Any) -> str:
 
 
 def test_readme_table_is_read() -> None:
-    assert len(STEPS) == 16
+    assert len(STEPS) == 17
     assert STEPS["facts"] == []
     assert STEPS["install-host-key"] == ["product_key", "application_id"]
     assert STEPS["kms-host-settings"] == [

@@ -432,6 +432,10 @@ def convert_client(
     confirmation_id: Annotated[
         str | None, typer.Option(help="Confirmation ID for MAK phone activation")
     ] = None,
+    act_type: Annotated[
+        str | None,
+        typer.Option("--act-type", help="volume activation allowed: all, ad, kms or token (slmgr /act-type)"),
+    ] = None,
     fmt: FormatOpt = "ps1",
     dry_run: DryRunOpt = False,
     check: CheckOpt = False,
@@ -481,6 +485,11 @@ def convert_client(
             )
         if activation not in ("online", "phone") or (activation == "phone" and chosen != "mak"):
             raise InvalidInput("--activation", activation, "online, or phone with --method mak")
+        act_types = {"all": 0, "ad": 1, "kms": 2, "token": 3}
+        if act_type is not None and (act_type.lower() not in act_types or chosen == "mak"):
+            raise InvalidInput(
+                "--act-type", act_type, "all, ad, kms or token (volume clients, not --method mak)"
+            )
         if confirmation_id is not None and activation != "phone":
             raise InvalidInput("--confirmation-id", confirmation_id, "goes with --activation phone")
         args = ConvertClientArgs(
@@ -496,6 +505,7 @@ def convert_client(
             mak=_mak(mak_file, required=not dry_run) if chosen == "mak" else None,
             activation=activation,
             confirmation_id=validate.confirmation_id(confirmation_id) if confirmation_id else None,
+            act_type=act_types[act_type.lower()] if act_type is not None else None,
         )
         if dry_run:
             plans = [plan_convert_client(n, None, args) for n in names]

@@ -136,6 +136,8 @@ def _print_one(report: HostReport, *, check: bool) -> None:
             parts.append(f"{state['days_left']} days left")
         elif state.get("license_status") == 1:
             parts.append("no expiry")
+        if state.get("activation_method"):
+            parts.append(f"activated by {method_text(state)}")
         if state.get("is_kms_host"):
             parts.append(f"KMS count {state.get('current_count')}")
         console.print("  " + ", ".join(parts))
@@ -180,7 +182,17 @@ def status(
     else:
         table(
             None,
-            ["host", "status", "edition", "license", "days left", "KMS target", "KMS host count", "error"],
+            [
+                "host",
+                "status",
+                "edition",
+                "license",
+                "days left",
+                "method",
+                "KMS target",
+                "KMS host count",
+                "error",
+            ],
             (
                 (
                     r.host,
@@ -188,6 +200,7 @@ def status(
                     r.state.get("edition"),
                     r.state.get("license_status_name"),
                     r.state.get("days_left"),
+                    method_text(r.state),
                     r.state.get("kms_machine")
                     or r.state.get("lookup_domain")
                     or ("auto" if r.state else None),
@@ -201,6 +214,15 @@ def status(
             if r.error and r.error.get("remediation"):
                 sys.stderr.write(f"{r.host}: fix: {r.error['remediation']}\n")
     return failed or exit_code(assessed, options)
+
+
+def method_text(state: Mapping[str, Any]) -> str | None:
+    """``ADBA (Contoso AO)``, ``KMS (kms01.contoso.com)``, ``MAK``: how the host is activated."""
+    method = state.get("activation_method")
+    if not method:
+        return None
+    by = state.get("activated_by")
+    return f"{method} ({by})" if by else str(method)
 
 
 def doctor(

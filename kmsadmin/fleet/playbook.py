@@ -191,6 +191,8 @@ class ConvertClientParams(_Strict):
     kms_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     lookup_domain: str | None = None
     office: bool = False
+    #: slmgr /act-type: which volume activation the clients may use (ad for ADBA only, kms, all)
+    act_type: Literal["all", "ad", "kms", "token"] | None = None
 
     @field_validator("key")
     @classmethod
@@ -627,6 +629,9 @@ def build_args(
             kms_port=kms_port,
             lookup_domain=params.lookup_domain,
             office=params.office,
+            act_type=None
+            if params.act_type is None
+            else ("all", "ad", "kms", "token").index(params.act_type),
         )
     return None
 

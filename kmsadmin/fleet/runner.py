@@ -109,6 +109,10 @@ class HostReport:
         }
 
 
+#: VLActivationTypeEnabled as slmgr /dli names it ("Configured Activation Type: All|AD|KMS|Token") [SLMGRVBS]
+ACTIVATION_TYPES = {0: "All", 1: "AD", 2: "KMS", 3: "Token"}
+
+
 def summarize_state(facts: HostFacts) -> dict[str, Any]:
     """The final state worth reporting: edition, license status, days left, KMS host counters."""
     os = facts.os
@@ -129,6 +133,10 @@ def summarize_state(facts: HostFacts) -> dict[str, Any]:
         "kms_machine": facts.service.kms_machine,
         "lookup_domain": facts.service.lookup_domain,
         "is_kms_host": facts.service.is_kms_host,
+        # ADBA, KMS, MAK, Retail... and the activation object or KMS host behind it (facts.ProductFacts)
+        "activation_method": product.activation_method if product else None,
+        "activated_by": product.activated_by if product else None,
+        "activation_type": ACTIVATION_TYPES.get(product.vl_activation_type_enabled) if product else None,
     }
     if facts.service.is_kms_host:
         state.update(

@@ -284,7 +284,7 @@ def _hresult(code: int) -> str:
 # ---------------------------------------------------------------------- facts
 
 
-def product_facts(product: Product, now: datetime) -> dict[str, Any]:
+def product_facts(product: Product, now: datetime, service: Service) -> dict[str, Any]:
     """One entry of the facts ``products`` list."""
     return {
         "id": product.activation_id,
@@ -303,6 +303,11 @@ def product_facts(product: Product, now: datetime) -> dict[str, Any]:
         "lookup_domain": product.lookup_domain,
         "discovered_kms": product.discovered_kms,
         "discovered_port": product.discovered_port,
+        "vl_activation_type": product.vl_activation_type,
+        "vl_activation_type_enabled": product.vl_activation_type_enabled
+        or service.vl_activation_type_enabled,
+        "ad_object_name": product.ad_object_name,
+        "ad_object_dn": product.ad_object_dn,
     }
 
 
@@ -329,7 +334,7 @@ def facts_data(host: HostState, now: datetime) -> dict[str, Any]:
             "installation_type": host.os.installation_type,
             "ui_language": host.ui_language,
         },
-        "products": [product_facts(p, now) for p in host.keyed()],
+        "products": [product_facts(p, now, service) for p in host.keyed()],
         "service": {
             "version": f"{host.os.version}.1",
             "kms_machine": service.kms_machine,
@@ -501,7 +506,7 @@ def step_activate(ctx: Context, params: dict[str, str]) -> StepResult:
         try:
             if product.is_kms_client:
                 # "/ato ... no elevation needed for KMS activation" [SLMGRDOC]
-                _kms_request(ctx, product)
+                _volume_activate(ctx, product)
             else:
                 ctx.require_elevation("Activate")
                 with ctx.fleet.kms_lock:
@@ -521,6 +526,24 @@ def step_activate(ctx: Context, params: dict[str, str]) -> StepResult:
         for p in _candidates(ctx.host, app, activation_id)
     ]
     return StepResult(changed, None, None, {"products": products})
+
+
+def _volume_activate(ctx: Context, product: Product) -> None:
+    """A GVLK product activates through KMS unless its configured activation type forbids it."""
+    kind = configured_type(ctx.host, product)
+    if kind in (ACT_TYPE_ALL, ACT_TYPE_KMS):
+        _kms_request(ctx, product)
+        return
+    if kind == ACT_TYPE_AD:
+        failure = kms.LabFailure(
+            kms.ERROR_DS_NO_SUCH_OBJECT,
+            "Activate",
+            "activation type AD (slmgr /act-type 1) and no activation object in the forest activates it",
+        )
+    else:
+        failure = refuse("Check", "token-based activation (slmgr /act-type 3) is not modelled by the lab")
+    product.license_status_reason = failure.hresult or 0
+    raise failure
 
 
 def _kms_request(ctx: Context, product: Product) -> None:
@@ -713,7 +736,34 @@ def step_host_caching(ctx: Context, params: dict[str, str]) -> StepResult:
     return StepResult(changed, before, {"host_caching": service.host_caching}, None)
 
 
+#: VLActivationTypeEnabled values: 0 all, 1 Active Directory, 2 KMS, 3 Token [WMITABLE]
+ACT_TYPE_ALL, ACT_TYPE_AD, ACT_TYPE_KMS, ACT_TYPE_TOKEN = range(4)
+
+
+def configured_type(host: HostState, product: Product) -> int:
+    """The activation type a product may use: its own VLActivationTypeEnabled, else the machine's."""
+    return product.vl_activation_type_enabled or host.service.vl_activation_type_enabled
+
+
+def step_act_type(ctx: Context, params: dict[str, str]) -> StepResult:
+    """``act-type``: SetVLActivationTypeEnabled / ClearVLActivationTypeEnabled (slmgr /act-type)."""
+    wanted = _optional_number(params, "activation_type", 0, 3)
+    if wanted is None:
+        raise refuse("Input", "activation_type must be a number")
+    target = _target(ctx, params)
+    windows = [target] if isinstance(target, Product) else _candidates(ctx.host, WINDOWS_APP, "")
+    current = configured_type(ctx.host, windows[0]) if windows else 0
+    before = {"activation_type": current}
+    changed = current != wanted
+    if changed:
+        ctx.require_elevation("ClearVLActivationTypeEnabled" if wanted == 0 else "SetVLActivationTypeEnabled")
+        target.vl_activation_type_enabled = wanted
+    after = {"activation_type": configured_type(ctx.host, windows[0]) if windows else wanted}
+    return StepResult(changed, before, after, None)
+
+
 STEPS: dict[str, Handler] = {
+    "act-type": step_act_type,
     "facts": step_facts,
     "install-feature": step_install_feature,
     "firewall": step_firewall,

@@ -69,6 +69,10 @@ SL_E_INVALID_PRODUCT_KEY = 0xC004F050
 SL_E_MISMATCHED_PRODUCT_SKU = 0xC004F069
 SL_E_VL_INVALID_TIMESTAMP = 0xC004F06C
 SL_E_VL_BINDING_SERVICE_UNAVAILABLE = 0xC004F074
+#: HRESULT_FROM_WIN32(ERROR_DS_NO_SUCH_OBJECT): slmgr.vbs's HR_ERROR_DS_NO_SUCH_OBJECT for a missing
+#: activation object [SLMGRVBS]; the lab also answers it when a client restricted to AD activation
+#: finds no matching activation object (lab rule: the code Windows gives there is UNCONFIRMED)
+ERROR_DS_NO_SUCH_OBJECT = 0x80072030
 
 #: "The KMS only counts unique connections from the past 30 days, and only stores the 50 most recent
 #: contacts" [PLAN24]
@@ -694,10 +698,11 @@ def _request(
         # Office products activate if the count is five or greater" [PLAN24]; the count includes the
         # requesting client. SL_E_VL_NOT_ENOUGH_COUNT [ERR]
         raise LabFailure(SL_E_VL_NOT_ENOUGH_COUNT, "Activate", f"count {count}, needs {threshold}")
-    # "KMS activations are valid for 180 days" [PLAN24]
+    # "KMS activations are valid for 180 days" [PLAN24]; VLActivationType 2 = KMS [WMITABLE]
     product.license_status = LICENSED
     product.license_status_reason = 0
     product.grace_expires = utc_iso(now + timedelta(days=KMS_VALIDITY_DAYS))
+    product.vl_activation_type = 2
 
 
 def _activates(group: str, entry: Any) -> bool:

@@ -141,6 +141,13 @@ class Product:
     lookup_domain: str | None = None
     discovered_kms: str | None = None
     discovered_port: int = 0
+    #: VLActivationType: how the product was last activated (1 AD, 2 KMS, 3 Token, 0 never) [WMITABLE]
+    vl_activation_type: int = 0
+    #: VLActivationTypeEnabled set on this product (slmgr /act-type ... ActID); 0 = the service's setting
+    vl_activation_type_enabled: int = 0
+    #: ADActivationObjectName / ADActivationObjectDN of the last AD activation [WMITABLE]
+    ad_object_name: str | None = None
+    ad_object_dn: str | None = None
 
     @property
     def is_kms_client(self) -> bool:
@@ -217,6 +224,8 @@ class Service:
     contacts: dict[str, list[Contact]] = field(default_factory=dict)
     #: how many times the Software Protection service was restarted (kms-host-settings restarts it)
     restarts: int = 0
+    #: VLActivationTypeEnabled set machine-wide (slmgr /act-type): 0 all, 1 AD, 2 KMS, 3 Token [WMITABLE]
+    vl_activation_type_enabled: int = 0
 
 
 @dataclass(slots=True)

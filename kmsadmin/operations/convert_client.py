@@ -17,6 +17,8 @@ from kmsadmin.operations import Plan, PlannedStep, Problem
 from kmsadmin.values import ScriptRef, Secret
 
 TargetMode = Literal["host", "domain", "auto", "keep"]
+#: VLActivationTypeEnabled values as slmgr /dli names them [SLMGRVBS]; 0 = every type allowed
+ACT_TYPE_NAMES = {0: "All", 1: "AD", 2: "KMS", 3: "Token"}
 Method = Literal["kms", "mak"]
 
 
@@ -38,6 +40,8 @@ class ConvertClientArgs:
     mak: Secret | None = None
     activation: str = "online"  # online | phone (MAK)
     confirmation_id: str | None = None
+    #: slmgr /act-type: 0 all, 1 AD, 2 KMS, 3 Token; None = leave as it is
+    act_type: int | None = None
 
 
 def _windows_key(
@@ -177,6 +181,17 @@ def _plan_windows(host: str, facts: HostFacts | None, args: ConvertClientArgs) -
         "",
     )
     steps.extend(target_steps)
+    current_type = product.vl_activation_type_enabled if product else None
+    if args.act_type is not None and current_type != args.act_type:
+        # slmgr /act-type: which volume activation the client may use (AD, KMS, Token or all) [SLMGRVBS]
+        target_steps.append(
+            PlannedStep(
+                ScriptRef("act-type", {"activation_type": args.act_type, "activation_id": ""}),
+                f"activation type is {ACT_TYPE_NAMES.get(current_type or 0, '?') if product else 'unknown'}, "
+                f"want {ACT_TYPE_NAMES[args.act_type]}",
+            )
+        )
+        steps.append(target_steps[-1])
     if key_changes or target_steps or product is None or product.license_status != 1:
         steps.append(
             PlannedStep(

@@ -188,6 +188,7 @@ def summarize(hosts: Sequence[Mapping[str, Any]], not_started: Sequence[str]) ->
     by_edition: dict[str, dict[str, int]] = {}
     days_left = {label: 0 for label, _, _ in DAYS_LEFT_BUCKETS}
     activated = 0
+    by_method: dict[str, int] = {}
     for entry in hosts:
         counts[entry["status"]] += 1
         state = entry["state"]
@@ -195,6 +196,9 @@ def summarize(hosts: Sequence[Mapping[str, Any]], not_started: Sequence[str]) ->
             continue
         if state.get("license_status") == LICENSED:
             activated += 1
+        method = state.get("activation_method")
+        if isinstance(method, str) and method:
+            by_method[method] = by_method.get(method, 0) + 1
         edition = state.get("edition")
         edition_name = edition if isinstance(edition, str) and edition else UNKNOWN
         row = by_edition.setdefault(edition_name, {})
@@ -227,6 +231,7 @@ def summarize(hosts: Sequence[Mapping[str, Any]], not_started: Sequence[str]) ->
         NOT_STARTED: len(not_started),
         "activated": activated,
         "by_edition": {name: dict(sorted(row.items())) for name, row in sorted(by_edition.items())},
+        "by_method": dict(sorted(by_method.items())),
         "kms_hosts": kms_hosts,
         "days_left": days_left,
     }

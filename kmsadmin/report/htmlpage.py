@@ -442,12 +442,20 @@ _HOST_COLUMNS: tuple[tuple[str, bool], ...] = (
     ("License status", False),
     ("Days left", True),
     ("KMS machine", False),
+    ("Activation", False),
     ("Duration (s)", True),
     ("Failed step", False),
 )
 
 
 _NUM_CLASS = ' class="num"'
+
+
+def _method(state: Mapping[str, Any]) -> str | None:
+    """``ADBA (object name)``, ``KMS (host)``, ``MAK``: the host's activation method."""
+    method = state.get("activation_method")
+    by = state.get("activated_by")
+    return f"{method} ({by})" if method and by else method
 
 
 def _host_rows(report: Mapping[str, Any]) -> str:
@@ -463,6 +471,7 @@ def _host_rows(report: Mapping[str, Any]) -> str:
             f'{_e(status)}</span></td><td class="num">{_e(entry.get("changes", 0))}</td>'
             f"<td>{_e(state.get('edition'))}</td><td>{_e(state.get('license_status_name'))}</td>"
             f'<td class="num">{_e(days)}</td><td>{_e(state.get("kms_machine"))}</td>'
+            f"<td>{_e(_method(state))}</td>"
             f'<td class="num">{float(entry.get("duration") or 0):.3f}</td>'
             f"<td>{_e(error.get('step'))}</td></tr>"
         )
@@ -470,7 +479,7 @@ def _host_rows(report: Mapping[str, Any]) -> str:
         rows.append(
             f'<tr data-status="{NOT_STARTED}"><td>{_e(name)}</td><td></td><td></td>'
             f'<td data-sort="{NOT_STARTED}"><span class="badge {NOT_STARTED}">not started</span></td>'
-            '<td class="num"></td><td></td><td></td><td class="num"></td><td></td><td class="num"></td>'
+            '<td class="num"></td><td></td><td></td><td class="num"></td><td></td><td></td><td class="num"></td>'
             "<td></td></tr>"
         )
     return "".join(rows)

@@ -64,6 +64,9 @@ def render_summary(report: Mapping[str, Any], *, max_failures: int = MAX_FAILURE
         counts.add_column(status.replace("_", " "), justify="right", style=_STYLES.get(status))
     counts.add_row(*(str(summary[key]) for key in ("hosts", *STATUSES, NOT_STARTED, "skipped", "activated")))
     parts: list[Table | Text] = [counts]
+    methods = summary.get("by_method") or {}
+    if methods:
+        parts.append(Text("activated by: " + ", ".join(f"{name} {count}" for name, count in methods.items())))
     if summary["kms_hosts"]:
         kms = Table(title="KMS hosts", title_justify="left")
         kms.add_column("host")
@@ -123,6 +126,9 @@ def summary_text(report: Mapping[str, Any], *, max_failures: int = MAX_FAILURES)
             for key in ("hosts", *STATUSES, NOT_STARTED, "skipped", "activated")
         )
     )
+    methods = summary.get("by_method") or {}
+    if methods:
+        lines.append("activated by: " + ", ".join(f"{name} {count}" for name, count in methods.items()))
     for entry in summary["kms_hosts"]:
         current = "unknown" if entry["current_count"] is None else entry["current_count"]
         met = {True: "met", False: "NOT met", None: "unknown"}[entry["threshold_met"]]

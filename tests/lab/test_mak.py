@@ -77,6 +77,7 @@ def test_mak_online_phone_exhausted_and_never_shown(mak_lab: MakLab, tmp_path: P
     assert [s["step"] for s in report["steps"]] == ["install-gvlk", "activate"]
     assert report["state"]["license_status_name"] == "Licensed"
     assert report["state"]["partial_key"] == mak[-5:]
+    assert report["state"]["activation_method"] == "MAK"
     assert _maks(lab)["windows-client"]["remaining"] == 2
     # idempotent: a second run changes nothing and uses no activation
     code, out, err = lab.run("convert-client", "client001", "--mak-file", str(mak_file), "--json")
