@@ -92,3 +92,31 @@ def test_the_external_dtd_is_never_fetched(tmp_path: Path) -> None:
     with pytest.raises(TimeoutError):
         probe.accept()
     probe.close()
+
+
+def test_library_decode_errors_are_protocol_errors() -> None:
+    """pypsrp/pywinrm parse answers with ElementTree, base64 and struct: their errors name the host."""
+    import binascii
+    import struct
+    import xml.etree.ElementTree as ET
+
+    from kmsadmin.transports.faults import translate
+
+    options = build_options("srv01", explicit={"user": "admin", "password": "x"}, env={})
+    for exc in (ET.ParseError("syntax error"), binascii.Error("Incorrect padding"), struct.error("unpack")):
+        error = translate(exc, options, "facts", 10)
+        assert isinstance(error, ProtocolError), exc
+        assert error.host == "srv01" and error.remediation
+
+
+def test_an_unexpected_exception_fails_that_host_only_with_secrets_redacted() -> None:
+    from kmsadmin.fleet.rollout import run_host_safely
+
+    def factory(host: str) -> object:
+        raise RuntimeError("a decoder met something new near Secret-Pw-9")
+
+    report = run_host_safely("status", "odd", None, factory, ("Secret-Pw-9",), deadline=1)  # type: ignore[arg-type]
+    assert report.status == "failed"
+    assert report.error is not None and report.error["kind"] == "RuntimeError"
+    assert report.error["host"] == "odd" and "a decoder met something new" in report.error["message"]
+    assert "Secret-Pw-9" not in report.error["message"] and "[redacted]" in report.error["message"]

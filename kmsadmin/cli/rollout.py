@@ -202,8 +202,7 @@ def fleet_status(
 
     from kmsadmin.cli.output import emit_json
     from kmsadmin.fleet.inventory import load_inventory
-    from kmsadmin.fleet.rollout import transport_session_factory_for
-    from kmsadmin.fleet.runner import run_host
+    from kmsadmin.fleet.rollout import run_host_safely, secret_values, transport_session_factory_for
     from kmsadmin.report import build_report
 
     inventory = load_inventory(inventory_path)
@@ -213,7 +212,12 @@ def fleet_status(
     started = datetime.now(UTC)
     with ThreadPoolExecutor(max_workers=max(1, min(forks, len(names) or 1))) as pool:
         host_reports = list(
-            pool.map(lambda n: run_host("status", n, None, factories[n], deadline=deadline), names)
+            pool.map(
+                lambda n: run_host_safely(
+                    "status", n, None, factories[n], secret_values(inventory.vars_for(n)), deadline=deadline
+                ),
+                names,
+            )
         )
     from kmsadmin.cli.activation import HealthOptions, assess, exit_code, print_activation, selected
 

@@ -445,6 +445,11 @@ def backoff(attempt: int, base: float, rng: random.Random) -> float:
     return ceiling * rng.uniform(0.5, 1.0)
 
 
+def secret_values(host_vars: Mapping[str, Any]) -> tuple[str, ...]:
+    """The password-like host vars of one host, for redaction."""
+    return tuple(_secret_values(None, host_vars))
+
+
 def _redact(text: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         text = text.replace(secret, "[redacted]")
@@ -578,20 +583,37 @@ class _Run:
                 "kind": "HostTimeout",
             }
             return report
-        try:
-            return run_host(operation, hp.host, args, hp.factory, check=self.check, deadline=remaining)
-        except Exception as exc:  # a bug or an unmapped library error: one failed host, not a dead rollout
-            report = HostReport(host=hp.host, operation=operation, status="failed")
-            report.error = {
-                "host": hp.host,
-                "step": operation,
-                "message": _redact(str(exc), hp.secrets)[:500],
-                "hresult": None,
-                "meaning": None,
-                "remediation": None,
-                "kind": type(exc).__name__,
-            }
-            return report
+        return run_host_safely(
+            operation, hp.host, args, hp.factory, hp.secrets, check=self.check, deadline=remaining
+        )
+
+
+def run_host_safely(
+    operation: str,
+    host: str,
+    args: Any,
+    factory: SessionFactory,
+    secrets: tuple[str, ...],
+    *,
+    check: bool = False,
+    deadline: float | None = None,
+) -> HostReport:
+    """:func:`run_host`, with anything it raises (a bug, an unmapped library error met in a host's
+    answers) turned into that host's failure, secrets redacted: one host never ends the run."""
+    try:
+        return run_host(operation, host, args, factory, check=check, deadline=deadline)
+    except Exception as exc:
+        report = HostReport(host=host, operation=operation, status="failed")
+        report.error = {
+            "host": host,
+            "step": operation,
+            "message": _redact(str(exc), secrets)[:500],
+            "hresult": None,
+            "meaning": None,
+            "remediation": None,
+            "kind": type(exc).__name__,
+        }
+        return report
 
 
 def rollout(

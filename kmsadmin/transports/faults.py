@@ -8,7 +8,10 @@ requests adds its own for DNS, TCP and TLS failures. :func:`translate` folds the
 
 from __future__ import annotations
 
+import binascii
 import ssl
+import struct
+import xml.etree.ElementTree as ET
 
 from kmsadmin.errors import (
     AccessDenied,
@@ -93,6 +96,9 @@ def _translate_library(
     if isinstance(exc, ValueError) and "auth" in str(exc).lower():
         # pypsrp validates the auth/encryption combination only when it builds the HTTP session.
         return ConfigError(f"{host}: {exc}")
+    if isinstance(exc, ET.ParseError | binascii.Error | UnicodeDecodeError | struct.error):
+        # pypsrp and pywinrm parse answers with ElementTree and base64 and decode PSRP with struct
+        return protocol_error(options, step, f"{type(exc).__name__}: {str(exc)[:200]}")
     return None
 
 
