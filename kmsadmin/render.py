@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kmsadmin.errors import TemplateError
-from kmsadmin.values import ParamValue, RenderedScript, ScriptFormat, ScriptRef, Secret
+from kmsadmin.values import SECRET_VISIBLE_CHARS, ParamValue, RenderedScript, ScriptFormat, ScriptRef, Secret
 
 #: The single-quote characters PowerShell treats alike inside single-quoted strings
 #: (ASCII apostrophe, U+2018, U+2019, U+201A, U+201B). Each is escaped by doubling it.
@@ -91,6 +91,18 @@ def cmd_quote(value: Any) -> Quoted:
     return Quoted('"' + text + '"')
 
 
+def secret_tail(value: Any) -> str:
+    """The part of a secret that may be shown: its last five characters ("" for a placeholder).
+
+    Same result for the secret (``text``) and its masked form (``display``), so a template may
+    name a key by its tail without ever holding the key (the cmd hand-off reads it at run time).
+    """
+    text = value.value if isinstance(value, Secret) else _as_text(value)
+    if not text or text.startswith("<"):
+        return ""
+    return text[-SECRET_VISIBLE_CHARS:]
+
+
 def _finalize(value: Any) -> Any:
     if isinstance(value, Quoted):
         return value
@@ -124,6 +136,7 @@ def environment() -> Any:
     )
     env.filters["ps"] = ps_quote
     env.filters["cmd"] = cmd_quote
+    env.filters["tail"] = secret_tail
     return env
 
 
@@ -199,6 +212,42 @@ def _render(ref: ScriptRef) -> RenderedScript:
     return RenderedScript(
         step=ref.step, version=int(match["version"]), fmt=ref.fmt, text=text, display=display
     )
+
+
+def _cmd_comment(text: str) -> list[str]:
+    """``::`` comment lines (wrapped), ``%`` doubled: cmd expands variables in every line it reads."""
+    import textwrap
+
+    return [":: " + line for line in textwrap.wrap(" ".join(text.split()).replace("%", "%%"), 100)]
+
+
+def cmd_handoff(host: str, notes: list[str], steps: list[tuple[str, str, str]]) -> str:
+    """One cmd script that runs a host's hand-off steps in order, as printed (CRLF line endings).
+
+    ``steps`` are (step, reason, rendered cmd display). Each step is a subroutine (``call :label``)
+    ending with its own ``exit /b``; the script stops at the first step whose exit code is not 0.
+    """
+    lines = [
+        "@echo off",
+        "setlocal EnableExtensions DisableDelayedExpansion",
+        *_cmd_comment(
+            f"kmsadmin hand-off for {host}: {len(steps)} step(s) with slmgr.vbs / ospp.vbs. Save it as"
+            " a .cmd file and run it on that host in an elevated Command Prompt. A KMS host key is"
+            " read when it runs: set KMSADMIN_HOST_KEY first, or type it at the prompt."
+        ),
+        *(line for note in notes for line in _cmd_comment(f"note: {note}")),
+    ]
+    for number, (step, _, _) in enumerate(steps, 1):
+        lines += [
+            f"call :kmsadmin_step_{number}",
+            f"if %ERRORLEVEL% NEQ 0 (echo kmsadmin: step {number} {step} failed, stopping 1>&2"
+            " & exit /b %ERRORLEVEL%)",
+        ]
+    lines += [f"echo kmsadmin: {len(steps)} step(s) done", "exit /b 0"]
+    for number, (step, reason, script) in enumerate(steps, 1):
+        lines += [f":kmsadmin_step_{number}", *_cmd_comment(f"---- step {number}: {step} ({reason})")]
+        lines += script.replace("\r\n", "\n").rstrip("\n").split("\n")
+    return "\r\n".join(lines) + "\r\n"
 
 
 def parse_header(script: str) -> tuple[str, int] | None:

@@ -244,6 +244,16 @@ def _print_scripts(plans: list[Any], fmt: str, json_out: bool) -> None:
     if json_out:
         emit_json(documents if len(documents) > 1 else documents[0])
         return
+    if script_fmt == "cmd":
+        from kmsadmin.render import cmd_handoff
+
+        for doc in documents:
+            notes = doc["notes"] + [
+                f"problem ({p['check']}): {p['message']} -- fix: {p['remediation']}" for p in doc["problems"]
+            ]
+            steps = [(s["step"], s["reason"], s["script"]) for s in doc["scripts"]]
+            sys.stdout.write(cmd_handoff(doc["host"], notes, steps))
+        return
     for doc in documents:
         for note in doc["notes"]:
             typer.echo(f"# note: {note}")
