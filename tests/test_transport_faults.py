@@ -170,3 +170,91 @@ def test_stdin_payload_roundtrip_and_chunks() -> None:
 @pytest.mark.parametrize("seconds", [0.0, -1.0])
 def test_zero_deadline_is_expired(seconds: float) -> None:
     assert Deadline(seconds).expired
+
+
+def test_missing_gssapi_names_the_extra_to_install() -> None:
+    from kmsadmin.transports.faults import AuthLibraryMissing
+
+    options = build_options("krb01", explicit={"auth": "kerberos"}, env={})
+    cause = ImportError("GSSAPIProxy requires the Python gssapi library: No module named 'gssapi'")
+    wrapped = ValueError("building the auth context failed")
+    wrapped.__cause__ = cause
+    for exc in (cause, wrapped):
+        err = translate(exc, options, "facts", 30)
+        assert isinstance(err, AuthLibraryMissing) and isinstance(err, AuthenticationFailed)
+        assert err.host == "krb01" and err.step == "facts"
+        assert err.remediation is not None and "install kmsadmin[kerberos]" in err.remediation
+        assert not is_retryable(err)
+    credssp = build_options("c01", explicit={"auth": "credssp", "user": "u", "password": "p"}, env={})
+    err = translate(
+        ImportError("Cannot use CredSSP auth as requests-credssp is not installed"), credssp, "facts", 30
+    )
+    assert isinstance(err, AuthLibraryMissing) and "requests-credssp" in err.message
+
+
+def test_proxy_failures_are_blamed_on_the_proxy() -> None:
+    from kmsadmin.transports.faults import ProxyFailed
+
+    options = build_options("p01", explicit={"proxy": "http://proxy.corp:3128"}, env={})
+    err = translate(
+        requests.exceptions.ProxyError("Unable to connect to proxy: [Errno 111] Connection refused"),
+        options,
+        "facts",
+        30,
+    )
+    assert isinstance(err, ProxyFailed) and "http://proxy.corp:3128" in err.message
+    assert err.remediation is not None and "proxy" in err.remediation
+    socks = build_options("p02", explicit={"proxy": "socks5://127.0.0.1:1080"}, env={})
+    err = translate(
+        requests.exceptions.InvalidSchema("Missing dependencies for SOCKS support."), socks, "facts", 30
+    )
+    assert (
+        isinstance(err, ProxyFailed) and err.remediation is not None and "kmsadmin[socks]" in err.remediation
+    )
+
+
+def test_refused_client_certificate_is_not_a_password_problem() -> None:
+    from kmsadmin.transports.faults import ClientCertificateRejected
+
+    options = build_options(
+        "cert01",
+        explicit={
+            "auth": "certificate",
+            "cert_pem": "/etc/kmsadmin/c.pem",
+            "cert_key_pem": "/etc/kmsadmin/c.key",
+        },
+        env={},
+    )
+    err = translate(psrp_exc.WinRMTransportError("http", 401, ""), options, "facts", 30)
+    assert isinstance(err, ClientCertificateRejected)
+    assert err.remediation is not None and "ClientCertificate" in err.remediation
+    assert "user/password" not in err.remediation
+
+
+def test_kerberos_library_errors_by_their_krb5_text() -> None:
+    from kmsadmin.transports.faults import KerberosFailed
+
+    options = build_options("srv01.corp.test", explicit={"auth": "kerberos", "host": "10.1.2.3"}, env={})
+    cases = {
+        "Minor (2529638949): Clock skew too great": ("KRB5KRB_AP_ERR_SKEW", "0x80090324"),
+        'Cannot find KDC for realm "CORP.TEST" -1765328228': ("KRB5_KDC_UNREACH", "0x80090311"),
+        "Minor (2529638919): Server HTTP/srv01.corp.test@CORP.TEST not found in Kerberos database": (
+            "KRB5KDC_ERR_S_PRINCIPAL_UNKNOWN",
+            "0x80090303",
+        ),
+        "Client 'nobody@CORP.TEST' not found in Kerberos database -1765328378": (
+            "KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN",
+            "0x8009030C",
+        ),
+    }
+    for text, (name, hresult) in cases.items():
+        err = translate(RuntimeError(text), options, "facts", 30)
+        assert isinstance(err, KerberosFailed), text
+        assert (err.meaning, err.hresult) == (name, hresult)
+    err = translate(
+        RuntimeError("Server HTTP/srv01.corp.test@CORP.TEST not found in Kerberos database"),
+        options,
+        "facts",
+        30,
+    )
+    assert isinstance(err, KerberosFailed) and "HTTP/srv01.corp.test" in err.message

@@ -68,3 +68,9 @@ class EndpointConfig:
     #: WinRM AllowUnencrypted (lets Basic auth and plain bodies through over HTTP)
     allow_unencrypted: bool = False
     faults: HostFaults = field(default_factory=HostFaults)
+    #: Kerberos: the host's keytab (``HTTP/<fqdn>`` and ``WSMAN/<fqdn>`` of the lab realm); None = NTLM only
+    kerberos_keytab: str | None = None
+    #: the realm whose ``username@REALM`` is this host's administrator
+    kerberos_realm: str = "LAB.TEST"
+    #: refuse NTLM, as a host in a domain that restricts incoming NTLM traffic does
+    refuse_ntlm: bool = False

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import spnego
+from spnego._context import GSSMech
 from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1
 
 ENCRYPTED_PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
@@ -183,11 +184,56 @@ def check_basic(header_value: str, host: str, username: str, password: str) -> b
     return user.upper() == username.upper() and hmac.compare_digest(given.encode(), password.encode())
 
 
-class NegotiateAcceptor:
-    """One Negotiate/NTLM security context, bound to one TCP connection."""
+#: GSS_C_CHANNEL_BOUND_FLAG (MIT krb5 >= 1.19, gssapi_ext.h): the initiator's channel bindings matched
+#: the acceptor's.
+GSS_C_CHANNEL_BOUND_FLAG = 0x800
+NTLM_SIGNATURE = b"NTLMSSP\x00"
 
-    def __init__(self) -> None:
-        self._ctx: Any = spnego.server(protocol="negotiate")
+
+@dataclass(frozen=True, slots=True)
+class KerberosService:
+    """A lab host's Kerberos acceptor identity: its keytab (``HTTP/<fqdn>``, ``WSMAN/<fqdn>``) and realm."""
+
+    keytab: Path
+    realm: str
+
+
+class NegotiateAcceptor:
+    """One Negotiate security context (NTLM, and Kerberos when the host has a keytab), bound to one
+    TCP connection.
+
+    ``kerberos``: accept Kerberos with the host's own keytab, as a domain member does with its computer
+    account's keys (python-gssapi over MIT krb5). ``refuse_ntlm``: the host refuses NTLM, as in a domain
+    where "Network security: Restrict NTLM: Incoming NTLM traffic" is "Deny all". ``channel_bindings``:
+    the TLS listener's tls-server-end-point bindings, checked against a Kerberos client's.
+    """
+
+    def __init__(
+        self,
+        *,
+        kerberos: KerberosService | None = None,
+        refuse_ntlm: bool = False,
+        channel_bindings: Any = None,
+    ) -> None:
+        self.refuse_ntlm = refuse_ntlm
+        if kerberos is None and not refuse_ntlm:
+            self._ctx: Any = spnego.server(protocol="negotiate")
+            return
+        contexts: dict[Any, Any] = {}
+        if kerberos is not None:
+            import gssapi
+
+            creds = gssapi.Credentials(usage="accept", store={b"keytab": str(kerberos.keytab).encode()})
+            kerb = spnego.server(
+                protocol="kerberos", _gssapi_credential=creds, channel_bindings=channel_bindings
+            )
+            kerb._is_wrapped = True
+            contexts[GSSMech.kerberos] = kerb
+        if not refuse_ntlm:
+            ntlm = spnego.server(protocol="ntlm")
+            ntlm._is_wrapped = True
+            contexts[GSSMech.ntlm] = ntlm
+        self._ctx = spnego.server(protocol="negotiate", _negotiate_contexts=contexts)
 
     @property
     def complete(self) -> bool:
@@ -197,10 +243,27 @@ class NegotiateAcceptor:
     def principal(self) -> str:
         return str(self._ctx.client_principal or "")
 
+    @property
+    def mechanism(self) -> str:
+        """``kerberos`` or ``ntlm`` once negotiated."""
+        try:
+            return str(self._ctx.negotiated_protocol or "")
+        except Exception:  # not known before the first token
+            return ""
+
+    @property
+    def channel_bound(self) -> bool:
+        """Whether a Kerberos client's channel bindings matched this listener's certificate."""
+        inner = getattr(self._ctx, "_context", None)
+        flags = getattr(inner, "_context_attr", 0) or 0
+        return self.mechanism == "kerberos" and bool(int(flags) & GSS_C_CHANNEL_BOUND_FLAG)
+
     def step(self, token: bytes) -> bytes | None:
+        if self.refuse_ntlm and token.startswith(NTLM_SIGNATURE):
+            raise AuthFailed("NTLM refused")
         try:
             out: bytes | None = self._ctx.step(token)
-        except spnego.exceptions.SpnegoError as exc:
+        except Exception as exc:  # SpnegoError, GSSError, or a token no mechanism here accepts
             raise AuthFailed(type(exc).__name__) from exc
         return out
 

@@ -42,10 +42,12 @@ from kmsadmin.lab.api import EndpointConfig, ScriptEngine
 from kmsadmin.lab.auth import (
     ENCRYPTED_CONTENT_TYPE,
     AuthFailed,
+    KerberosService,
     NegotiateAcceptor,
     NtlmUserStore,
     check_basic,
     nt_hash,
+    split_principal,
 )
 from kmsadmin.lab.hostctx import ConnectionAbort, EngineRunner, HostContext
 from kmsadmin.lab.psrp import PsrpShell
@@ -91,7 +93,14 @@ class _Host:
     connections: set[socket.socket] = field(default_factory=set)
     http_503_left: int = 0
     requests: int = 0
+    #: authentication and message protection seen: kerberos / ntlm handshakes, channel_bound (Kerberos
+    #: over HTTPS with matching bindings), encrypted / plain request bodies, refused handshakes
+    auth: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, key: str) -> None:
+        with self.lock:
+            self.auth[key] = self.auth.get(key, 0) + 1
 
 
 class _Answered(Exception):
@@ -178,6 +187,7 @@ class LabServer:
         self._ntlm: NtlmUserStore | None = None
         self._cert: LabCertificate | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._channel_bindings: Any = None
         self._state_dir: Path | None = None
         self._started = False
 
@@ -207,6 +217,7 @@ class LabServer:
             self._state_dir.mkdir(parents=True, exist_ok=True)
         self._cert = generate(self._state_dir, [h.name for h in self._initial])
         self._ssl = self._cert.server_context()
+        self._channel_bindings = self._cert.channel_bindings()
         self._ntlm = NtlmUserStore.acquire()
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -303,6 +314,14 @@ class LabServer:
             host = self._hosts[name]
         with host.lock:
             return host.requests
+
+    def auth_stats(self, name: str) -> dict[str, int]:
+        """What the host saw: ``kerberos``/``ntlm`` handshakes, ``channel_bound``, ``encrypted``/``plain``
+        request bodies and ``refused`` handshakes (for tests and ``kmsadmin lab status``)."""
+        with self._lock:
+            host = self._hosts[name]
+        with host.lock:
+            return dict(host.auth)
 
     def shell_count(self, name: str) -> int:
         with self._lock:
@@ -553,11 +572,14 @@ class LabServer:
             if body and not (cfg.tls or cfg.allow_unencrypted):
                 # AllowUnencrypted=false: WinRM refuses a readable body over HTTP with a bare 401.
                 self._reply(h, 401, b"")
+            if body:
+                h.host.count("plain")
             return None, body
         acceptor = h.acceptor
         if acceptor is None or not acceptor.complete:
             self._challenge(h)
             raise _Answered(401)
+        h.host.count("encrypted")
         try:
             return acceptor, acceptor.unwrap(body)
         except Exception:  # any failure to decrypt means the body cannot be trusted
@@ -596,21 +618,44 @@ class LabServer:
         cfg = h.host.config
         if h.acceptor is None or h.acceptor.complete:
             # A new handshake on this connection: each one gets a fresh context.
-            h.acceptor = NegotiateAcceptor()
+            h.acceptor = self._new_acceptor(h)
         try:
             out = h.acceptor.step(base64.b64decode(token))
         except (AuthFailed, binascii.Error):
+            h.host.count("refused")
             self._refuse(h)
         if not h.acceptor.complete:
             challenge = "Negotiate " + base64.b64encode(out or b"").decode()
             self._reply(h, 401, b"", extra={"WWW-Authenticate": challenge})
-        store = self._ntlm
-        allowed = store is not None and store.allows(
-            cfg.name, cfg.username, h.host.password_hash, h.acceptor.principal
-        )
+        mechanism = h.acceptor.mechanism
+        if mechanism == "kerberos":
+            domain, user = split_principal(h.acceptor.principal)
+            allowed = user.upper() == cfg.username.upper() and domain.upper() == cfg.kerberos_realm.upper()
+        else:
+            store = self._ntlm
+            allowed = (
+                not cfg.refuse_ntlm
+                and store is not None
+                and store.allows(cfg.name, cfg.username, h.host.password_hash, h.acceptor.principal)
+            )
         if cfg.faults.wrong_credentials or not allowed:
+            h.host.count("refused")
             self._refuse(h)
+        h.host.count(mechanism or "ntlm")
+        if h.acceptor.channel_bound:
+            h.host.count("channel_bound")
         return out or b""
+
+    def _new_acceptor(self, h: _Handler) -> NegotiateAcceptor:
+        cfg = h.host.config
+        if cfg.kerberos_keytab is None:
+            return NegotiateAcceptor(refuse_ntlm=cfg.refuse_ntlm)
+        bindings = self._channel_bindings if cfg.tls else None
+        return NegotiateAcceptor(
+            kerberos=KerberosService(Path(cfg.kerberos_keytab), cfg.kerberos_realm),
+            refuse_ntlm=cfg.refuse_ntlm,
+            channel_bindings=bindings,
+        )
 
     def _refuse(self, h: _Handler) -> NoReturn:
         h.acceptor = None

@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -36,6 +37,14 @@ class LabCertificate:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.cert_path, self.key_path)
         return ctx
+
+    def channel_bindings(self) -> Any:
+        """The listener's tls-server-end-point channel bindings (RFC 5929 §4.1: SHA-256 of the leaf)."""
+        from spnego.channel_bindings import GssChannelBindings
+
+        leaf = x509.load_pem_x509_certificates(self.cert_path.read_bytes())[0]
+        digest = leaf.fingerprint(hashes.SHA256())
+        return GssChannelBindings(application_data=b"tls-server-end-point:" + digest)
 
 
 def _dns_names(names: Iterable[str]) -> list[x509.GeneralName]:

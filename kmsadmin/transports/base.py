@@ -346,6 +346,15 @@ class SessionBase(ABC):
         self._options = options
         #: how many pools/shells this session opened: one for every step, unless a failure reset it
         self.opened_count = 0
+        #: what the last handshake negotiated (``kerberos``, ``ntlm``); the auth option where the client
+        #: library does not tell
+        self.mechanism: str = "" if options.auth in ("negotiate", "kerberos", "ntlm") else options.auth
+        #: whether bodies travel wrapped with the auth keys (HTTP) or TLS protects them (HTTPS)
+        self.encrypted = options.https or (
+            options.auth not in ("basic", "certificate") and options.message_encryption != "never"
+        )
+        #: whether channel bindings (tls-server-end-point) went with the handshake
+        self.channel_binding = options.https and options.auth in ("negotiate", "kerberos", "ntlm")
 
     @property
     def options(self) -> ConnectionOptions:

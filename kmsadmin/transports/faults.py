@@ -9,6 +9,7 @@ requests adds its own for DNS, TCP and TLS failures. :func:`translate` folds the
 from __future__ import annotations
 
 import binascii
+import re
 import ssl
 import struct
 import xml.etree.ElementTree as ET
@@ -27,6 +28,7 @@ from kmsadmin.transports.base import BUSY_STATUSES, DeadlineExpired, host_timeou
 from kmsadmin.transports.options import ConnectionOptions
 from kmsadmin.transports.wsman import (
     AuthRefused,
+    AuthUnavailable,
     ConnectError,
     ConnectionLost,
     ConnectTimeoutError,
@@ -46,6 +48,107 @@ class CertificateRejected(ConnectionFailed):
     """The host's HTTPS certificate did not validate; retrying will not help."""
 
 
+class AuthLibraryMissing(AuthenticationFailed):
+    """The authentication method needs a Python library that is not installed (names the extra)."""
+
+
+class KerberosFailed(AuthenticationFailed):
+    """Kerberos could not sign in to the host; ``meaning`` names the Kerberos error (RFC 4120 §7.5.9
+    / MIT krb5 error table), ``hresult`` the SSPI status Windows reports for it where there is one."""
+
+
+class NtlmRefused(AuthenticationFailed):
+    """The host refuses NTLM (a domain that restricts NTLM): only Kerberos can sign in."""
+
+
+class ClientCertificateRejected(AuthenticationFailed):
+    """Certificate authentication: the host did not map the client certificate to an account."""
+
+
+class ProxyFailed(ConnectionFailed):
+    """The configured proxy failed; the host itself was never reached."""
+
+
+#: The extra that brings python-gssapi/krb5 (Kerberos, and Kerberos under Negotiate) and
+#: requests-credssp (CredSSP).
+KERBEROS_EXTRA = "kmsadmin[kerberos]"
+
+# Kerberos failures, recognised by the MIT krb5 message text (com_err table krb5_err.et) carried by
+# GSSError/Krb5Error: (markers, Kerberos error name, SSPI HRESULT or None, what happened, fix). The
+# SEC_E_* values are from winerror.h ("SSPI Status Codes", learn.microsoft.com/windows/win32/secauthn).
+_KERBEROS_CASES: tuple[tuple[tuple[str, ...], str, str | None, str, str], ...] = (
+    (
+        ("clock skew too great",),
+        "KRB5KRB_AP_ERR_SKEW",
+        "0x80090324",  # SEC_E_TIME_SKEW
+        "clock skew too great: this controller, the KDC and the host disagree on the time by more than "
+        "Kerberos allows (5 minutes by default)",
+        "sync the clocks: on the host w32tm /resync (it follows its domain controller), here chrony/ntp; "
+        "Kerberos refuses every ticket while they differ by more than 5 minutes",
+    ),
+    (
+        (r"server \S+ not found in kerberos database",),
+        "KRB5KDC_ERR_S_PRINCIPAL_UNKNOWN",
+        "0x80090303",  # SEC_E_TARGET_UNKNOWN
+        "the KDC knows no service principal {spn}",
+        "connect by the host's DNS name as registered in the domain (not an IP address or a DNS alias), or "
+        "set ansible_psrp_negotiate_hostname_override / ansible_winrm_kerberos_hostname_override to the "
+        "name its SPN uses (setspn -L <host> lists them)",
+    ),
+    (
+        ("cannot find kdc", "cannot contact any kdc", "cannot resolve network address for kdc"),
+        "KRB5_KDC_UNREACH",
+        "0x80090311",  # SEC_E_NO_AUTHENTICATING_AUTHORITY
+        "no KDC (domain controller) for the realm could be reached",
+        "check the realm's KDCs in krb5.conf (KRB5_CONFIG: [realms] kdc = ..., or dns_lookup_kdc with "
+        "_kerberos._tcp SRV records) and that TCP/UDP 88 to a domain controller is open",
+    ),
+    (
+        ("ticket expired", "credential has expired", "credentials have expired"),
+        "KRB5KRB_AP_ERR_TKT_EXPIRED",
+        None,
+        "the Kerberos ticket has expired",
+        "get a new ticket (kinit user@REALM, or kinit -R while it is renewable), or give kmsadmin the "
+        "password or a keytab (kmsadmin_kerberos_keytab) so it gets tickets itself",
+    ),
+    (
+        (
+            "no kerberos credentials available",
+            "no credentials cache found",
+            "no credentials were supplied",
+            "no credentials cache",
+        ),
+        "KRB5_FCC_NOFILE",
+        "0x8009030E",  # SEC_E_NO_CREDENTIALS
+        "there is no Kerberos ticket to sign in with",
+        "run kinit user@REALM first (or point KRB5CCNAME / kmsadmin_kerberos_ccache at the ticket cache), "
+        "or give a user and password so kmsadmin gets the ticket itself, or a keytab (kmsadmin_kerberos_keytab)",
+    ),
+    (
+        ("preauthentication failed", "decrypt integrity check failed", "password incorrect"),
+        "KRB5KDC_ERR_PREAUTH_FAILED",
+        "0x8009030C",  # SEC_E_LOGON_DENIED
+        "the KDC refused the password of {user}",
+        "check the password (Kerberos passwords are case-sensitive) and that the account is not locked out",
+    ),
+    (
+        (r"client \S+ not found in kerberos database",),
+        "KRB5KDC_ERR_C_PRINCIPAL_UNKNOWN",
+        "0x8009030C",  # SEC_E_LOGON_DENIED
+        "the KDC knows no user {user}",
+        "give the user as user@REALM (the realm in capitals) or DOMAIN\\user",
+    ),
+    (
+        ("wrong principal in request", "no key table entry", "key version", "cannot decrypt"),
+        "KRB5KRB_AP_ERR_NOT_US",
+        None,
+        "the host could not decrypt the ticket for {spn}",
+        "{spn} is registered to another account than this host's (setspn -Q {spn} finds duplicates), or "
+        "the name connected to points at a different host; fix the SPN or connect by the host's own name",
+    ),
+)
+
+
 def translate(
     exc: BaseException, options: ConnectionOptions, step: str, seconds: float
 ) -> KmsAdminError | None:
@@ -54,6 +157,9 @@ def translate(
         return exc
     if isinstance(exc, DeadlineExpired | ReadTimeout):
         return host_timeout(options, step, seconds)
+    missing = _missing_library(exc, options, step)
+    if missing is not None:
+        return missing
     native = _translate_native(exc, options, step)
     if native is not None:
         return native
@@ -71,6 +177,8 @@ def _translate_library(
     host = options.name
     if isinstance(exc, requests.exceptions.ReadTimeout):
         return host_timeout(options, step, seconds)
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return _proxy_failure(options, step, _reason(exc))
     if isinstance(exc, requests.exceptions.SSLError):
         return _tls_failure(options, step, exc)
     if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -82,7 +190,10 @@ def _translate_library(
     if isinstance(exc, requests.exceptions.ConnectionError):
         return _unreachable(options, step, f"cannot connect to {options.endpoint}: {_reason(exc)}")
     if isinstance(exc, psrp_exc.AuthenticationError | winrm_exc.AuthenticationError):
-        return _auth_failure(options, step)
+        return _auth_failure(options, step, exc)
+    kerberos = _kerberos_failure(exc, options, step)
+    if kerberos is not None:
+        return kerberos
     if isinstance(exc, psrp_exc.WSManFaultError):
         context = exc.__context__
         if exc.code is None and isinstance(context, psrp_exc.WinRMTransportError):
@@ -115,7 +226,7 @@ def _translate_native(exc: BaseException, options: ConnectionOptions, step: str)
     if isinstance(exc, ConnectionLost):
         return _unreachable(options, step, f"the connection to {options.endpoint} was lost: {exc}")
     if isinstance(exc, AuthRefused):
-        return _auth_failure(options, step)
+        return _auth_failure(options, step, exc)
     if isinstance(exc, ProtocolViolation):
         return protocol_error(options, step, str(exc))
     if isinstance(exc, WsmanFault):
@@ -237,7 +348,135 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def _auth_failure(options: ConnectionOptions, step: str) -> HostError:
+def _chain_text(exc: BaseException) -> str:
+    return " | ".join(f"{type(e).__name__}: {e}" for e in _chain(exc)).lower()
+
+
+def _missing_library(exc: BaseException, options: ConnectionOptions, step: str) -> HostError | None:
+    """A library the auth method or proxy needs is not installed (an ImportError, or requests' SOCKS one)."""
+    chain = _chain(exc)
+    text = _chain_text(exc)
+    if "missing dependencies for socks support" in text:
+        return ProxyFailed(
+            options.name,
+            step,
+            f"the SOCKS proxy {options.proxy} needs PySocks, which is not installed",
+            remediation="install kmsadmin[socks] (pip install 'kmsadmin[socks]'), or use an HTTP proxy",
+        )
+    if "pykerberos is not installed" in text:
+        return AuthLibraryMissing(
+            options.name,
+            step,
+            "pywinrm's Kerberos needs pykerberos, which is not installed",
+            remediation=(
+                "use the psrp transport for this host (ansible_connection: psrp; Kerberos through "
+                f"{KERBEROS_EXTRA}), or install pykerberos (pip install pykerberos)"
+            ),
+        )
+    if not (isinstance(exc, AuthUnavailable) or any(isinstance(e, ImportError) for e in chain)):
+        return None
+    if "credssp" in text:
+        what = "CredSSP authentication needs requests-credssp"
+    elif any(word in text for word in ("gssapi", "krb5", "kerberos")):
+        what = f"{options.auth} authentication needs python-gssapi (Kerberos), which is not installed"
+    else:
+        return None
+    return AuthLibraryMissing(
+        options.name,
+        step,
+        what,
+        remediation=(
+            f"install {KERBEROS_EXTRA} (pip install '{KERBEROS_EXTRA}'; building python-gssapi needs the MIT "
+            "Kerberos headers: apt install libkrb5-dev krb5-user, or dnf install krb5-devel krb5-workstation)"
+        ),
+    )
+
+
+def _kerberos_failure(exc: BaseException, options: ConnectionOptions, step: str) -> KerberosFailed | None:
+    """A Kerberos error anywhere in the chain, as the case of :data:`_KERBEROS_CASES` it matches."""
+    text = _chain_text(exc)
+    for markers, name, hresult, message, fix in _KERBEROS_CASES:
+        if any(re.search(marker, text) for marker in markers):
+            spn = options.spn
+            user = options.user or "the current ticket's user"
+            return KerberosFailed(
+                options.name,
+                step,
+                f"Kerberos sign-in to {options.endpoint} failed: {message.format(spn=spn, user=user)}",
+                hresult=hresult,
+                meaning=name,
+                remediation=fix.format(spn=spn, user=user),
+            )
+    return None
+
+
+def _ntlm_refused(options: ConnectionOptions, step: str) -> HostError:
+    try:
+        import gssapi  # noqa: F401
+    except ImportError:
+        kerberos = f"install {KERBEROS_EXTRA} so Negotiate can use Kerberos, then "
+    else:
+        kerberos = ""
+    return NtlmRefused(
+        options.name,
+        step,
+        f"{options.endpoint} refuses NTLM (its domain restricts NTLM), and {options.auth} "
+        f"authentication as {options.user or 'the current user'} used NTLM",
+        meaning="STATUS_NTLM_BLOCKED",
+        remediation=(
+            f"sign in with Kerberos: {kerberos}use auth kerberos (or negotiate) with a ticket (kinit) or "
+            "user@REALM and password, and connect by the host's DNS name so the SPN HTTP/<fqdn> resolves "
+            "(ansible_psrp_negotiate_hostname_override when ansible_host is an address)"
+        ),
+    )
+
+
+def _proxy_failure(options: ConnectionOptions, step: str, reason: str) -> HostError:
+    return ProxyFailed(
+        options.name,
+        step,
+        f"the proxy {options.proxy} failed before reaching {options.endpoint}: {reason}",
+        remediation=(
+            "check the proxy's address, port and credentials and that it allows CONNECT to the WinRM port; "
+            "or connect directly without a proxy (ansible_psrp_ignore_proxy: true / no --proxy)"
+        ),
+    )
+
+
+def _auth_failure(options: ConnectionOptions, step: str, exc: BaseException | None = None) -> HostError:
+    if exc is not None:
+        kerberos = _kerberos_failure(exc, options, step)
+        if kerberos is not None:
+            return kerberos
+    if options.auth == "certificate":
+        return ClientCertificateRejected(
+            options.name,
+            step,
+            f"{options.endpoint} did not accept the client certificate {options.cert_pem}",
+            remediation=(
+                "map the certificate to a local account on the host (New-Item WSMan:\\localhost\\ClientCertificate "
+                "-Subject <UPN in the certificate> -URI * -Issuer <issuing CA thumbprint> -Credential <account>), "
+                "enable Auth\\Certificate on the WinRM service, and use a certificate with the Client "
+                "Authentication EKU and a UPN subject alternative name, issued by a CA the host trusts"
+            ),
+        )
+    mechanism = getattr(exc, "mechanism", "")
+    if isinstance(exc, AuthRefused) and exc.host_refused:
+        if mechanism == "ntlm" and (exc.first_leg or options.auth == "negotiate"):
+            return _ntlm_refused(options, step)
+        if mechanism == "kerberos":
+            return KerberosFailed(
+                options.name,
+                step,
+                f"{options.endpoint} refused the Kerberos ticket for {options.spn} "
+                f"of {options.user or 'the current ticket'}",
+                meaning="KRB5KRB_AP_ERR_NOT_US",
+                remediation=(
+                    f"the host could not accept a ticket for {options.spn}: the SPN may belong to another "
+                    f"account (setspn -Q {options.spn}), the name may point at a different host, or the "
+                    "account is not an administrator of the host"
+                ),
+            )
     return AuthenticationFailed(
         options.name,
         step,

@@ -13,6 +13,7 @@ Negotiate auth, message encryption whenever the channel is plain HTTP, no proxy.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -76,6 +77,16 @@ class ConnectionOptions:
     deadline: float = 300.0
     #: Basic auth over plain HTTP sends the password readable by anyone on the path
     allow_unencrypted_basic: bool = False
+    #: Kerberos: the host name in the service principal (None: see :attr:`spn_host`)
+    kerberos_hostname: str | None = None
+    #: Kerberos: the service in the service principal, ``HTTP/<fqdn>``
+    kerberos_service: str = "HTTP"
+    #: Kerberos: delegate (forward) the ticket to the host, for a second hop from it
+    kerberos_delegation: bool = False
+    #: Kerberos: the ticket cache to use (``FILE:/path``...; None: ``KRB5CCNAME`` or the default cache)
+    kerberos_ccache: str | None = None
+    #: Kerberos: a keytab to get the ticket from, for ``user`` (instead of a password or a cache)
+    kerberos_keytab: str | None = None
 
     @property
     def scheme(self) -> str:
@@ -87,6 +98,29 @@ class ConnectionOptions:
         """The WS-Man URL, for logs and error messages (never contains credentials)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}/{self.path}"
+
+    @property
+    def spn_host(self) -> str:
+        """The host part of the Kerberos SPN: the override, else the DNS name connected to, else (when
+        ``ansible_host`` is an IP address, which has no SPN) the inventory name."""
+        if self.kerberos_hostname:
+            return self.kerberos_hostname
+        if _is_ip(self.host) and not _is_ip(self.name):
+            return self.name
+        return self.host
+
+    @property
+    def spn(self) -> str:
+        """The service principal name Kerberos asks the KDC for, ``HTTP/<fqdn>``."""
+        return f"{self.kerberos_service}/{self.spn_host}"
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 # --- raw value coercion -----------------------------------------------------------------------------
@@ -161,6 +195,8 @@ ENV_VARS: Mapping[str, str] = {
     "KMSADMIN_RECONNECTION_RETRIES": "reconnection_retries",
     "KMSADMIN_DEADLINE": "deadline",
     "KMSADMIN_ALLOW_UNENCRYPTED_BASIC": "allow_unencrypted_basic",
+    "KMSADMIN_KERBEROS_CCACHE": "kerberos_ccache",
+    "KMSADMIN_KERBEROS_KEYTAB": "kerberos_keytab",
 }
 
 #: keys accepted besides the ConnectionOptions fields: ``scheme`` (http|https) sets ``https``;
@@ -192,6 +228,9 @@ _PSRP_VARS: Mapping[str, str] = {
     "ansible_psrp_reconnection_retries": "reconnection_retries",
     "ansible_psrp_reconnection_backoff": "reconnection_backoff",
     "ansible_psrp_configuration_name": "configuration_name",
+    "ansible_psrp_negotiate_hostname_override": "kerberos_hostname",
+    "ansible_psrp_negotiate_service": "kerberos_service",
+    "ansible_psrp_negotiate_delegate": "kerberos_delegation",
 }
 _WINRM_VARS: Mapping[str, str] = {
     "ansible_winrm_user": "user",
@@ -208,12 +247,17 @@ _WINRM_VARS: Mapping[str, str] = {
     "ansible_winrm_read_timeout_sec": "read_timeout",
     "ansible_winrm_operation_timeout_sec": "operation_timeout",
     "ansible_winrm_proxy": "proxy",
+    "ansible_winrm_kerberos_hostname_override": "kerberos_hostname",
+    "ansible_winrm_service": "kerberos_service",
+    "ansible_winrm_kerberos_delegation": "kerberos_delegation",
 }
 _GENERIC_VARS: Mapping[str, str] = {
     "ansible_host": "host",
     "ansible_port": "port",
     "ansible_user": "user",
     "ansible_password": "password",
+    "kmsadmin_kerberos_ccache": "kerberos_ccache",
+    "kmsadmin_kerberos_keytab": "kerberos_keytab",
 }
 
 
@@ -327,6 +371,11 @@ _CONVERTERS: Mapping[str, Callable[[str, str, object], object]] = {
     "cert_key_pem": lambda n, w, v: _as_str(v),
     "proxy": lambda n, w, v: _as_str(v),
     "configuration_name": lambda n, w, v: _as_str(v),
+    "kerberos_hostname": lambda n, w, v: _as_str(v),
+    "kerberos_service": lambda n, w, v: _as_str(v),
+    "kerberos_ccache": lambda n, w, v: _as_str(v),
+    "kerberos_keytab": lambda n, w, v: _as_str(v),
+    "kerberos_delegation": _as_bool,
     "port": lambda n, w, v: _as_int(n, w, v, minimum=1),
     "operation_timeout": lambda n, w, v: _as_int(n, w, v, minimum=1),
     "reconnection_retries": _as_int,

@@ -220,7 +220,7 @@ class PsrpSession(SessionBase):
     def _execute(self, script: RenderedScript, budget: Deadline) -> Output:
         return self._execute_many((script,), budget)[0]
 
-    def _execute_many(self, scripts: Sequence[RenderedScript], budget: Deadline) -> list[Output]:
+    def _execute_batch(self, scripts: Sequence[RenderedScript], budget: Deadline) -> list[Output]:
         pool = self._ensure_pool(budget)
         if self._owed is not None:
             owed, self._owed = self._owed, None
@@ -296,7 +296,21 @@ class PsrpSession(SessionBase):
         if selector and self._client is not None:
             self._client.request(DELETE, self._resource, "", headers=selector, answer=False)
 
+    def _note_security(self) -> None:
+        client = self._client
+        if client is not None and client.mechanism:
+            self.mechanism = client.mechanism
+            self.encrypted = client.encrypted or self._options.https
+            self.channel_binding = client.channel_binding
+
+    def _execute_many(self, scripts: Sequence[RenderedScript], budget: Deadline) -> list[Output]:
+        try:
+            return self._execute_batch(scripts, budget)
+        finally:
+            self._note_security()
+
     def _drop(self) -> None:
+        self._note_security()
         client, self._client = self._client, None
         self._pool = None
         self._selector = ""

@@ -36,6 +36,7 @@ from kmsadmin.transports.base import (
     split_steps,
 )
 from kmsadmin.transports.options import ConnectionOptions
+from kmsadmin.transports.wsman import spnego_credentials
 from kmsadmin.values import RenderedScript
 
 
@@ -64,6 +65,14 @@ def wsman_kwargs(options: ConnectionOptions) -> dict[str, Any]:
         "reconnection_retries": options.reconnection_retries,
         "reconnection_backoff": options.reconnection_backoff,
     }
+    if options.auth in ("negotiate", "kerberos"):
+        if options.kerberos_ccache or options.kerberos_keytab:
+            # pypsrp hands username and password to pyspnego, which also takes a list of credentials:
+            # the named cache or keytab, and the NT hash for NTLM under Negotiate.
+            kwargs["username"], kwargs["password"] = spnego_credentials(options, options.auth), None
+        kwargs["negotiate_hostname_override"] = options.spn_host
+        kwargs["negotiate_service"] = options.kerberos_service
+        kwargs["negotiate_delegate"] = options.kerberos_delegation
     if options.auth == "certificate":
         kwargs["certificate_pem"] = options.cert_pem
         kwargs["certificate_key_pem"] = options.cert_key_pem

@@ -69,6 +69,9 @@ def protocol_kwargs(options: ConnectionOptions) -> dict[str, Any]:
         "operation_timeout_sec": min(options.operation_timeout, read - 1),
         "message_encryption": encryption,
         "proxy": proxy,
+        "service": options.kerberos_service,
+        "kerberos_hostname_override": options.spn_host if auth == "kerberos" else None,
+        "kerberos_delegation": options.kerberos_delegation,
     }
 
 

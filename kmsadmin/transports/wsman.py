@@ -130,7 +130,25 @@ class ReadTimeout(WsmanError):
 
 
 class AuthRefused(WsmanError):
-    """The host refused the credentials (HTTP 401 after the handshake)."""
+    """The host refused the credentials (HTTP 401 after the handshake), or the client could not build
+    its token (the GSSAPI/SPNEGO error is chained).
+
+    ``mechanism`` is what the handshake was using (``kerberos``, ``ntlm``); ``first_leg`` is True when
+    the host refused the very first token, before any challenge (how a host that refuses NTLM answers
+    an NTLM negotiate message); ``host_refused`` is False when the client failed before the host said no.
+    """
+
+    def __init__(
+        self, message: str, *, mechanism: str = "", first_leg: bool = False, host_refused: bool = True
+    ) -> None:
+        super().__init__(message)
+        self.mechanism = mechanism
+        self.first_leg = first_leg
+        self.host_refused = host_refused
+
+
+class AuthUnavailable(WsmanError):
+    """The authentication method needs a library that is not installed (the ImportError is chained)."""
 
 
 class ProtocolViolation(WsmanError):
@@ -453,6 +471,12 @@ class WsmanClient:
         self.budget: Deadline | None = None
         #: WS-Man requests sent (not counting authentication legs), for tests and logs
         self.requests = 0
+        #: the mechanism the last handshake negotiated (``kerberos``, ``ntlm``; "" before one)
+        self.mechanism = ""
+        #: whether envelopes travel wrapped (encrypted) with the auth context's keys
+        self.encrypted = self._wrap
+        #: whether the last handshake carried TLS channel bindings
+        self.channel_binding = False
 
     # -- connection -----------------------------------------------------------------------------------
     def _connect(self, connect_timeout: float, read_timeout: float) -> _Connection:
@@ -536,22 +560,31 @@ class WsmanClient:
         """Authenticate the connection; returns the answer when the envelope rode on the last leg."""
         opts = self._options
         protocol = opts.auth
+        context_req = spnego.ContextReq.default
+        if opts.kerberos_delegation:
+            context_req |= spnego.ContextReq.delegate
         try:
             context = spnego.client(
-                *_credentials(
-                    opts.user, opts.password.value if opts.password is not None else None, protocol
-                ),
-                hostname=opts.host,
-                service="WSMAN",
+                spnego_credentials(opts, protocol),
+                hostname=opts.spn_host,
+                service=opts.kerberos_service,
                 protocol=protocol,
                 channel_bindings=self._cbt,
+                context_req=context_req,
                 options=spnego.NegotiateOptions.wrapping_winrm
                 if self._wrap
                 else spnego.NegotiateOptions.none,
             )
             token = context.step()
+        except ImportError as exc:
+            raise AuthUnavailable(str(exc)) from exc
         except SpnegoError as exc:
-            raise AuthRefused(f"cannot start {protocol} authentication: {exc}") from exc
+            raise AuthRefused(
+                f"cannot start {protocol} authentication: {exc}",
+                # NTLM builds its first token from nothing that can fail; Kerberos asks the KDC first
+                mechanism="ntlm" if protocol == "ntlm" else "kerberos",
+                host_refused=False,
+            ) from exc
         legs = 0
         while True:
             legs += 1
@@ -566,10 +599,15 @@ class WsmanClient:
                 read_timeout,
             )
             in_token = _auth_token(response.get("www-authenticate", ""))
+            mechanism = _negotiated(context) or protocol
             if status == 401:
                 if in_token is None or context.complete or self._conn is None:
-                    raise AuthRefused("the host refused the credentials")
-                token = _step(context, in_token, "authentication failed")
+                    raise AuthRefused(
+                        "the host refused the credentials", mechanism=mechanism, first_leg=legs == 1
+                    )
+                # A Kerberos host answers a ticket it cannot accept with a KRB-ERROR token (clock skew,
+                # wrong principal): stepping it raises that error, chained to the AuthRefused.
+                token = _step(context, in_token, "authentication failed", mechanism)
                 continue
             if status != 200:
                 # e.g. 503 before the host looked at the token: nothing is authenticated yet
@@ -579,6 +617,8 @@ class WsmanClient:
                 _step(context, in_token, "the host's final authentication token was rejected")
             self._context = context
             self._authenticated = True
+            self.mechanism = _negotiated(context) or protocol
+            self.channel_binding = self._cbt is not None
             return (status, response, data) if carry else None
 
     # -- requests -------------------------------------------------------------------------------------
@@ -753,13 +793,13 @@ def _auth_token(header: str) -> bytes | None:
         raise ProtocolViolation("an authentication token that is not base64") from exc
 
 
-def _step(context: Any, token: bytes, refused: str) -> bytes | None:
+def _step(context: Any, token: bytes, refused: str, mechanism: str = "") -> bytes | None:
     """One authentication step with the host's token: a token the protocol rejects is refused
     authentication; one that cannot even be decoded is a protocol violation."""
     try:
         out: bytes | None = context.step(token)
     except SpnegoError as exc:
-        raise AuthRefused(f"{refused}: {exc}") from exc
+        raise AuthRefused(f"{refused}: {exc}", mechanism=_negotiated(context) or mechanism) from exc
     except Exception as exc:  # a malformed token (struct/index/value errors inside the decoder)
         raise ProtocolViolation(
             f"an authentication token that cannot be decoded ({type(exc).__name__}: {_short(exc)})"
@@ -774,15 +814,37 @@ def _nt_hash(password: str) -> str:
     return ntowfv1(password).hex()
 
 
-def _credentials(user: str | None, password: str | None, protocol: str) -> tuple[Any, str | None]:
-    """pyspnego credentials: NTLM gets the NT hash (LM hash left empty: NTLMv2 does not use it);
-    Kerberos under Negotiate still gets the password."""
-    if user is None or password is None or protocol == "kerberos":
-        return user, password
-    hashed = spnego.NTLMHash(username=user, nt_hash=_nt_hash(password))
-    if protocol == "ntlm":
-        return hashed, None
-    return [hashed, spnego.Password(username=user, password=password)], None
+def kerberos_principal(user: str) -> str:
+    """``DOMAIN\\user`` (the NTLM form) as the ``user@DOMAIN`` Kerberos asks the KDC for."""
+    if "\\" in user:
+        domain, _, name = user.partition("\\")
+        return f"{name}@{domain.upper()}" if domain not in ("", ".") else name
+    return user
+
+
+def spnego_credentials(opts: ConnectionOptions, protocol: str) -> list[Any] | None:
+    """pyspnego credentials for ``protocol``.
+
+    NTLM gets the NT hash (LM hash left empty: NTLMv2 does not use it). Kerberos, alone or under
+    Negotiate, gets in this order: a keytab, a named ticket cache, the password (kmsadmin gets the
+    ticket itself), or nothing (the default cache: ``KRB5CCNAME`` after ``kinit``).
+    """
+    user = opts.user
+    password = opts.password.value if opts.password is not None else None
+    creds: list[Any] = []
+    if protocol in ("ntlm", "negotiate") and user is not None and password is not None:
+        creds.append(spnego.NTLMHash(username=user, nt_hash=_nt_hash(password)))
+    if protocol in ("kerberos", "negotiate"):
+        principal = kerberos_principal(user) if user else None
+        if opts.kerberos_keytab:
+            creds.append(spnego.KerberosKeytab(keytab=opts.kerberos_keytab, principal=principal))
+        elif opts.kerberos_ccache:
+            creds.append(spnego.KerberosCCache(ccache=opts.kerberos_ccache))
+        elif principal is not None and password is not None:
+            creds.append(spnego.Password(username=principal, password=password))
+        elif principal is not None:
+            creds.append(spnego.CredentialCache(username=principal))
+    return creds or None
 
 
 def _negotiated(context: Any) -> str:
