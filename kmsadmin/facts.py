@@ -8,6 +8,7 @@ or ``{..., "error": {"hresult", "message", "stage"}}`` (templates/README.md).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -156,6 +157,29 @@ class ServiceFacts(_Model):
     requests: RequestCounters = Field(default_factory=RequestCounters)
 
 
+@dataclass(frozen=True, slots=True)
+class KmsTarget:
+    """Where a product sends KMS activation, and at which level that setting lives.
+
+    ``level`` is ``product`` when the product has its own KMS host (``slmgr /skms host ActivationID``:
+    SoftwareLicensingProduct.SetKeyManagementServiceMachine; its KeyManagementServiceMachine is then
+    set, [SPPWMI] softwarelicensingproduct.md), which wins over the machine-wide
+    SoftwareLicensingService setting; else ``machine``. ``activation_id`` is what a step must be given
+    to change that level ('' = machine-wide).
+    """
+
+    machine: str | None
+    port: int | None
+    lookup_domain: str | None
+    level: str
+    activation_id: str = ""
+
+    @property
+    def effective_port(self) -> int:
+        """The port used: 0 (never set, or cleared) means 1688 ([SLMGRVBS] DisplayKMSClientInformation)."""
+        return self.port or 1688
+
+
 class FirewallRuleFacts(_Model):
     """One firewall rule's state."""
 
@@ -193,6 +217,28 @@ class HostFacts(_Model):
             if product.is_windows and not product.license_is_addon and not product.is_kms_host:
                 return product
         return None
+
+    def kms_target(self, product: ProductFacts | None = None) -> KmsTarget:
+        """The KMS host ``product`` (default: the Windows product) activates against.
+
+        A product's own KMS host and lookup domain win over the machine-wide ones; slmgr.vbs /dlv shows
+        the product's KeyManagementServiceMachine and KeyManagementServicePort (0 = 1688) as the
+        "Registered KMS machine name" ([SLMGRVBS] DisplayKMSClientInformation).
+        """
+        product = product or self.windows_product()
+        service = self.service
+        own_domain = product.lookup_domain if product else None
+        if product is not None and product.kms_machine:
+            return KmsTarget(
+                product.kms_machine,
+                product.kms_port,
+                own_domain or service.lookup_domain,
+                "product",
+                product.id,
+            )
+        return KmsTarget(
+            service.kms_machine, service.kms_port, own_domain or service.lookup_domain, "machine"
+        )
 
     def kms_host_products(self) -> list[ProductFacts]:
         """Products whose installed key is a KMS host key (VOLUME_KMS, not VOLUME_KMSCLIENT)."""

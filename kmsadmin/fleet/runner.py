@@ -120,6 +120,7 @@ def summarize_state(facts: HostFacts) -> dict[str, Any]:
         caption=os.caption, edition_id=os.edition_id, build=os.build, sku=os.sku, product_type=os.product_type
     )
     product = facts.windows_product() or next(iter(facts.kms_host_products()), None)
+    target = facts.kms_target()
     state: dict[str, Any] = {
         "computer_name": facts.computer_name,
         "os": os.caption,
@@ -130,8 +131,11 @@ def summarize_state(facts: HostFacts) -> dict[str, Any]:
         "partial_key": product.partial_key if product else None,
         # a KMS host (and any permanently activated product) reports 0 minutes left: no expiry
         "days_left": product.days_left if product and product.grace_minutes else None,
-        "kms_machine": facts.service.kms_machine,
-        "lookup_domain": facts.service.lookup_domain,
+        # the KMS target that wins: the Windows product's own (slmgr /skms host ActID), else machine-wide
+        "kms_machine": target.machine,
+        "kms_port": target.effective_port if target.machine else None,
+        "kms_level": target.level if target.machine or target.lookup_domain else None,
+        "lookup_domain": target.lookup_domain,
         "is_kms_host": facts.service.is_kms_host,
         # ADBA, KMS, MAK, Retail... and the activation object or KMS host behind it (facts.ProductFacts)
         "activation_method": product.activation_method if product else None,
@@ -205,6 +209,22 @@ def _verify(operation: str, host: str, facts: HostFacts, args: Any) -> None:
             status = catalog.license_status_name(product.license_status) if product else "no key installed"
             raise HostError(
                 host, "verify", f"Windows is not activated after conversion (LicenseStatus: {status})"
+            )
+        target = facts.kms_target(product)
+        if (
+            isinstance(args, ConvertClientArgs)
+            and args.target == "host"
+            and args.kms_host
+            and ((target.machine or "").lower(), target.effective_port)
+            != (args.kms_host.lower(), args.kms_port)
+        ):
+            raise HostError(
+                host,
+                "verify",
+                f"Windows activates against {target.machine}:{target.effective_port} ({target.level}-level "
+                f"setting), not {args.kms_host}:{args.kms_port}",
+                remediation="slmgr /dlv shows the registered KMS host; a per-product one is set with "
+                "slmgr /skms HOST ACTIVATION-ID",
             )
 
 

@@ -599,8 +599,11 @@ def _firewall_open(kms: HostState) -> bool:
 def _candidates(client: HostState, product: Product, net: Network) -> tuple[list[tuple[HostState, int]], str]:
     """Where the client sends its request: the pinned host, else the SRV records of its lookup domain."""
     service = client.service
-    pinned = product.kms_machine or service.kms_machine
-    port = product.kms_port or service.kms_port or DEFAULT_KMS_PORT
+    # A product's own KMS host (slmgr /skms host ActivationID) wins over the machine-wide one, with its
+    # own port (0 = 1688): slmgr /dlv reads both from the product ([SLMGRVBS] DisplayKMSClientInformation).
+    level = product if product.kms_machine else service
+    pinned = level.kms_machine
+    port = level.kms_port or DEFAULT_KMS_PORT
     if pinned:
         # `slmgr /skms <host[:port]>` pins one host and disables auto-discovery [DNS][SLMGRDOC]
         name = pinned.rsplit(":", 1)[0] if pinned.count(":") == 1 else pinned

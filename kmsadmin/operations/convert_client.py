@@ -148,6 +148,51 @@ def _target_steps(
     return steps
 
 
+def _windows_target_steps(
+    facts: HostFacts | None, product: ProductFacts | None, args: ConvertClientArgs
+) -> list[PlannedStep]:
+    """The KMS target steps for Windows, at the level that wins.
+
+    A Windows product with its own KMS host or lookup domain (``slmgr /skms host ActivationID``,
+    ``/skms-domain FQDN ActivationID``) overrides the machine-wide setting (:meth:`HostFacts.kms_target`):
+    changing only the machine-wide one would leave activation going to the old host.
+    """
+    if facts is None:
+        return _target_steps(None, None, None, args, "")
+    service = facts.service
+    own_host = product is not None and bool(product.kms_machine)
+    own_domain = product is not None and bool(product.lookup_domain)
+    if product is None or not (own_host or own_domain):
+        return _target_steps(service.kms_machine, service.kms_port, service.lookup_domain, args, "")
+    if args.target == "host" and own_host:
+        return _target_steps(product.kms_machine, product.kms_port, None, args, product.id)
+    if args.target == "auto":
+        return [
+            *_target_steps(product.kms_machine, product.kms_port, product.lookup_domain, args, product.id),
+            *_target_steps(service.kms_machine, service.kms_port, service.lookup_domain, args, ""),
+        ]
+    if args.target == "domain":
+        # both pins go (a pinned host overrides the lookup domain); the domain is set where it wins
+        wanted = args.lookup_domain
+        return [
+            *_target_steps(
+                product.kms_machine,
+                product.kms_port,
+                product.lookup_domain if own_domain else wanted,
+                args,
+                product.id,
+            ),
+            *_target_steps(
+                service.kms_machine,
+                service.kms_port,
+                wanted if own_domain else service.lookup_domain,
+                args,
+                "",
+            ),
+        ]
+    return _target_steps(service.kms_machine, service.kms_port, service.lookup_domain, args, "")
+
+
 def _plan_windows(host: str, facts: HostFacts | None, args: ConvertClientArgs) -> Plan:
     entry, gvlk, problem = _windows_key(facts, args)
     if problem is not None or gvlk is None:
@@ -172,14 +217,7 @@ def _plan_windows(host: str, facts: HostFacts | None, args: ConvertClientArgs) -
                 f"installed key ends {product.partial_key if product else 'nothing'}, want the GVLK ending {gvlk[-5:]}",
             )
         )
-    service = facts.service if facts else None
-    target_steps = _target_steps(
-        service.kms_machine if service else None,
-        service.kms_port if service else None,
-        service.lookup_domain if service else None,
-        args,
-        "",
-    )
+    target_steps = _windows_target_steps(facts, product, args)
     steps.extend(target_steps)
     current_type = product.vl_activation_type_enabled if product else None
     if args.act_type is not None and current_type != args.act_type:

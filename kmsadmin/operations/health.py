@@ -323,6 +323,7 @@ def host_view(
 ) -> HostView:
     """One host's activation view from its facts (``read_at``: the controller's clock when they were read)."""
     service = facts.service
+    target = facts.kms_target()
     host_now = _parse_time(facts.time_utc)
     os = facts.os
     edition = catalog.identify_windows(
@@ -345,8 +346,9 @@ def host_view(
         clock_skew_minutes=(
             round((host_now - read_at).total_seconds() / 60, 1) if host_now is not None else None
         ),
-        pinned=_target(service.kms_machine, service.kms_port),
-        lookup_domain=service.lookup_domain,
+        # the Windows product's own KMS host wins over the machine-wide one (HostFacts.kms_target)
+        pinned=_target(target.machine, target.port),
+        lookup_domain=target.lookup_domain,
         discovered=_target(service.discovered_kms, service.discovered_port),
         is_kms_host=service.is_kms_host,
         host_key_groups=host_key_groups(facts),

@@ -17,9 +17,13 @@ from typing import Any
 
 import pytest
 
+from kmsadmin.facts import HostFacts
+from kmsadmin.fleet.runner import run_host
+from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
 from kmsadmin.render import render
 from kmsadmin.values import ScriptRef
 from tests.lab.test_engine import Lab
+from tests.test_rollout_lab import LabSessions
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 SLMGR_SKMS = re.compile(
@@ -98,3 +102,90 @@ def test_cmd_and_ps1_set_kms_host_leave_the_same_port(
     assert answer["changed"] is (port_before != expected or form != "port-only")
     # a second run of the PowerShell variant changes nothing
     assert lab.run("client001", "set-kms-host", **_params(kms_host, kms_port))["changed"] is False
+
+
+# --- a Windows product with its own KMS host -------------------------------------------------------
+
+
+def _pin_product(lab: Lab, host: str, kms_host: str) -> str:
+    """``slmgr /skms kms_host ActivationID``: the Windows product's own KMS host."""
+    product_id = str(lab.windows(host)["id"])
+    answer = lab.run(host, "set-kms-host", kms_host=kms_host, kms_port="", activation_id=product_id)
+    assert answer["changed"] and answer["after"]["kms_machine"] == kms_host
+    return product_id
+
+
+def test_convert_client_moves_a_per_product_kms_host(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "lab", hosts=5, kms_hosts=2, os_mix="server2022-standard=5")
+    lab.setup_kms("kms01")
+    lab.setup_kms("kms02")
+    clients = [f"client00{n}" for n in range(1, 6)]
+    products = {client: _pin_product(lab, client, "kms01.lab.test") for client in clients}
+    sessions = LabSessions(lab.engine)
+    args = ConvertClientArgs(target="host", kms_host="kms02.lab.test", kms_port=1688)
+
+    def convert(client: str) -> Any:
+        return run_host("convert-client", client, args, sessions.factory_for({}))
+
+    first = [convert(client) for client in clients]
+    for client, report in zip(clients, first, strict=True):
+        (set_step,) = [s for s in report.plan["steps"] if s["step"] == "set-kms-host"]
+        # the product's own setting wins, so that is the one changed (not the machine-wide one)
+        assert set_step["params"]["activation_id"] == products[client], set_step
+    # a new KMS host counts 5 servers before it activates them (0xC004F038 for the first four)
+    assert [r.status for r in first] == ["waiting"] * 4 + ["changed"]
+    kms02 = lab.facts("kms02")["service"]
+    assert kms02["current_count"] == 5 and kms02["requests"]["total"] == 5
+    assert lab.facts("kms01")["service"]["requests"]["total"] == 0  # nothing went to the old host
+
+    again = [convert(client) for client in clients]
+    assert {r.status for r in again} == {"changed", "ok"} and all(r.error is None for r in again)
+    final = [convert(client) for client in clients]
+    assert [r.status for r in final] == ["ok"] * 5 and sum(r.changes for r in final) == 0
+    for report in final:
+        # the report shows the host the product really uses, and where that is set
+        assert (report.state["kms_machine"], report.state["kms_port"], report.state["kms_level"]) == (
+            "kms02.lab.test",
+            1688,
+            "product",
+        )
+        status = run_host("status", report.host, None, sessions.factory_for({}))
+        assert status.state["kms_machine"] == "kms02.lab.test"
+        assert status.state["activation"]["kms_host"]["uses"] == "kms02.lab.test:1688"
+    for client in clients:
+        facts = lab.facts(client)
+        assert facts["service"]["kms_machine"] is None  # the machine-wide setting was never the one used
+        windows = lab.windows(client)
+        assert (windows["kms_machine"], windows["license_status"]) == ("kms02.lab.test", 1)
+        assert windows["discovered_kms"] in (None, "kms02.lab.test")
+
+
+def test_per_product_kms_host_port_wins_with_its_own_default(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "lab", hosts=1, kms_hosts=0, os_mix="win11-enterprise=1")
+    lab.point("client001", "kms-old.lab.test", 2500)
+    product_id = _pin_product(lab, "client001", "kms-new.lab.test")
+    facts = HostFacts.model_validate(lab.facts("client001"))
+    target = facts.kms_target()
+    # the product's own host, with its own port (0: the default 1688), not the machine-wide 2500
+    assert (target.machine, target.effective_port, target.level, target.activation_id) == (
+        "kms-new.lab.test",
+        1688,
+        "product",
+        product_id,
+    )
+    plan = plan_convert_client(
+        "client001", facts, ConvertClientArgs(target="host", kms_host="kms-new.lab.test")
+    )
+    assert [s.step for s in plan.steps] == ["activate"]  # not activated yet; the target is right
+    # auto-discovery clears both levels, the product's first
+    auto = plan_convert_client("client001", facts, ConvertClientArgs(target="auto"))
+    cleared = [(s.step, s.ref.params["activation_id"]) for s in auto.steps if s.step == "clear-kms-host"]
+    assert cleared == [("clear-kms-host", product_id), ("clear-kms-host", "")]
+    domain = plan_convert_client(
+        "client001", facts, ConvertClientArgs(target="domain", lookup_domain="lab.test")
+    )
+    assert [(s.step, s.ref.params["activation_id"]) for s in domain.steps if s.step != "activate"] == [
+        ("clear-kms-host", product_id),
+        ("clear-kms-host", ""),
+        ("set-lookup-domain", ""),
+    ]
