@@ -648,7 +648,10 @@ def rollout(
     report_html: ReportHtmlOpt = None,
     report_csv: ReportCsvOpt = None,
     junit: JunitOpt = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
+    no_progress: Annotated[
+        bool,
+        typer.Option("--no-progress", help="no progress: no bar on a terminal, no line per host when piped"),
+    ] = False,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Roll a playbook out over an inventory: parallel, resumable, with reports. --check plans only (exit 3 if changes)."""

@@ -18,16 +18,36 @@ def emit_json(value: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Print a rich table on stdout."""
+    """Print a table on stdout: rich on a terminal, plain columns (never wrapped) otherwise."""
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    if not sys.stdout.isatty():
+        sys.stdout.write(plain_table(title, columns, cells))
+        sys.stdout.flush()
+        return
     from rich.console import Console
     from rich.table import Table
 
     tbl = Table(title=title, show_lines=False)
     for column in columns:
         tbl.add_column(column, overflow="fold")
-    for row in rows:
-        tbl.add_row(*("" if v is None else str(v) for v in row))
+    for row in cells:
+        tbl.add_row(*row)
     Console(soft_wrap=False).print(tbl)
+
+
+def plain_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, one line per row whatever its length (for pipes and logs).
+
+    A multi-line cell is joined with "; " so that every row stays one line.
+    """
+    lines = [["; ".join(str(c).splitlines()) for c in row] for row in rows]
+    header = list(columns)
+    widths = [max([len(header[i]), *(len(r[i]) for r in lines)]) for i in range(len(header))]
+    out = [title] if title else []
+    heading = [header, ["-" * w for w in widths]] if any(header) else []
+    for row in [*heading, *lines]:
+        out.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(out) + "\n"
 
 
 def fail(error: KmsAdminError | str, code: int | None = None) -> NoReturn:

@@ -1,11 +1,14 @@
 """``kmsadmin rollout``, fleet-wide reports, and ``kmsadmin demo``.
 
-Progress is drawn from the rollout's events (a bar plus live counts per state); Ctrl-C sets the
-rollout's stop event (running hosts finish their step, nothing new starts), a second Ctrl-C aborts.
+Progress is drawn from the rollout's events (:mod:`kmsadmin.cli.progress`: a bar with the hosts in
+flight on a terminal, a line per host when piped). Ctrl-C sets the rollout's stop event (running hosts
+finish their step, nothing new starts; it says at once how many run and by when they end); a second
+Ctrl-C ends the run at once: the summary and the reports keep what finished.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -57,53 +60,6 @@ def print_summary(report: Mapping[str, Any]) -> None:
         sys.stdout.write(summary_text(report) + "\n")
 
 
-class _Progress:
-    """A rich progress bar fed by rollout events; counts per state in the description."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._progress: Any = None
-        self._task: Any = None
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                transient=False,
-                redirect_stdout=False,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("starting", total=None)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def __call__(self, event: Any) -> None:
-        counts = getattr(event, "counts", None)
-        if not self.enabled or counts is None:
-            return
-        with self._lock:
-            done = sum(counts.get(k, 0) for k in ("ok", "changed", "pending", "waiting", "failed", "skipped"))
-            desc = " ".join(
-                f"{k} {counts.get(k, 0)}"
-                for k in ("running", "ok", "changed", "pending", "waiting", "failed")
-                if counts.get(k)
-            )
-            if type(event).__name__ == "RolloutStopping":
-                desc = "stopping: waiting for running hosts " + desc
-            self._progress.update(
-                self._task, total=counts.get("total") or None, completed=done, description=desc or "starting"
-            )
-
-
 def run_rollout(
     playbook_path: Path,
     inventory_path: Path,
@@ -120,6 +76,7 @@ def run_rollout(
     quiet: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     """Load, run, report. Returns (exit code, report document)."""
+    from kmsadmin.cli.progress import RolloutProgress, choose_mode
     from kmsadmin.fleet.inventory import load_inventory
     from kmsadmin.fleet.journal import Journal
     from kmsadmin.fleet.playbook import load_playbook
@@ -130,21 +87,26 @@ def run_rollout(
     inventory = load_inventory(inventory_path)
     journal = Journal(journal_path) if journal_path else None
     stop = threading.Event()
+    abort = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
+    view = RolloutProgress(choose_mode(progress))
 
     def on_sigint(signum: int, frame: object) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        sys.stderr.write(
-            "\nkmsadmin: stopping: running hosts finish, no new host starts (Ctrl-C again to abort)\n"
-        )
+        if not stop.is_set():
+            stop.set()
+            view.write(stopping_message(view.in_flight(), deadline))
+        elif not abort.is_set():
+            abort.set()
+            view.write(
+                f"kmsadmin: stopping now: {len(view.in_flight())} host(s) still running are reported as "
+                "not finished; writing the reports"
+            )
 
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         signal.signal(signal.SIGINT, on_sigint)
     try:
-        with _Progress(progress and sys.stderr.isatty()) as bar:
+        with view:
             result = rollout(
                 playbook,
                 inventory,
@@ -155,8 +117,9 @@ def run_rollout(
                 journal=journal,
                 resume=resume,
                 deadline=deadline,
-                on_event=bar,
+                on_event=view,
                 stop=stop,
+                abort=abort,
             )
     finally:
         if in_main:
@@ -179,7 +142,27 @@ def run_rollout(
                 f"interrupted: {done} host result(s) recorded, {len(result.not_started)} not started"
                 + (f"; resume with --journal {journal_path} --resume\n" if journal_path else "\n")
             )
+    if result.aborted:
+        # hosts left running keep their worker threads busy until their deadline: leave now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     return result.exit_code, document
+
+
+def stopping_message(in_flight: list[tuple[str, str, float]], deadline: float) -> str:
+    """What the first Ctrl-C says at once: hosts still running, and by when they end at the latest."""
+    from kmsadmin.cli.progress import deadline_text
+
+    if not in_flight:
+        return "kmsadmin: stopping: no new host starts; no host is running"
+    names = ", ".join(host for _, host, _ in in_flight[:5]) + (", ..." if len(in_flight) > 5 else "")
+    last = max(started for _, _, started in in_flight)
+    return (
+        f"kmsadmin: stopping: no new host starts; {len(in_flight)} host(s) still running ({names}) "
+        f"end by {deadline_text(deadline, last)} at the latest (their deadline: --deadline {deadline:g}s "
+        "per host); then the summary and reports follow. Ctrl-C again to stop at once."
+    )
 
 
 def fleet_status(

@@ -172,6 +172,8 @@ class RolloutResult:
     #: why the rollout stopped early (max_fail_percentage, any_errors_fatal, interrupted), else None
     stopped: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    #: stopped at once (``abort``): hosts still running were left to their threads, not waited for
+    aborted: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -479,11 +481,17 @@ class _Run:
         retries: int,
         retry_delay: float,
         seed: int | None,
+        abort: threading.Event | None = None,
     ) -> None:
         self.result = result
         self.journal = journal
         self.on_event = on_event
         self.stop = stop
+        self.abort = abort or threading.Event()
+        #: (play, host) pairs left running by an abort: their late results are dropped
+        self.abandoned: set[tuple[str, str]] = set()
+        #: (play, host) pairs whose result is being journaled: an abort leaves them be
+        self.finishing: set[tuple[str, str]] = set()
         self.check = check
         self.deadline = deadline
         self.retries = retries
@@ -561,6 +569,10 @@ class _Run:
             dict(hp.vars),
             hp.groups,
         )
+        with self.lock:
+            if (play.name, hp.host) in self.abandoned:
+                return result  # the run was stopped at once and has been reported without this host
+            self.finishing.add((play.name, hp.host))
         if self.journal is not None:
             self.journal.write({"type": "host", "run_id": self.result.run_id, **result.to_dict()})
         with self.lock:
@@ -631,6 +643,7 @@ def rollout(
     retry_delay: float = 2.0,
     on_event: EventCallback | None = None,
     stop: threading.Event | None = None,
+    abort: threading.Event | None = None,
     env: Mapping[str, str] | None = None,
     seed: int | None = None,
 ) -> RolloutResult:
@@ -642,7 +655,8 @@ def rollout(
     (:func:`transport_session_factory_for` is the real one). ``deadline`` is each host's budget in seconds
     for all its steps and retries. ``retries`` counts extra attempts of a safe-to-retry step;
     ``retry_delay`` is the first backoff. ``stop`` lets a caller (a signal handler, a test) stop the
-    rollout like Ctrl-C. ``env`` replaces ``os.environ`` for ``{env: VAR}`` secret references.
+    rollout like Ctrl-C; ``abort`` (a second Ctrl-C) ends it at once: hosts still running are reported
+    as not finished and their threads are not waited for (the caller should exit the process). ``env`` replaces ``os.environ`` for ``{env: VAR}`` secret references.
     Raises :class:`ConfigError` for problems found before contacting any host.
     """
     if forks < 1:
@@ -682,6 +696,7 @@ def rollout(
         retries=retries,
         retry_delay=retry_delay,
         seed=seed,
+        abort=abort,
     )
     run.counts["queued"] = sum(len(p.hosts) for p in plans)
     if journal is not None:
@@ -706,7 +721,7 @@ def rollout(
         for plan in plans:
             _run_play(run, executor, plan, done=done, failed_hosts=failed_hosts, forks=forks)
     finally:
-        executor.shutdown(wait=True)
+        executor.shutdown(wait=not run.abort.is_set(), cancel_futures=run.abort.is_set())
         result.finished = _now()
         result.counts = run.snapshot()
         if journal is not None:
@@ -753,6 +768,20 @@ def _not_started(run: _Run, play: str, hosts: list[_HostPlan]) -> None:
         for hp in hosts:
             run.result.not_started.append(NotStarted(play, hp.host, reason))
             run.move("queued", "not_started")
+
+
+def _abandon(run: _Run, play: str, hosts: list[str]) -> None:
+    """Stop at once: hosts still running are reported as not finished, their results are dropped."""
+    _stop(run, "interrupted", interrupted=True)
+    reason = "still running when the run was stopped at once (second Ctrl-C): result unknown"
+    with run.lock:
+        run.result.aborted = True
+        for host in hosts:
+            if (play, host) in run.finishing:
+                continue
+            run.abandoned.add((play, host))
+            run.result.not_started.append(NotStarted(play, host, reason))
+            run.move("running", "not_started")
 
 
 def _run_play(
@@ -828,6 +857,9 @@ def _run_batch(
                 _not_started(run, play.name, list(queue))
                 queue.clear()
             if not in_flight:
+                break
+            if run.abort.is_set():
+                _abandon(run, play.name, list(in_flight.values()))
                 break
             finished, _ = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
             for future in finished:
