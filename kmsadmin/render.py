@@ -255,3 +255,219 @@ def parse_header(script: str) -> tuple[str, int] | None:
     first = script.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
     match = HEADER_RE.match(first)
     return (match["step"], int(match["version"])) if match else None
+
+
+# ------------------------------------------------------------------------- inventory variable templating
+#: the Jinja filters inventory variables may use (Ansible's names and meanings); anything else is an error
+VAR_FILTERS = ("default", "d", "lower", "upper", "replace", "int", "bool")
+#: templated strings and sequences larger than this are refused (``{{ 'a' * 10**9 }}``)
+MAX_TEMPLATE_RESULT = 1024 * 1024
+#: how deeply variables may refer to each other (``a: "{{ b }}"``, ``b: "{{ c }}"``...)
+MAX_VAR_DEPTH = 64
+_TEMPLATE_MARKS = ("{{", "{%", "{#")
+_SINGLE_EXPRESSION_RE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}|\{\{).)*)\}\}\s*$", re.DOTALL)
+
+
+class VarTemplateError(TemplateError):
+    """A templated inventory variable that cannot be resolved: names the host and the variable."""
+
+
+def _ansible_bool(value: Any) -> bool:
+    """Ansible's ``bool`` filter: yes/on/1/true (any case) and 1 are true, everything else false."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value == 1
+    return str(value).strip().lower() in ("yes", "on", "1", "true", "y", "t")
+
+
+@lru_cache(maxsize=1)
+def vars_environment() -> Any:
+    """A sandboxed Jinja environment with only :data:`VAR_FILTERS`, no globals, bounded ``*`` and ``**``."""
+    from jinja2 import StrictUndefined
+    from jinja2.exceptions import SecurityError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    class _Bounded(SandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "**" and isinstance(right, int) and abs(right) > 64:
+                raise SecurityError("exponent too large")
+            if operator == "*":
+                for seq, count in ((left, right), (right, left)):
+                    if (
+                        isinstance(seq, str | list | tuple)
+                        and isinstance(count, int)
+                        and len(seq) * count > MAX_TEMPLATE_RESULT
+                    ):
+                        raise SecurityError("result too large")
+            return super().call_binop(context, operator, left, right)
+
+    env = _Bounded(undefined=StrictUndefined, autoescape=False)
+    builtin = env.filters
+    env.filters = {
+        "default": builtin["default"],
+        "d": builtin["default"],
+        "lower": builtin["lower"],
+        "upper": builtin["upper"],
+        "replace": builtin["replace"],
+        "int": builtin["int"],
+        "bool": _ansible_bool,
+    }
+    env.tests = {name: env.tests[name] for name in ("defined", "undefined", "none", "string", "number")}
+    env.globals.clear()
+    return env
+
+
+def is_template(value: Any) -> bool:
+    """Whether a string holds Jinja markup."""
+    return isinstance(value, str) and any(mark in value for mark in _TEMPLATE_MARKS)
+
+
+class _HostVars(Mapping[str, Any]):
+    def __init__(self, resolver: VarResolver) -> None:
+        self._resolver = resolver
+
+    def __getitem__(self, host: str) -> Any:
+        if host not in self._resolver.hosts:
+            raise KeyError(host)
+        return _Context(self._resolver, host)
+
+    def __iter__(self) -> Any:
+        return iter(self._resolver.hosts)
+
+    def __len__(self) -> int:
+        return len(self._resolver.hosts)
+
+
+class VarResolver:
+    """Resolves ``{{ ... }}`` in inventory variables per host, with ``hostvars``, ``groups``, ``group_names``.
+
+    A string that is one ``{{ expression }}`` keeps the expression's type (``"{{ port }}"`` stays a
+    number, as in ansible-core 2.19); other strings render to text. Undefined variables, unknown
+    filters, loops between variables and anything the sandbox refuses raise :class:`VarTemplateError`.
+    """
+
+    def __init__(
+        self,
+        hosts: Mapping[str, Mapping[str, Any]],
+        groups: Mapping[str, Any],
+        group_names: Mapping[str, Any],
+    ) -> None:
+        self.hosts = hosts
+        self._groups = groups
+        self._group_names = group_names
+        self._done: dict[tuple[str, str], Any] = {}
+        self._active: list[tuple[str, str]] = []
+        self._hostvars = _HostVars(self)
+        self._magic: dict[str, dict[str, Any]] = {}
+        self._all_groups: dict[str, list[str]] | None = None
+
+    def raw_vars(self, host: str) -> Mapping[str, Any]:
+        return self.hosts[host]
+
+    def magic(self, host: str) -> Mapping[str, Any]:
+        if host in self._magic:
+            return self._magic[host]
+        if self._all_groups is None:
+            self._all_groups = {name: list(members) for name, members in self._groups.items()}
+        self._magic[host] = {
+            "inventory_hostname": host,
+            "inventory_hostname_short": host.split(".", 1)[0],
+            "group_names": list(self._group_names.get(host, ())),
+            "groups": self._all_groups,
+            "hostvars": self._hostvars,
+        }
+        return self._magic[host]
+
+    def resolved(self, host: str) -> dict[str, Any]:
+        """Every variable of ``host``, templated."""
+        return {key: self.value(host, key) for key in self.hosts[host]}
+
+    def value(self, host: str, key: str) -> Any:
+        slot = (host, key)
+        if slot in self._done:
+            return self._done[slot]
+        if slot in self._active:
+            trail = " → ".join(k for _, k in self._active[self._active.index(slot) :])
+            raise VarTemplateError(f"host '{host}': variable '{key}' refers to itself ({trail} → {key})")
+        if len(self._active) >= MAX_VAR_DEPTH:
+            raise VarTemplateError(
+                f"host '{host}': variable '{key}': variables nest deeper than {MAX_VAR_DEPTH}"
+            )
+        self._active.append(slot)
+        try:
+            result = self._walk(host, key, self.hosts[host][key])
+        finally:
+            self._active.pop()
+        self._done[slot] = result
+        return result
+
+    def _walk(self, host: str, key: str, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._render(host, key, value) if is_template(value) else value
+        if isinstance(value, list):
+            return [self._walk(host, key, item) for item in value]
+        if isinstance(value, dict):
+            return {k: self._walk(host, key, v) for k, v in value.items()}
+        return value
+
+    def _render(self, host: str, key: str, text: str) -> Any:
+        from jinja2 import TemplateError as JinjaError
+        from jinja2 import Undefined
+        from jinja2.exceptions import SecurityError
+
+        env = vars_environment()
+        names = _Context(self, host)
+        try:
+            single = _SINGLE_EXPRESSION_RE.match(text)
+            if single is not None:
+                template = env.compile_expression(
+                    single.group("expr").strip(), undefined_to_none=False
+                )._template
+                context = template.new_context(names, shared=True)
+                for _ in template.root_render_func(context):
+                    pass
+                result = context.vars["result"]
+                if isinstance(result, Undefined):
+                    result._fail_with_undefined_error()
+            else:
+                template = env.from_string(text)
+                result = "".join(template.root_render_func(template.new_context(names, shared=True)))
+        except VarTemplateError:
+            raise
+        except SecurityError as exc:
+            raise VarTemplateError(f"host '{host}': variable '{key}': {text!r}: refused: {exc}") from None
+        except JinjaError as exc:
+            raise VarTemplateError(
+                f"host '{host}': variable '{key}': {text!r}: {exc.message or exc}"
+            ) from None
+        except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError, RecursionError) as exc:
+            raise VarTemplateError(f"host '{host}': variable '{key}': {text!r}: {exc}") from None
+        if isinstance(result, str | list | tuple) and len(result) > MAX_TEMPLATE_RESULT:
+            raise VarTemplateError(f"host '{host}': variable '{key}': the result is too large")
+        return str(result) if isinstance(result, str) else result
+
+
+class _Context(Mapping[str, Any]):
+    """A template's name lookup: the host's variables (templated on use), then the magic variables."""
+
+    def __init__(self, resolver: VarResolver, host: str) -> None:
+        self._resolver = resolver
+        self._host = host
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._resolver.raw_vars(self._host):
+            return self._resolver.value(self._host, key)
+        return self._resolver.magic(self._host)[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._resolver.raw_vars(self._host) or key in self._resolver.magic(self._host)
+
+    def __iter__(self) -> Any:
+        yield from self._resolver.raw_vars(self._host)
+        yield from self._resolver.magic(self._host)
+
+    def __len__(self) -> int:
+        return len(self._resolver.raw_vars(self._host)) + len(self._resolver.magic(self._host))

@@ -308,7 +308,7 @@ def test_ansible_playbook_accepts_the_project(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_cli_writes_the_project_and_reports_errors_with_exit_4(tmp_path: Path) -> None:
+def test_cli_writes_the_project_and_reports_a_bad_limit_with_exit_2(tmp_path: Path) -> None:
     inventory = lab_inventory(tmp_path)
     out = tmp_path / "cli-project"
     run = [
@@ -333,4 +333,4 @@ def test_cli_writes_the_project_and_reports_errors_with_exit_4(tmp_path: Path) -
         timeout=120,
         check=False,
     )
-    assert bad.returncode == 4 and "matches no host" in bad.stderr
+    assert bad.returncode == 2 and "matches no host" in bad.stderr

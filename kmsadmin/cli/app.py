@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from kmsadmin.cli import inventory as inventory_opts
+from kmsadmin.cli.inventory import InventoryOpt, VaultIdOpt, VaultPasswordFileOpt
 from kmsadmin.cli.options import Connection, ForksOpt, HelpGroup, connection_options
 from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_PENDING, InvalidInput, KmsAdminError
 from kmsadmin.values import DEFAULT_FORKS
@@ -282,28 +284,24 @@ def _validate_format(fmt: str) -> None:
         raise InvalidInput("format", fmt, "must be ps1 or slmgr")
 
 
-InventoryOpt = Annotated[
-    Path | None, typer.Option("--inventory", "-i", help="Ansible inventory: host vars (ansible_*) and groups")
-]
-
-
 def _hosts_and_vars(
-    hosts: list[str], inventory: Path | None
+    hosts: list[str],
+    inventory: list[Path] | None,
+    vault_password_file: list[Path] | None = None,
+    vault_id: list[str] | None = None,
 ) -> tuple[list[str], dict[str, dict[str, object]]]:
-    """Expand inventory patterns (with -i) and collect each host's vars."""
+    """Expand inventory patterns (with -i or ANSIBLE_INVENTORY) and collect each host's vars.
+
+    A name or pattern that matches no host is an error (exit 2) that lists close matches.
+    """
     from kmsadmin import validate
 
-    if inventory is None:
+    if not inventory_opts.given(inventory):
         return [validate.hostname(h) for h in hosts], {}
-    from kmsadmin.fleet.inventory import load_inventory
+    from kmsadmin.fleet.limit import select_each
 
-    inv = load_inventory(inventory)
-    names: list[str] = []
-    for pattern in hosts or ["all"]:
-        selected = inv.select(pattern)
-        if not selected:
-            raise InvalidInput("host pattern", pattern, f"matches no host in {inventory}")
-        names.extend(n for n in selected if n not in names)
+    inv = inventory_opts.load(inventory, vault_password_file, vault_id)
+    names = select_each(inv, hosts or ["all"])
     return names, {n: dict(inv.vars_for(n)) for n in names}
 
 
@@ -353,6 +351,8 @@ def setup_host(
     check: CheckOpt = False,
     json_out: JsonOpt = False,
     inventory: InventoryOpt = None,
+    vault_password_file: VaultPasswordFileOpt = None,
+    vault_id: VaultIdOpt = None,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Make HOST a KMS host: preflight, role, firewall, host key, activation, settings, verify."""
@@ -362,7 +362,7 @@ def setup_host(
 
     try:
         _validate_format(fmt)
-        name = validate.hostname(host) if inventory is None else host
+        name = host if inventory_opts.given(inventory) else validate.hostname(host)
         if activation not in ("online", "phone"):
             raise InvalidInput("activation", activation, "must be online or phone")
         args = SetupHostArgs(
@@ -386,7 +386,7 @@ def setup_host(
         if dry_run:
             _print_scripts([plan_setup_host(name, None, args)], fmt, json_out)
             return
-        names, hostvars = _hosts_and_vars([name], inventory)
+        names, hostvars = _hosts_and_vars([name], inventory, vault_password_file, vault_id)
         if len(names) != 1:
             raise InvalidInput("host", host, f"matches {len(names)} hosts; setup-host takes one KMS host")
         group_var = hostvars.get(names[0], {}).get("kmsadmin_csvlk_group") or hostvars.get(names[0], {}).get(
@@ -451,6 +451,8 @@ def convert_client(
     check: CheckOpt = False,
     json_out: JsonOpt = False,
     inventory: InventoryOpt = None,
+    vault_password_file: VaultPasswordFileOpt = None,
+    vault_id: VaultIdOpt = None,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Make HOSTS KMS clients: detect the edition, install its GVLK, point at KMS, activate, verify."""
@@ -460,7 +462,7 @@ def convert_client(
 
     try:
         _validate_format(fmt)
-        names, hostvars = _hosts_and_vars(hosts, inventory)
+        names, hostvars = _hosts_and_vars(hosts, inventory, vault_password_file, vault_id)
         if sum(bool(x) for x in (kms_host, lookup_domain, auto_discover)) > 1:
             raise InvalidInput(
                 "KMS target", "", "give only one of --kms-host, --lookup-domain, --auto-discover"
@@ -564,6 +566,8 @@ JunitOpt = Annotated[Path | None, typer.Option("--junit", help="write a JUnit XM
 def status(
     hosts: Annotated[list[str] | None, typer.Argument(help="hosts, or inventory patterns with -i")] = None,
     inventory: InventoryOpt = None,
+    vault_password_file: VaultPasswordFileOpt = None,
+    vault_id: VaultIdOpt = None,
     json_out: JsonOpt = False,
     forks: ForksOpt = DEFAULT_FORKS,
     report_json: ReportJsonOpt = None,
@@ -600,15 +604,15 @@ def status(
     from kmsadmin.cli.output import fail
 
     try:
-        if not hosts and inventory is None:
+        if not hosts and not inventory_opts.given(inventory):
             raise InvalidInput("hosts", "", "name at least one host, or give -i INVENTORY")
         health = HealthOptions.parse(only, fail_on, metrics)
         explicit = connection.explicit()
-        if inventory is not None:
+        if inventory_opts.given(inventory):
             from kmsadmin.cli.rollout import fleet_status
 
             code = fleet_status(
-                inventory,
+                inventory_opts.load(inventory, vault_password_file, vault_id),
                 ":".join(hosts or ["all"]),
                 explicit=explicit,
                 forks=forks,
@@ -631,10 +635,9 @@ def status(
 @connection_options
 def rollout(
     playbook: Annotated[Path, typer.Argument(help="playbook (see playbooks/ for ready ones)")],
-    inventory: Annotated[
-        Path,
-        typer.Option("--inventory", "-i", help="Ansible inventory (YAML or ansible-inventory --list JSON)"),
-    ],
+    inventory: InventoryOpt = None,
+    vault_password_file: VaultPasswordFileOpt = None,
+    vault_id: VaultIdOpt = None,
     forks: ForksOpt = DEFAULT_FORKS,
     limit: Annotated[
         str | None, typer.Option("--limit", "-l", help="Ansible host pattern to narrow the run")
@@ -664,6 +667,7 @@ def rollout(
         code, _ = run_rollout(
             playbook,
             inventory,
+            vault=(vault_password_file, vault_id),
             explicit=explicit,
             forks=forks,
             limit=limit,
@@ -704,6 +708,8 @@ def demo(
 def doctor(
     host: Annotated[str, typer.Argument(help="the host to diagnose")],
     inventory: InventoryOpt = None,
+    vault_password_file: VaultPasswordFileOpt = None,
+    vault_id: VaultIdOpt = None,
     json_out: JsonOpt = False,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
@@ -712,7 +718,7 @@ def doctor(
     from kmsadmin.cli.output import fail
 
     try:
-        names, hostvars = _hosts_and_vars([host], inventory)
+        names, hostvars = _hosts_and_vars([host], inventory, vault_password_file, vault_id)
         if len(names) != 1:
             raise InvalidInput("host", host, f"matches {len(names)} hosts; doctor takes one")
         explicit = connection.explicit()

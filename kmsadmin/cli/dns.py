@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from kmsadmin.cli.inventory import InventoryOpt, VaultIdOpt, VaultPasswordFileOpt, given
 from kmsadmin.cli.options import ForksOpt, HelpGroup
 from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_USAGE, InvalidInput, KmsAdminError
 from kmsadmin.values import DEFAULT_FORKS
@@ -38,9 +39,7 @@ record_app = typer.Typer(
 dns_app.add_typer(record_app, name="record")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text.")]
-InventoryOpt = Annotated[
-    Path | None, typer.Option("-i", "--inventory", help="Ansible inventory (YAML or JSON)")
-]
+InventoryArgs = tuple[list[Path] | None, list[Path] | None, list[str] | None]
 ServerOpt = Annotated[
     str | None,
     typer.Option("--server", help="DNS server to ask / update: IP[:PORT] (default: the system resolver)"),
@@ -55,10 +54,12 @@ def _fail(exc: KmsAdminError | str, code: int | None = None) -> NoReturn:
     fail(exc, code)
 
 
-def _load_inventory(path: Path) -> Inventory:
-    from kmsadmin.fleet.inventory import load_inventory
+def _load_inventory(
+    path: list[Path] | None, vault_password_file: list[Path] | None, vault_id: list[str] | None
+) -> Inventory:
+    from kmsadmin.cli import inventory as inventory_opts
 
-    return load_inventory(path)
+    return inventory_opts.load(path, vault_password_file, vault_id)
 
 
 def _view(inventory: Inventory, source: str) -> FleetView:
@@ -112,6 +113,8 @@ def check(
     ],
     server: ServerOpt = None,
     inventory: InventoryOpt = None,
+    vault_password_file: VaultPasswordFileOpt = None,
+    vault_id: VaultIdOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Check _vlmcs._tcp.DOMAIN: missing, stale, duplicate, wrong-port and wrong-zone records (exit 1 on findings)."""
@@ -122,7 +125,14 @@ def check(
     try:
         name = validate.domain(domain)
         client = DnsClient(parse_server(server) if server else None)
-        view = _view(_load_inventory(inventory), str(inventory)) if inventory else None
+        view = (
+            _view(
+                _load_inventory(inventory, vault_password_file, vault_id),
+                ", ".join(map(str, inventory or [])),
+            )
+            if given(inventory)
+            else None
+        )
     except KmsAdminError as exc:
         _fail(exc)
     report = run_check(name, client, view)
@@ -175,7 +185,7 @@ def _record_command(
     tsig_key_file: Path | None,
     dns_server: str | None,
     kms_hosts_group: str | None,
-    inventory: Path | None,
+    inventory: InventoryArgs,
     json_out: bool,
 ) -> None:
     from kmsadmin.dns.records import SrvRecord, bind_lines, nsupdate_script, relative_name
@@ -251,7 +261,7 @@ def _via_winrm(
     zone: str | None,
     dns_server: str | None,
     kms_hosts_group: str | None,
-    inventory: Path | None,
+    inventory: InventoryArgs,
 ) -> StepRun:
     from kmsadmin import validate
     from kmsadmin.dns.remote import run_step, srv_record_ref, winrm_session
@@ -261,8 +271,8 @@ def _via_winrm(
     name = validate.hostname(dns_server)
     ref = srv_record_ref(record, action, zone=zone, kms_hosts_group=kms_hosts_group)
     hostvars: dict[str, Any] = {}
-    if inventory is not None:
-        loaded = _load_inventory(inventory)
+    if given(inventory[0]):
+        loaded = _load_inventory(*inventory)
         if name in loaded.hosts:
             hostvars = dict(loaded.vars_for(name))
     return run_step(name, hostvars, ref, winrm_session())
@@ -309,6 +319,8 @@ def _record_options(action: Action) -> Any:
             ),
         ] = None,
         inventory: InventoryOpt = None,
+        vault_password_file: VaultPasswordFileOpt = None,
+        vault_id: VaultIdOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         _record_command(
@@ -326,7 +338,7 @@ def _record_options(action: Action) -> Any:
             tsig_key_file,
             dns_server,
             kms_hosts_group,
-            inventory,
+            (inventory, vault_password_file, vault_id),
             json_out,
         )
 
@@ -346,7 +358,9 @@ record_app.command("remove")(_record_options("remove"))
 @dns_app.command("publishing")
 def publishing(
     state: Annotated[str, typer.Argument(help="on or off")],
-    inventory: Annotated[Path, typer.Option("-i", "--inventory", help="inventory with a kms_hosts group")],
+    inventory: InventoryOpt = None,
+    vault_password_file: VaultPasswordFileOpt = None,
+    vault_id: VaultIdOpt = None,
     limit: LimitOpt = None,
     forks: ForksOpt = DEFAULT_FORKS,
     json_out: JsonOpt = False,
@@ -357,7 +371,7 @@ def publishing(
     try:
         if state not in ("on", "off"):
             raise InvalidInput("state", state, "must be on or off")
-        hosts = _kms_hosts(_load_inventory(inventory), limit)
+        hosts = _kms_hosts(_load_inventory(inventory, vault_password_file, vault_id), limit)
     except KmsAdminError as exc:
         _fail(exc)
     runs = run_on_hosts(hosts, publishing_ref(state == "on"), winrm_session(), forks=forks)
@@ -366,7 +380,9 @@ def publishing(
 
 @dns_app.command("publish-list")
 def publish_list(
-    inventory: Annotated[Path, typer.Option("-i", "--inventory", help="inventory with a kms_hosts group")],
+    inventory: InventoryOpt = None,
+    vault_password_file: VaultPasswordFileOpt = None,
+    vault_id: VaultIdOpt = None,
     domains: Annotated[
         str | None,
         typer.Option("--domains", help="DNS domains to publish in, e.g. contoso.com,branch.contoso.com"),
@@ -383,7 +399,7 @@ def publish_list(
 
     try:
         ref = publish_list_ref(split_domains(domains or ""), clear=clear)
-        hosts = _kms_hosts(_load_inventory(inventory), limit)
+        hosts = _kms_hosts(_load_inventory(inventory, vault_password_file, vault_id), limit)
     except KmsAdminError as exc:
         _fail(exc)
     runs = run_on_hosts(hosts, ref, winrm_session(), forks=forks)
@@ -392,7 +408,9 @@ def publish_list(
 
 # ---------------------------------------------------------------------------------------------- plan
 def plan_command(
-    inventory: Annotated[Path, typer.Option("-i", "--inventory", help="Ansible inventory (YAML or JSON)")],
+    inventory: InventoryOpt = None,
+    vault_password_file: VaultPasswordFileOpt = None,
+    vault_id: VaultIdOpt = None,
     gather: Annotated[
         bool, typer.Option("--gather", help="read each host's facts over WinRM instead of inventory vars")
     ] = False,
@@ -403,7 +421,7 @@ def plan_command(
     from kmsadmin.operations.capacity import machine_from_vars, plan_capacity
 
     try:
-        loaded = _load_inventory(inventory)
+        loaded = _load_inventory(inventory, vault_password_file, vault_id)
         if gather:
             machines = _gather(loaded, forks)
         else:

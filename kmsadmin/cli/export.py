@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from kmsadmin.cli.inventory import InventoryOpt, VaultIdOpt, VaultPasswordFileOpt
 from kmsadmin.cli.options import ForksOpt, HelpGroup
 from kmsadmin.values import DEFAULT_FORKS
 
@@ -30,13 +31,12 @@ def _group() -> None:
 @export_app.command("ansible")
 def ansible(
     playbook: Annotated[Path, typer.Argument(help="kmsadmin playbook (see playbooks/)")],
-    inventory: Annotated[
-        Path,
-        typer.Option("--inventory", "-i", help="Ansible inventory (YAML or ansible-inventory --list JSON)"),
-    ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="project directory to write (empty or an earlier export)")
     ],
+    inventory: InventoryOpt = None,
+    vault_password_file: VaultPasswordFileOpt = None,
+    vault_id: VaultIdOpt = None,
     limit: Annotated[
         str | None, typer.Option("--limit", "-l", help="Ansible host pattern: export only these hosts")
     ] = None,
@@ -54,18 +54,20 @@ def ansible(
     The host key is never written: the project reads it when it runs, from the references the playbook
     gives. Run the result with `ansible-playbook site.yml` inside DIR.
     """
+    from kmsadmin.cli import inventory as inventory_opts
     from kmsadmin.cli.output import emit_json, fail
     from kmsadmin.errors import KmsAdminError
     from kmsadmin.export.ansible import write_project
     from kmsadmin.export.plan import gatherer_for, plan_export
-    from kmsadmin.fleet.inventory import load_inventory
     from kmsadmin.fleet.playbook import load_playbook
 
     if forks < 1:
         fail(f"--forks must be at least 1, not {forks}", 2)
     try:
         book = load_playbook(playbook)
-        inv = load_inventory(inventory)
+        inv = inventory_opts.load(
+            inventory, vault_password_file, vault_id, playbook_dir=playbook.resolve().parent
+        )
         gatherer = gatherer_for(inv, forks) if gather else None
         plan = plan_export(book, inv, limit=limit, gather=gatherer)
         summary = write_project(plan, out.resolve(), source=str(playbook))

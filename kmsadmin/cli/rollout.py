@@ -16,11 +16,14 @@ import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from kmsadmin.errors import EXIT_INTERRUPTED, KmsAdminError
+
+if TYPE_CHECKING:
+    from kmsadmin.fleet.inventory import Inventory
 
 
 def write_reports(
@@ -62,8 +65,9 @@ def print_summary(report: Mapping[str, Any]) -> None:
 
 def run_rollout(
     playbook_path: Path,
-    inventory_path: Path,
+    inventory_path: Path | list[Path] | None,
     *,
+    vault: tuple[list[Path] | None, list[str] | None] = (None, None),
     explicit: Mapping[str, object],
     forks: int,
     limit: str | None,
@@ -76,15 +80,16 @@ def run_rollout(
     quiet: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     """Load, run, report. Returns (exit code, report document)."""
+    from kmsadmin.cli import inventory as inventory_opts
     from kmsadmin.cli.progress import RolloutProgress, choose_mode
-    from kmsadmin.fleet.inventory import load_inventory
     from kmsadmin.fleet.journal import Journal
     from kmsadmin.fleet.playbook import load_playbook
     from kmsadmin.fleet.rollout import rollout, transport_session_factory_for
     from kmsadmin.report import from_rollout
 
     playbook = load_playbook(playbook_path)
-    inventory = load_inventory(inventory_path)
+    # group_vars/ and host_vars/ beside the playbook apply too, as with ansible-playbook
+    inventory = inventory_opts.load(inventory_path, *vault, playbook_dir=playbook_path.resolve().parent)
     journal = Journal(journal_path) if journal_path else None
     stop = threading.Event()
     abort = threading.Event()
@@ -166,7 +171,7 @@ def stopping_message(in_flight: list[tuple[str, str, float]], deadline: float) -
 
 
 def fleet_status(
-    inventory_path: Path,
+    inventory_path: Path | Inventory,
     pattern: str,
     *,
     explicit: Mapping[str, object],
@@ -184,12 +189,16 @@ def fleet_status(
     from datetime import UTC, datetime
 
     from kmsadmin.cli.output import emit_json
+    from kmsadmin.fleet.inventory import Inventory as LoadedInventory
     from kmsadmin.fleet.inventory import load_inventory
+    from kmsadmin.fleet.limit import select_each
     from kmsadmin.fleet.rollout import run_host_safely, secret_values, transport_session_factory_for
     from kmsadmin.report import build_report
 
-    inventory = load_inventory(inventory_path)
-    names = inventory.select(pattern)
+    inventory = (
+        inventory_path if isinstance(inventory_path, LoadedInventory) else load_inventory(inventory_path)
+    )
+    names = select_each(inventory, [pattern])
     factory_for = transport_session_factory_for(explicit)
     factories = {n: factory_for({**inventory.vars_for(n), "inventory_hostname": n}) for n in names}
     started = datetime.now(UTC)

@@ -388,10 +388,19 @@ def _dump(value: Any) -> str:
 def _inventory_text(export: ExportPlan) -> tuple[str, bool]:
     """The inventory to write and whether it is the original file's text."""
     path = export.inventory.path
-    if path is not None:
+    # the original text is copied only when it alone is the inventory: one YAML file, no vault,
+    # no group_vars/host_vars beside it (otherwise the merged vars are written)
+    if (
+        path is not None
+        and len(export.inventory.sources) <= 1
+        and path.is_file()
+        and path.suffix.lower() in (".yml", ".yaml")
+        and not (path.parent / "group_vars").exists()
+        and not (path.parent / "host_vars").exists()
+    ):
         text = path.read_text(encoding="utf-8-sig")
         stripped = text.lstrip()
-        if not stripped.startswith(("{", "[")):
+        if not stripped.startswith(("{", "[")) and "!vault" not in text and "$ANSIBLE_VAULT" not in text:
             return text, True
     inv = export.inventory
     groups: dict[str, Any] = {}
@@ -410,8 +419,7 @@ def _inventory_text(export: ExportPlan) -> tuple[str, bool]:
     hosts = {h: dict(v) for h, v in inv.hosts.items()}
     data = {"all": {"hosts": hosts, "children": groups}}
     return (
-        "# converted by kmsadmin export ansible from ansible-inventory JSON (vars merged per host)\n"
-        + _dump(data),
+        "# converted by kmsadmin export ansible from the inventory (vars merged per host)\n" + _dump(data),
         False,
     )
 

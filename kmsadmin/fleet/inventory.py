@@ -1,26 +1,43 @@
-"""Ansible inventories: the YAML form and the JSON printed by ``ansible-inventory --list``.
+"""Ansible inventories, read as ansible-core reads them.
 
 An admin who already runs Ansible against Windows keeps one inventory for both tools, so this module
-reads it the way Ansible does:
+reads every shape Ansible does (ansible-core 2.19, the default plugins):
 
-* YAML: top-level groups (normally just ``all``), each with ``hosts`` (a mapping of host name to its
-  vars), ``vars`` and ``children`` (more groups, to any depth). Host ranges such as
-  ``pc[001:250].corp.example`` expand as in Ansible.
-* JSON (``ansible-inventory -i ... --list [--export]``): ``_meta.hostvars`` plus groups with
-  ``hosts`` (a list), ``children`` (a list) and ``vars``.
-* Variable precedence as in Ansible (hash_behaviour=replace): ``all`` < parent group < child group
-  < host. Groups of the same depth apply in ``ansible_group_priority`` order, then by name.
-* The implicit groups ``all`` and ``ungrouped`` (hosts in no other group).
+* sources: one or several ``-i`` paths, else ``ANSIBLE_INVENTORY`` (comma-separated); a directory is
+  every file in it (sorted, recursively; hidden files, ``group_vars``/``host_vars`` and Ansible's ignored
+  extensions skipped); ``host1,host2,`` is a host list;
+* an executable file starting with ``#!`` is a dynamic inventory script: run with ``--list`` (and
+  ``--host NAME`` per host when its output has no ``_meta``), bounded in time and output size;
+* YAML (``.yml``, ``.yaml``, ``.json`` or no extension): top-level groups (normally just ``all``), each
+  with ``hosts`` (a mapping of host name to its vars), ``vars`` and ``children``; the JSON printed by
+  ``ansible-inventory --list`` (``_meta.hostvars``) too;
+* INI (:mod:`kmsadmin.fleet.ini`) for any other file, or a file without extension that is not YAML;
+* host ranges (``pc[001:250].corp.example``, ``[a:f]``, strides) expand as in Ansible;
+* ``group_vars/`` and ``host_vars/`` beside each source (in a directory source: inside it), and beside
+  the playbook (``playbook_dir``): files named after the group/host (no extension, ``.yml``, ``.yaml``,
+  ``.json``) or directories of such files;
+* Ansible Vault (:mod:`kmsadmin.fleet.vault`): ``!vault`` values and vault-encrypted files;
+* variable precedence as ansible-core's ``VariableManager`` (hash_behaviour=replace): inventory vars of
+  every group of the host (``all`` first, then by depth, ``ansible_group_priority``, name), then
+  ``group_vars/all`` of the inventory sources, of the playbook, then ``group_vars/<group>`` of the
+  sources, of the playbook, then the host's inventory vars, ``host_vars/`` of the sources, of the
+  playbook;
+* ``{{ ... }}`` in values resolved per host (:class:`kmsadmin.render.VarResolver`, sandboxed).
 
-kmsadmin's own vars (``kmsadmin_role``, ``kmsadmin_fqdn``...) are checked at load time, so a typo'd
-FQDN is a configuration error (exit 4) before any host is contacted.
+kmsadmin's own vars (``kmsadmin_role``, ``kmsadmin_fqdn``...) and the connection vars (``ansible_host``,
+``ansible_port``...) are checked at load time. Every problem is an :class:`InventoryError` (exit 2) naming
+the file, the line or the host and variable, before any host is contacted. Sizes and counts are bounded
+at every boundary (files, values, hosts, ranges, script output).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import string
-from collections.abc import Mapping
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +46,58 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from kmsadmin import validate
-from kmsadmin.errors import ConfigError, InvalidInput
-from kmsadmin.fleet.yamlsource import Document, config_error, load_document
+from kmsadmin.errors import EXIT_USAGE, ConfigError, InvalidInput
+from kmsadmin.fleet.vault import VaultSecrets, decrypt, is_vaulted
+from kmsadmin.fleet.yamlsource import (
+    Document,
+    Vaulted,
+    config_error,
+    decode_text,
+    parse_text,
+    read_bounded,
+)
 
 GROUP_KEYS = frozenset({"hosts", "vars", "children"})
 _GROUP_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _RANGE_RE = re.compile(r"\[([A-Za-z0-9]*):([A-Za-z0-9]*)(?::(\d+))?\]")
+
+#: hosts in one inventory (all sources, ranges expanded)
+MAX_HOSTS = 100_000
+#: groups in one inventory
+MAX_GROUPS = 20_000
+#: files read for one inventory (sources and vars files)
+MAX_FILES = 20_000
+#: a dynamic inventory script's output, per call
+MAX_SCRIPT_OUTPUT = 64 * 1024 * 1024
+#: seconds a dynamic inventory script may run, per call
+SCRIPT_TIMEOUT = 60.0
+#: extensions Ansible skips in inventory directories (REJECT_EXTS + .orig, .cfg, .retry)
+IGNORED_EXTENSIONS = (
+    ".pyc",
+    ".pyo",
+    ".swp",
+    ".bak",
+    "~",
+    ".rpm",
+    ".md",
+    ".txt",
+    ".rst",
+    ".orig",
+    ".cfg",
+    ".retry",
+)
+_IGNORED_NAMES = frozenset({"host_vars", "group_vars", "vars_plugins"})
+#: extensions of YAML inventories and of vars files ('' = none)
+YAML_EXTENSIONS = ("", ".yml", ".yaml", ".json")
+#: connection vars whose value must be a host address / a TCP port
+_ADDRESS_VARS = ("ansible_host",)
+_PORT_VARS = ("ansible_port", "ansible_winrm_port", "ansible_psrp_port")
+
+
+class InventoryError(ConfigError):
+    """An inventory that cannot be used as given: bad input, exit 2, no host contacted."""
+
+    exit_code = EXIT_USAGE
 
 
 class KmsadminVars(BaseModel):
@@ -59,6 +122,8 @@ class _Group:
     children: list[str] = field(default_factory=list)
     parents: list[str] = field(default_factory=list)
     vars: dict[str, Any] = field(default_factory=dict)
+    #: where the group was first declared (for messages)
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +139,10 @@ class Inventory:
     children: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: host name → the groups it belongs to (directly or through children), without all/ungrouped
     memberships: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: every source read (files, directories, scripts), in order
+    sources: tuple[Path, ...] = ()
+    #: ``ansible_*`` variables some host sets that kmsadmin does not use (warned about once per run)
+    unsupported: tuple[str, ...] = ()
 
     def select(self, pattern: str) -> list[str]:
         """Hosts matching an Ansible host pattern (``--limit`` / ``hosts:``), in pattern order."""
@@ -93,115 +162,189 @@ class Inventory:
         return self.hosts[host]
 
 
-class _Builder:
-    """Collects groups and hosts from either form, then merges vars in Ansible's order."""
+Fail = Callable[[str], ConfigError]
 
-    def __init__(self, doc: Document) -> None:
-        self.doc = doc
+
+class _Builder:
+    """Collects groups and hosts from every source, then merges vars in Ansible's order."""
+
+    def __init__(self, secrets: VaultSecrets) -> None:
+        self.secrets = secrets
         self.groups: dict[str, _Group] = {"all": _Group("all"), "ungrouped": _Group("ungrouped")}
         self.host_order: list[str] = []
         self.host_vars: dict[str, dict[str, Any]] = {}
-        self.host_lines: dict[str, int | None] = {}
+        self.host_origin: dict[str, str] = {}
+        self.files_read = 0
+        #: directories whose group_vars/ and host_vars/ apply (one per -i source), then the playbook's
+        self.vars_dirs: list[Path] = []
+        self.play_dir: Path | None = None
 
-    def group(self, name: str, node: yaml.Node | None) -> _Group:
+    def count_file(self, path: Path) -> None:
+        self.files_read += 1
+        if self.files_read > MAX_FILES:
+            raise InventoryError(f"{path}: more than {MAX_FILES} inventory and vars files: refused")
+
+    def group(self, name: str, fail: Fail, origin: str = "") -> _Group:
         if not _GROUP_NAME_RE.match(name):
-            raise self.doc.error_at(node, f"invalid group name {name!r}: use letters, digits, '_' and '-'")
+            raise fail(f"invalid group name {name!r}: use letters, digits, '_' and '-'")
         if name not in self.groups:
-            self.groups[name] = _Group(name)
+            if len(self.groups) >= MAX_GROUPS:
+                raise fail(f"more than {MAX_GROUPS} groups: refused")
+            self.groups[name] = _Group(name, origin=origin)
         return self.groups[name]
 
-    def add_host(self, group: _Group, host: str, hvars: Mapping[str, Any], node: yaml.Node | None) -> None:
+    def add_host(self, group: _Group, host: str, hvars: Mapping[str, Any], origin: str, fail: Fail) -> None:
         if host not in self.host_vars:
+            if len(self.host_order) >= MAX_HOSTS:
+                raise fail(f"more than {MAX_HOSTS} hosts: refused")
+            if not host or "\x00" in host or len(host) > 1024:
+                raise fail(f"invalid host name {host[:80]!r}")
             self.host_order.append(host)
             self.host_vars[host] = {}
-            self.host_lines[host] = None if node is None else node.start_mark.line + 1
+            self.host_origin[host] = origin
         self.host_vars[host].update(hvars)
         if host not in group.hosts:
             group.hosts.append(host)
 
-    def link(self, parent: _Group, child: _Group, node: yaml.Node | None) -> None:
+    def link(self, parent: _Group, child: _Group, fail: Fail) -> None:
         if child.name == "all":
-            raise self.doc.error_at(node, f"group '{parent.name}': 'all' cannot be a child group")
+            raise fail(f"group '{parent.name}': 'all' cannot be a child group")
         if child.name not in parent.children:
             parent.children.append(child.name)
         if parent.name not in child.parents:
             child.parents.append(parent.name)
 
     # ------------------------------------------------------------------------------------------ merge
-    def build(self) -> Inventory:
+    def build(self, sources: tuple[Path, ...]) -> Inventory:
         self._check_cycles()
         for name, group in self.groups.items():
             if name != "all" and not group.parents:
-                self.link(self.groups["all"], group, None)
+                self.link(self.groups["all"], group, InventoryError)
         depth = self._depths()
         grouped = {h for g in self.groups.values() if g.name not in ("all", "ungrouped") for h in g.hosts}
-        for host in self.host_order:
-            if host not in grouped and host not in self.groups["ungrouped"].hosts:
-                self.groups["ungrouped"].hosts.append(host)
+        self.groups["ungrouped"].hosts = [h for h in self.host_order if h not in grouped]
         members = {name: self._members(name) for name in self.groups}
         members["all"] = tuple(self.host_order)
         host_groups: dict[str, list[_Group]] = {host: [] for host in self.host_order}
         for name, hosts in members.items():
             for host in hosts:
                 host_groups[host].append(self.groups[name])
+        files = _VarsFiles(self)
         merged: dict[str, dict[str, Any]] = {}
         for host in self.host_order:
             own = sorted(host_groups[host], key=lambda g: (depth[g.name], self._priority(g), g.name))
             values: dict[str, Any] = {}
-            for group in own:
+            for group in own:  # groups_inventory
                 values.update(group.vars)
+            for base in self.vars_dirs:  # all_plugins_inventory
+                values.update(files.vars(base, "group_vars", "all"))
+            if self.play_dir is not None:  # all_plugins_play
+                values.update(files.vars(self.play_dir, "group_vars", "all"))
+            others = [g.name for g in own if g.name != "all"]
+            for base in self.vars_dirs:  # groups_plugins_inventory
+                for name in others:
+                    values.update(files.vars(base, "group_vars", name))
+            if self.play_dir is not None:  # groups_plugins_play
+                for name in others:
+                    values.update(files.vars(self.play_dir, "group_vars", name))
             values.update(self.host_vars[host])
-            self._check_kmsadmin_vars(host, values)
+            for base in self.vars_dirs:
+                values.update(files.vars(base, "host_vars", host))
+            if self.play_dir is not None:
+                values.update(files.vars(self.play_dir, "host_vars", host))
             merged[host] = values
+        memberships = {
+            host: tuple(g.name for g in groups if g.name not in ("all", "ungrouped"))
+            for host, groups in host_groups.items()
+        }
+        merged = self._templated(merged, members, memberships)
+        unsupported: set[str] = set()
+        for host, values in merged.items():
+            self._check_connection_vars(host, values)
+            self._check_kmsadmin_vars(host, values)
+            unsupported.update(k for k in values if isinstance(k, str) and _is_unsupported(k))
         return Inventory(
-            path=self.doc.path,
+            path=sources[0] if sources else None,
             hosts=merged,
             groups=members,
             children={name: tuple(g.children) for name, g in self.groups.items()},
-            memberships={
-                host: tuple(g.name for g in groups if g.name not in ("all", "ungrouped"))
-                for host, groups in host_groups.items()
-            },
+            memberships=memberships,
+            sources=sources,
+            unsupported=tuple(sorted(unsupported)),
         )
+
+    def _templated(
+        self,
+        merged: dict[str, dict[str, Any]],
+        members: Mapping[str, tuple[str, ...]],
+        memberships: Mapping[str, tuple[str, ...]],
+    ) -> dict[str, dict[str, Any]]:
+        from kmsadmin.render import VarResolver, is_template
+
+        if not any(_has_template(v, is_template) for values in merged.values() for v in values.values()):
+            return merged
+        resolver = VarResolver(merged, members, memberships)
+        try:
+            return {host: resolver.resolved(host) for host in merged}
+        except ConfigError as exc:
+            raise InventoryError(str(exc)) from None
 
     def _priority(self, group: _Group) -> int:
         value = group.vars.get("ansible_group_priority", 1)
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise config_error(
-                self.doc.path, None, f"group '{group.name}': ansible_group_priority must be a number"
+            raise InventoryError(
+                f"{group.origin or 'inventory'}: group '{group.name}': ansible_group_priority must be a number"
             ) from None
 
     def _check_cycles(self) -> None:
         state: dict[str, int] = {}
-
-        def visit(name: str, trail: list[str]) -> None:
-            if state.get(name) == 1:
-                cycle = " → ".join([*trail[trail.index(name) :], name])
-                raise config_error(self.doc.path, None, f"group cycle: {cycle}")
-            if state.get(name) == 2:
-                return
-            state[name] = 1
-            for child in self.groups[name].children:
-                visit(child, [*trail, name])
-            state[name] = 2
-
-        for name in list(self.groups):
-            visit(name, [])
+        for root in list(self.groups):
+            if state.get(root):
+                continue
+            # iterative depth-first walk: a deep chain of children cannot exhaust the stack
+            stack: list[tuple[str, int]] = [(root, 0)]
+            trail: list[str] = []
+            while stack:
+                name, index = stack.pop()
+                if index == 0:
+                    if state.get(name) == 1:
+                        cycle = " → ".join([*trail[trail.index(name) :], name])
+                        origin = self.groups[name].origin
+                        raise InventoryError(f"{origin + ': ' if origin else ''}group cycle: {cycle}")
+                    if state.get(name) == 2:
+                        continue
+                    state[name] = 1
+                    trail.append(name)
+                children = self.groups[name].children
+                if index < len(children):
+                    stack.append((name, index + 1))
+                    stack.append((children[index], 0))
+                else:
+                    state[name] = 2
+                    trail.pop()
 
     def _depths(self) -> dict[str, int]:
-        """Longest distance from ``all``, as Ansible orders group vars."""
-        depth: dict[str, int] = {}
-
-        def resolve(name: str) -> int:
-            if name not in depth:
-                parents = self.groups[name].parents
-                depth[name] = 0 if not parents else 1 + max(resolve(p) for p in parents)
-            return depth[name]
-
-        for name in self.groups:
-            resolve(name)
+        """Longest distance from ``all``, as Ansible orders group vars (groups in dependency order)."""
+        depth: dict[str, int] = {"all": 0}
+        order: list[str] = []
+        seen: set[str] = set()
+        for root in self.groups:
+            stack: list[tuple[str, bool]] = [(root, False)]
+            while stack:
+                name, expanded = stack.pop()
+                if expanded:
+                    order.append(name)
+                    continue
+                if name in seen:
+                    continue
+                seen.add(name)
+                stack.append((name, True))
+                stack.extend((p, False) for p in self.groups[name].parents if p not in seen)
+        for name in order:
+            parents = self.groups[name].parents
+            depth[name] = 0 if not parents else 1 + max(depth[p] for p in parents)
         return depth
 
     def _members(self, name: str) -> tuple[str, ...]:
@@ -210,14 +353,43 @@ class _Builder:
         stack = [name]
         visited: set[str] = set()
         while stack:
-            current = stack.pop(0)
+            current = stack.pop()
             if current in visited:
                 continue
             visited.add(current)
             for host in self.groups[current].hosts:
                 seen.setdefault(host, None)
-            stack[0:0] = self.groups[current].children
+            stack.extend(reversed(self.groups[current].children))
         return tuple(seen)
+
+    def _where(self, host: str) -> str:
+        origin = self.host_origin.get(host)
+        return f"{origin}: " if origin else ""
+
+    def _check_connection_vars(self, host: str, values: Mapping[str, Any]) -> None:
+        for var in _ADDRESS_VARS:
+            if var in values and values[var] is not None:
+                value = values[var]
+                if not isinstance(value, str):
+                    raise InventoryError(
+                        f"{self._where(host)}host '{host}': {var} must be a host name or address, "
+                        f"not a {type(value).__name__}"
+                    )
+                if not value.strip() or len(value) > 253 or any(c.isspace() or ord(c) < 32 for c in value):
+                    raise InventoryError(
+                        f"{self._where(host)}host '{host}': {var} {value[:80]!r} is not a host name or address"
+                    )
+        for var in _PORT_VARS:
+            if var in values and values[var] is not None:
+                value = values[var]
+                try:
+                    if isinstance(value, bool) or not isinstance(value, int | str):
+                        raise InvalidInput("port", repr(value)[:40], "must be a number from 1 to 65535")
+                    validate.port(value)
+                except InvalidInput as exc:
+                    raise InventoryError(
+                        f"{self._where(host)}host '{host}': {var}: {exc.why}, not {value!r}"[:300]
+                    ) from None
 
     def _check_kmsadmin_vars(self, host: str, values: Mapping[str, Any]) -> None:
         ours = {k: v for k, v in values.items() if isinstance(k, str) and k.startswith("kmsadmin_")}
@@ -229,8 +401,126 @@ class _Builder:
             first = exc.errors()[0]
             name = ".".join(str(p) for p in first["loc"])
             message = str(first["msg"]).removeprefix("Value error, ")
-            line = self.host_lines.get(host)
-            raise config_error(self.doc.path, line, f"host '{host}': {name}: {message}") from None
+            raise InventoryError(f"{self._where(host)}host '{host}': {name}: {message}") from None
+
+
+def _has_template(value: Any, is_template: Callable[[Any], bool]) -> bool:
+    if isinstance(value, str):
+        return is_template(value)
+    if isinstance(value, list):
+        return any(_has_template(v, is_template) for v in value)
+    if isinstance(value, dict):
+        return any(_has_template(v, is_template) for v in value.values())
+    return False
+
+
+def _is_unsupported(name: str) -> bool:
+    from kmsadmin.transports.options import ANSIBLE_VARS
+
+    return name.startswith("ansible_") and name not in ANSIBLE_VARS and name not in _INVENTORY_ONLY_VARS
+
+
+#: ansible_* vars that shape the inventory itself (not connection settings)
+_INVENTORY_ONLY_VARS = frozenset({"ansible_group_priority"})
+
+
+# ------------------------------------------------------------------------------------------ vars files
+class _VarsFiles:
+    """``group_vars/`` and ``host_vars/`` files, each read once."""
+
+    def __init__(self, builder: _Builder) -> None:
+        self.builder = builder
+        self.cache: dict[tuple[Path, str, str], dict[str, Any]] = {}
+        self.listing: dict[Path, set[str] | None] = {}
+
+    def _names(self, directory: Path) -> set[str] | None:
+        if directory not in self.listing:
+            try:
+                self.listing[directory] = set(os.listdir(directory)) if directory.is_dir() else None
+            except OSError:
+                self.listing[directory] = None
+        return self.listing[directory]
+
+    def vars(self, base: Path, kind: str, entity: str) -> dict[str, Any]:
+        key = (base, kind, entity)
+        if key in self.cache:
+            return self.cache[key]
+        values: dict[str, Any] = {}
+        directory = base / kind
+        names = self._names(directory)
+        if names and "/" not in entity and entity not in (".", ".."):
+            for ext in YAML_EXTENSIONS:
+                if entity + ext not in names:
+                    continue
+                found = directory / (entity + ext)
+                files = _dir_vars_files(found) if found.is_dir() else [found]
+                for path in files:
+                    values.update(_read_vars_file(self.builder, path))
+                break
+        self.cache[key] = values
+        return values
+
+
+def _dir_vars_files(directory: Path) -> list[Path]:
+    found: list[Path] = []
+    for name in sorted(os.listdir(directory)):
+        if name.startswith(".") or name.endswith("~"):
+            continue
+        path = directory / name
+        ext = os.path.splitext(name)[1]
+        if path.is_dir() and not ext:
+            found.extend(_dir_vars_files(path))
+        elif path.is_file() and ext in YAML_EXTENSIONS:
+            found.append(path)
+    return found
+
+
+def _read_text(builder: _Builder, path: Path, what: str) -> str:
+    builder.count_file(path)
+    text = decode_text(read_bounded(path, what=what), path, what)
+    if is_vaulted(text):
+        text = decrypt(text, builder.secrets, f"{path} (a vault-encrypted file)")
+    return text
+
+
+def _unvault(builder: _Builder, doc: Document) -> None:
+    """Replace every ``!vault`` value of ``doc`` by its plain text, in place; errors name file, line, variable."""
+
+    def plain(item: Vaulted, name: str) -> str:
+        return decrypt(item.text, builder.secrets, f"{doc.path.name} line {item.line}: variable '{name}'")
+
+    def walk(value: Any, name: str) -> Any:
+        if isinstance(value, Vaulted):
+            return plain(value, name)
+        if isinstance(value, dict):
+            for key, item in value.items():
+                value[key] = walk(item, str(key) if name == "" or isinstance(item, Vaulted) else name)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                value[index] = walk(item, name)
+        return value
+
+    if doc.value is None:
+        return
+    if isinstance(doc.value, Vaulted):
+        raise config_error(doc.path, doc.value.line, "the whole document is one !vault value")
+    walk(doc.value, "")
+    for node_id, value in list(doc.values.items()):
+        if isinstance(value, Vaulted):
+            doc.values[node_id] = plain(value, "?")
+
+
+def _read_vars_file(builder: _Builder, path: Path) -> dict[str, Any]:
+    doc = parse_text(_read_text(builder, path, "vars file"), path, vault=True)
+    _unvault(builder, doc)
+    if doc.value is None:
+        return {}
+    if not isinstance(doc.value, dict):
+        raise doc.error((), "a vars file must be a mapping of variable names to values")
+    for key in doc.value:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise doc.error((str(key),), f"invalid variable name {key!r}")
+    return dict(doc.value)
 
 
 # ------------------------------------------------------------------------------------------ YAML form
@@ -238,6 +528,14 @@ def _scalar_name(doc: Document, node: yaml.Node, what: str) -> str:
     if not isinstance(node, yaml.ScalarNode) or node.value == "":
         raise doc.error_at(node, f"{what} must be a name")
     return str(node.value)
+
+
+def _fail_at(doc: Document, node: yaml.Node | None) -> Fail:
+    return lambda message: doc.error_at(node, message)
+
+
+def _origin(doc: Document, node: yaml.Node | None) -> str:
+    return f"{doc.path.name} line {node.start_mark.line + 1}" if node is not None else doc.path.name
 
 
 def _vars_from(doc: Document, node: yaml.Node, where: str) -> dict[str, Any]:
@@ -252,8 +550,29 @@ def _vars_from(doc: Document, node: yaml.Node, where: str) -> dict[str, Any]:
     return dict(values)
 
 
-def expand_host_range(pattern: str) -> list[str]:
-    """Expand Ansible host ranges: ``pc[01:03]`` → pc01, pc02, pc03; ``[a:c]``; ``[0:10:5]`` (stride)."""
+def range_size(pattern: str) -> int:
+    """How many names a host pattern expands to (without expanding it)."""
+    total = 1
+    rest = pattern
+    while (match := _RANGE_RE.search(rest)) is not None:
+        start, end, stride_text = match.group(1), match.group(2), match.group(3)
+        stride = max(1, int(stride_text)) if stride_text and len(stride_text) < 12 else 1
+        if start.isdigit() and end.isdigit() and len(start) < 20 and len(end) < 20:
+            count = max(0, (int(end) - int(start)) // stride + 1)
+        else:
+            count = 52
+        total *= max(count, 1)
+        rest = rest[match.end() :]
+    return total
+
+
+def expand_host_range(pattern: str, *, limit: int = MAX_HOSTS) -> list[str]:
+    """Expand Ansible host ranges: ``pc[01:03]`` → pc01, pc02, pc03; ``[a:c]``; ``[0:10:5]`` (stride).
+
+    A pattern that would expand to more than ``limit`` names is refused before any is built.
+    """
+    if range_size(pattern) > limit:
+        raise ValueError(f"host range {pattern[:80]!r} expands to more than {limit} hosts: refused")
     match = _RANGE_RE.search(pattern)
     if match is None:
         return [pattern]
@@ -277,12 +596,13 @@ def expand_host_range(pattern: str) -> list[str]:
         items = [letters[i] for i in range(first, last + 1, stride)]
     else:
         raise ValueError(f"host range {match.group(0)!r}: use [01:50] or [a:f]")
-    return [expanded for item in items for expanded in expand_host_range(head + item + tail)]
+    return [expanded for item in items for expanded in expand_host_range(head + item + tail, limit=limit)]
 
 
-def _read_yaml_group(b: _Builder, name: str, name_node: yaml.Node | None, node: yaml.Node) -> _Group:
-    doc = b.doc
-    group = b.group(name, name_node)
+def _read_yaml_group(
+    b: _Builder, doc: Document, name: str, name_node: yaml.Node | None, node: yaml.Node
+) -> _Group:
+    group = b.group(name, _fail_at(doc, name_node), _origin(doc, name_node))
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
         return group
     if not isinstance(node, yaml.MappingNode):
@@ -296,14 +616,13 @@ def _read_yaml_group(b: _Builder, name: str, name_node: yaml.Node | None, node: 
         if key == "vars":
             group.vars.update(_vars_from(doc, value_node, f"group '{name}'"))
         elif key == "hosts":
-            _read_yaml_hosts(b, group, value_node)
+            _read_yaml_hosts(b, doc, group, value_node)
         else:
-            _read_yaml_children(b, group, value_node)
+            _read_yaml_children(b, doc, group, value_node)
     return group
 
 
-def _read_yaml_hosts(b: _Builder, group: _Group, node: yaml.Node) -> None:
-    doc = b.doc
+def _read_yaml_hosts(b: _Builder, doc: Document, group: _Group, node: yaml.Node) -> None:
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
         return
     if not isinstance(node, yaml.MappingNode):
@@ -311,24 +630,23 @@ def _read_yaml_hosts(b: _Builder, group: _Group, node: yaml.Node) -> None:
     for key_node, value_node in node.value:
         pattern = _scalar_name(doc, key_node, f"group '{group.name}': a host")
         try:
-            names = expand_host_range(pattern)
+            names = expand_host_range(pattern, limit=MAX_HOSTS - len(b.host_order))
         except ValueError as exc:
             raise doc.error_at(key_node, f"group '{group.name}': {exc}") from None
         hvars = _vars_from(doc, value_node, f"host '{pattern}'")
         for host in names:
-            b.add_host(group, host, hvars, key_node)
+            b.add_host(group, host, hvars, _origin(doc, key_node), _fail_at(doc, key_node))
 
 
-def _read_yaml_children(b: _Builder, group: _Group, node: yaml.Node) -> None:
-    doc = b.doc
+def _read_yaml_children(b: _Builder, doc: Document, group: _Group, node: yaml.Node) -> None:
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
         return
     if not isinstance(node, yaml.MappingNode):
         raise doc.error_at(node, f"group '{group.name}': children must be a mapping of groups")
     for key_node, value_node in node.value:
         child_name = _scalar_name(doc, key_node, f"group '{group.name}': a child group")
-        child = _read_yaml_group(b, child_name, key_node, value_node)
-        b.link(group, child, key_node)
+        child = _read_yaml_group(b, doc, child_name, key_node, value_node)
+        b.link(group, child, _fail_at(doc, key_node))
 
 
 # ------------------------------------------------------------------------------------------ JSON form
@@ -338,9 +656,9 @@ def _is_list_form(value: Mapping[str, Any]) -> bool:
     return any(isinstance(v, Mapping) and isinstance(v.get("hosts"), list) for v in value.values())
 
 
-def _read_list_group(b: _Builder, name: str, raw: Any) -> None:
-    doc = b.doc
-    group = b.group(name, None)
+def _read_list_group(b: _Builder, doc: Document, name: str, raw: Any) -> None:
+    fail = _fail_at(doc, None)
+    group = b.group(name, lambda m: doc.error((name,), m), doc.path.name)
     if raw is None:
         return
     spec = {"hosts": raw} if isinstance(raw, list) else raw  # the oldest script form: just a host list
@@ -360,14 +678,16 @@ def _read_list_group(b: _Builder, name: str, raw: Any) -> None:
         raise doc.error((name, "vars"), f"group '{name}': vars must be a mapping")
     group.vars.update(gvars)
     for index, host in enumerate(hosts):
-        b.add_host(group, host, {}, None)
-        b.host_lines[host] = doc.line((name, "hosts", index))
+        line = doc.line((name, "hosts", index))
+        origin = f"{doc.path.name} line {line}" if line else doc.path.name
+        b.add_host(group, host, {}, origin, fail)
     for child_name in children:
-        b.link(group, b.group(child_name, None), None)
+        b.link(group, b.group(child_name, lambda m: doc.error((name, "children"), m), doc.path.name), fail)
 
 
-def _read_list_form(b: _Builder) -> None:
-    doc = b.doc
+def _read_list_form(
+    b: _Builder, doc: Document, host_vars: Callable[[str], Mapping[str, Any]] | None = None
+) -> None:
     value: Mapping[str, Any] = doc.value
     meta = value.get("_meta", {})
     if not isinstance(meta, Mapping) or not isinstance(meta.get("hostvars", {}), Mapping):
@@ -378,34 +698,220 @@ def _read_list_form(b: _Builder) -> None:
             raise doc.error(("_meta", "hostvars", host), f"host '{host}': vars must be a mapping")
     for name, raw in value.items():
         if name != "_meta":
-            _read_list_group(b, str(name), raw)
+            _read_list_group(b, doc, str(name), raw)
+    fail = _fail_at(doc, None)
     for host, hvars in hostvars.items():
         if host not in b.host_vars:
-            b.add_host(b.groups["ungrouped"], host, {}, None)
+            b.add_host(b.groups["ungrouped"], host, {}, doc.path.name, fail)
         b.host_vars[host].update(hvars)
-        b.host_lines[host] = doc.line(("_meta", "hostvars", host))
+        line = doc.line(("_meta", "hostvars", host))
+        b.host_origin[host] = f"{doc.path.name} line {line}" if line else doc.path.name
+    if host_vars is not None and "_meta" not in value:
+        asked: set[str] = set()
+        for raw in value.values():
+            members = raw if isinstance(raw, list) else (raw or {}).get("hosts", [])
+            for host in members:
+                if host not in asked:
+                    asked.add(host)
+                    b.host_vars[host].update(host_vars(host))
+
+
+# ------------------------------------------------------------------------------------------ sources
+def _read_yaml_source(b: _Builder, doc: Document) -> None:
+    _unvault(b, doc)
+    if doc.node is None or doc.value is None:
+        return
+    if not isinstance(doc.node, yaml.MappingNode) or not isinstance(doc.value, Mapping):
+        raise doc.error((), "an inventory must be a mapping of groups (e.g. 'all:')")
+    if "plugin" in doc.value:
+        raise doc.error(
+            ("plugin",),
+            f"inventory plugin {str(doc.value['plugin'])[:80]!r} is not run by kmsadmin: run "
+            f"`ansible-inventory -i {doc.path.name} --list --output inv.json` and pass inv.json "
+            "(its vaulted values then need --vault-password-file)",
+        )
+    if _is_list_form(doc.value):
+        _read_list_form(b, doc)
+        return
+    for key_node, value_node in doc.node.value:
+        name = _scalar_name(doc, key_node, "a top-level group")
+        _read_yaml_group(b, doc, name, key_node, value_node)
+
+
+def _run_script(path: Path, args: list[str]) -> bytes:
+    command = " ".join([path.name, *args])
+    try:
+        done = subprocess.run(
+            [str(path), *args],
+            capture_output=True,
+            timeout=SCRIPT_TIMEOUT,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise InventoryError(
+            f"inventory script {path}: `{command}` did not finish in {SCRIPT_TIMEOUT:.0f} s"
+        ) from None
+    except OSError as exc:
+        raise InventoryError(f"inventory script {path}: cannot run it: {exc.strerror or exc}") from None
+    stderr = done.stderr[-2000:].decode("utf-8", "replace").strip()
+    if done.returncode != 0:
+        raise InventoryError(
+            f"inventory script {path}: `{command}` exited {done.returncode}"
+            + (f"; it said: {stderr}" if stderr else " without a message on stderr")
+        )
+    if len(done.stdout) > MAX_SCRIPT_OUTPUT:
+        raise InventoryError(
+            f"inventory script {path}: `{command}` printed more than {MAX_SCRIPT_OUTPUT} bytes"
+        )
+    return done.stdout
+
+
+def _script_json(path: Path, args: list[str]) -> Any:
+    output = _run_script(path, args)
+    command = " ".join([path.name, *args])
+    try:
+        return json.loads(output.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InventoryError(f"inventory script {path}: `{command}` printed text that is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise InventoryError(
+            f"inventory script {path}: `{command}` did not print JSON (line {exc.lineno}: {exc.msg})"
+        ) from None
+    except RecursionError:
+        raise InventoryError(f"inventory script {path}: `{command}` printed JSON nested too deeply") from None
+
+
+def _read_script(b: _Builder, path: Path) -> None:
+    b.count_file(path)
+    data = _script_json(path, ["--list"])
+    if not isinstance(data, dict):
+        raise InventoryError(f"inventory script {path}: `--list` must print a JSON object of groups")
+    text = json.dumps(data)
+    doc = parse_text(text, path.with_name(path.name + " --list.json"))
+
+    def host_vars(host: str) -> Mapping[str, Any]:
+        found = _script_json(path, ["--host", host])
+        if not isinstance(found, dict):
+            raise InventoryError(f"inventory script {path}: `--host {host}` must print a JSON object of vars")
+        return found
+
+    doc = Document(path=path, value=data, node=doc.node, values=doc.values)
+    if "_meta" not in data:
+        _read_list_form(b, doc, host_vars)
+    else:
+        _read_list_form(b, doc)
+
+
+def _is_script(path: Path) -> bool:
+    if not os.access(path, os.X_OK):
+        return False
+    try:
+        with path.open("rb") as handle:
+            return handle.read(2) == b"#!"
+    except OSError:
+        return False
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith(".") or name in _IGNORED_NAMES or name.endswith(IGNORED_EXTENSIONS)
+
+
+def _read_file(b: _Builder, path: Path) -> None:
+    from kmsadmin.fleet.ini import read_ini
+
+    if path.is_file() and _is_script(path):
+        _read_script(b, path)
+        return
+    text = _read_text(b, path, "inventory")
+    ext = path.suffix.lower()
+    if ext in YAML_EXTENSIONS and ext != "":
+        _read_yaml_source(b, parse_text(text, path, vault=True))
+        return
+    if ext == "":
+        try:
+            doc = parse_text(text, path, vault=True)
+        except ConfigError:
+            doc = None
+        if doc is not None and isinstance(doc.value, Mapping):
+            _read_yaml_source(b, doc)
+            return
+        if doc is not None and doc.value is None and not text.strip("\n\r\t #-"):
+            return
+    read_ini(b, path, text)
+
+
+def _read_source(b: _Builder, source: str, top: bool) -> Path | None:
+    path = Path(source).expanduser()
+    if not path.exists():
+        if top and "," in source:
+            fail: Fail = lambda m: InventoryError(f"host list {source[:80]!r}: {m}")  # noqa: E731
+            for name in (s.strip() for s in source.split(",")):
+                if name:
+                    b.add_host(b.groups["ungrouped"], name, {}, "host list", fail)
+            return None
+        raise InventoryError(f"cannot read inventory {path}: no such file or directory")
+    if path.is_dir():
+        try:
+            entries = sorted(os.listdir(path))
+        except OSError as exc:
+            raise InventoryError(f"cannot read inventory directory {path}: {exc.strerror or exc}") from None
+        for name in entries:
+            if not _ignored(name):
+                _read_source(b, str(path / name), top=False)
+        if top:
+            b.vars_dirs.append(path)
+        return path
+    _read_file(b, path)
+    if top:
+        b.vars_dirs.append(path.parent)
+    return path
+
+
+def inventory_sources(
+    paths: Sequence[str | Path] | str | Path | None, env: Mapping[str, str] | None = None
+) -> list[str]:
+    """The ``-i`` values, else ``ANSIBLE_INVENTORY`` (comma-separated paths), else an error."""
+    if isinstance(paths, str | Path):
+        return [str(paths)]
+    if paths:
+        return [str(p) for p in paths]
+    environ = os.environ if env is None else env
+    configured = [p.strip() for p in environ.get("ANSIBLE_INVENTORY", "").split(",") if p.strip()]
+    if not configured:
+        raise InventoryError("no inventory: give -i INVENTORY or set ANSIBLE_INVENTORY")
+    return configured
 
 
 # ------------------------------------------------------------------------------------------ entry point
-def load_inventory(path: str | Path) -> Inventory:
-    """Load an Ansible YAML inventory or ``ansible-inventory --list`` JSON; errors name file and line."""
-    file = Path(path)
-    doc = load_document(file, what="inventory")
-    b = _Builder(doc)
-    if doc.node is None or doc.value is None:
-        raise config_error(file, None, "the inventory is empty")
-    if not isinstance(doc.node, yaml.MappingNode) or not isinstance(doc.value, Mapping):
-        raise doc.error((), "an inventory must be a mapping of groups (e.g. 'all:')")
+def load_inventory(
+    paths: Sequence[str | Path] | str | Path | None = None,
+    *,
+    vault: VaultSecrets | None = None,
+    playbook_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Inventory:
+    """Load one or more inventory sources (files, directories, scripts) into one inventory.
+
+    Every error is an :class:`InventoryError` (exit 2) naming the file and line, or the host and variable.
+    """
+    b = _Builder(vault or VaultSecrets())
+    read: list[Path] = []
     try:
-        if _is_list_form(doc.value):
-            _read_list_form(b)
-        else:
-            for key_node, value_node in doc.node.value:
-                name = _scalar_name(doc, key_node, "a top-level group")
-                _read_yaml_group(b, name, key_node, value_node)
-        inventory = b.build()
-    except InvalidInput as exc:
-        raise ConfigError(f"{file.name}: {exc}") from None
+        for source in inventory_sources(paths, env):
+            found = _read_source(b, source, top=True)
+            if found is not None:
+                read.append(found)
+        if playbook_dir is not None and playbook_dir.resolve() not in [d.resolve() for d in b.vars_dirs]:
+            b.play_dir = playbook_dir
+        inventory = b.build(tuple(read))
+    except InventoryError:
+        raise
+    except (ConfigError, InvalidInput) as exc:
+        raise InventoryError(str(exc)) from None
     if not inventory.hosts:
-        raise config_error(file, None, "the inventory has no hosts")
+        where = ", ".join(str(p) for p in read) or "the inventory"
+        if len(read) == 1 and read[0].is_file():
+            raise InventoryError(f"{read[0].name}: the inventory is empty (no hosts)")
+        raise InventoryError(f"{where}: the inventory has no hosts")
     return inventory

@@ -17,16 +17,40 @@ Ansible's default ``order: inventory`` does, and never repeats a host.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import ipaddress
+import json
 import re
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kmsadmin.errors import ConfigError
+from kmsadmin.errors import EXIT_USAGE, ConfigError
 
 if TYPE_CHECKING:
     from kmsadmin.fleet.inventory import Inventory
+
+#: seconds a ``~regex`` term may take over all names (a catastrophic pattern such as ``(a+)+$`` is stopped)
+REGEX_TIMEOUT = 5.0
+MAX_PATTERN = 4096
+# Regexes run in a child process that is killed after REGEX_TIMEOUT: Python's re engine backtracks
+# and cannot be interrupted, and a host pattern comes from the command line or a playbook.
+_REGEX_CHILD = (
+    "import json, re, sys\n"
+    "d = json.load(sys.stdin)\n"
+    "r = re.compile(d['p'])\n"
+    "json.dump([i for i, n in enumerate(d['n']) if r.match(n)], sys.stdout)\n"
+)
+
+
+class PatternError(ConfigError):
+    """A host pattern that is invalid or matches nothing: bad input, exit 2."""
+
+    exit_code = EXIT_USAGE
+
 
 _SUBSCRIPT_RE = re.compile(r"^(.+)\[(?:(-?\d+)|(\d*):(\d*))\]$")
 _GLOB_CHARS = frozenset("*?[")
@@ -60,13 +84,35 @@ def split_pattern(pattern: str) -> list[str]:
     return [t.strip() for t in terms if t.strip()]
 
 
+def _regex_names(names: list[str], term: str) -> list[str]:
+    try:
+        re.compile(term[1:])
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise PatternError(f"invalid host pattern {term[:200]!r}: {exc}") from None
+    if not names:
+        return []
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _REGEX_CHILD],
+            input=json.dumps({"p": term[1:], "n": names}).encode("utf-8", "surrogatepass"),
+            capture_output=True,
+            timeout=REGEX_TIMEOUT,
+            check=True,
+        )
+        indexes = json.loads(done.stdout)
+    except subprocess.TimeoutExpired:
+        raise PatternError(
+            f"host pattern {term[:200]!r} took more than {REGEX_TIMEOUT:.0f} s to match "
+            f"{len(names)} names (a regex that backtracks, such as (a+)+$?): simplify it"
+        ) from None
+    except (subprocess.CalledProcessError, ValueError, OSError) as exc:
+        raise PatternError(f"host pattern {term[:200]!r} could not be matched: {exc}") from None
+    return [names[i] for i in indexes]
+
+
 def _match_names(names: list[str], term: str) -> list[str]:
     if term.startswith("~"):
-        try:
-            regex = re.compile(term[1:])
-        except re.error as exc:
-            raise ConfigError(f"invalid host pattern {term!r}: {exc}") from None
-        return [n for n in names if regex.match(n)]
+        return _regex_names(names, term)
     if any(c in _GLOB_CHARS for c in term):
         return [n for n in names if fnmatch.fnmatchcase(n, term)]
     return [n for n in names if n == term]
@@ -88,7 +134,10 @@ def _term_hosts(inventory: Inventory, term: str) -> list[str]:
     if term.startswith("@"):
         path = Path(term[1:])
         try:
-            wanted = {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+            from kmsadmin.fleet.yamlsource import read_bounded
+
+            text = read_bounded(path, what="host list").decode("utf-8", "replace")
+            wanted = {line.strip() for line in text.splitlines() if line.strip()}
         except OSError as exc:
             raise ConfigError(f"cannot read host list {path}: {exc.strerror or exc}") from None
         return [h for h in inventory.hosts if h in wanted]
@@ -111,9 +160,11 @@ def _term_hosts(inventory: Inventory, term: str) -> list[str]:
 
 def select(inventory: Inventory, pattern: str) -> list[str]:
     """Hosts of ``inventory`` matching ``pattern``, in the order the pattern names them."""
+    if len(pattern) > MAX_PATTERN:
+        raise PatternError(f"host pattern is longer than {MAX_PATTERN} characters")
     terms = split_pattern(pattern)
     if not terms:
-        raise ConfigError("empty host pattern")
+        raise PatternError("empty host pattern")
     plain = [t for t in terms if not t.startswith(("&", "!"))]
     intersect = [t[1:] for t in terms if t.startswith("&")]
     exclude = [t[1:] for t in terms if t.startswith("!")]
@@ -137,5 +188,42 @@ def limited_hosts(inventory: Inventory, limit: str | None) -> set[str] | None:
         return None
     hosts = set(select(inventory, limit))
     if not hosts:
-        raise ConfigError(f"--limit {limit!r} matches no host in the inventory")
+        raise PatternError(
+            f"--limit {limit!r} matches no host in the inventory{close_matches(inventory, limit)}"
+        )
     return hosts
+
+
+def close_matches(inventory: Inventory, pattern: str) -> str:
+    """``; did you mean: kms01, kms02?`` for the plain terms of ``pattern`` that match nothing ('' if none)."""
+    candidates = [*(g for g in inventory.groups if g != "ungrouped"), *inventory.hosts]
+    found: dict[str, None] = {}
+    for term in split_pattern(pattern):
+        word = term.lstrip("&!")
+        if word.startswith(("~", "@")) or any(c in _GLOB_CHARS for c in word):
+            continue
+        if not _term_hosts(inventory, word):
+            for match in difflib.get_close_matches(word, candidates, n=3, cutoff=0.6):
+                found.setdefault(match, None)
+    return f"; did you mean: {', '.join(found)}?" if found else ""
+
+
+def select_each(inventory: Inventory, patterns: Sequence[str]) -> list[str]:
+    """Hosts of every pattern, in order; a pattern (or one of its plain terms) matching nothing is an error."""
+    names: dict[str, None] = {}
+    for pattern in patterns:
+        selected = select(inventory, pattern)
+        missing = [
+            t
+            for t in split_pattern(pattern)
+            if not t.startswith(("&", "!")) and not _term_hosts(inventory, t)
+        ]
+        if not selected or missing:
+            what = f"{', '.join(repr(m) for m in missing)} in " if missing and selected else ""
+            sources = ", ".join(str(p) for p in inventory.sources) or "the inventory"
+            raise PatternError(
+                f"host pattern {what}{pattern!r} matches no host in {sources}{close_matches(inventory, pattern)}"
+            )
+        for name in selected:
+            names.setdefault(name, None)
+    return list(names)

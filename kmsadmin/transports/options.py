@@ -261,6 +261,12 @@ _GENERIC_VARS: Mapping[str, str] = {
 }
 
 
+#: every ``ansible_*`` host var kmsadmin reads (inventories warn once about the others)
+ANSIBLE_VARS: frozenset[str] = frozenset(
+    {*_PSRP_VARS, *_WINRM_VARS, *_GENERIC_VARS, "ansible_connection", "ansible_winrm_connection_timeout"}
+)
+
+
 def _winrm_transport_to_auth(value: object) -> dict[str, object]:
     """Ansible's ``ansible_winrm_transport`` is pywinrm's transport: a list, first supported wins.
 
