@@ -178,6 +178,7 @@ class _Builder:
         #: directories whose group_vars/ and host_vars/ apply (one per -i source), then the playbook's
         self.vars_dirs: list[Path] = []
         self.play_dir: Path | None = None
+        self.priorities: dict[str, int] = {}
 
     def count_file(self, path: Path) -> None:
         self.files_read += 1
@@ -217,6 +218,10 @@ class _Builder:
     # ------------------------------------------------------------------------------------------ merge
     def build(self, sources: tuple[Path, ...]) -> Inventory:
         self._check_cycles()
+        # like Ansible, ansible_group_priority set in the inventory orders groups and is no variable
+        for group in self.groups.values():
+            if "ansible_group_priority" in group.vars:
+                self.priorities[group.name] = self._priority(group, group.vars.pop("ansible_group_priority"))
         for name, group in self.groups.items():
             if name != "all" and not group.parents:
                 self.link(self.groups["all"], group, InventoryError)
@@ -232,7 +237,9 @@ class _Builder:
         files = _VarsFiles(self)
         merged: dict[str, dict[str, Any]] = {}
         for host in self.host_order:
-            own = sorted(host_groups[host], key=lambda g: (depth[g.name], self._priority(g), g.name))
+            own = sorted(
+                host_groups[host], key=lambda g: (depth[g.name], self.priorities.get(g.name, 1), g.name)
+            )
             values: dict[str, Any] = {}
             for group in own:  # groups_inventory
                 values.update(group.vars)
@@ -289,8 +296,7 @@ class _Builder:
         except ConfigError as exc:
             raise InventoryError(str(exc)) from None
 
-    def _priority(self, group: _Group) -> int:
-        value = group.vars.get("ansible_group_priority", 1)
+    def _priority(self, group: _Group, value: Any) -> int:
         try:
             return int(value)
         except (TypeError, ValueError):
