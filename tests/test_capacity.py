@@ -11,10 +11,13 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from kmsadmin import catalog
 from kmsadmin.cli.dns import plan_command
 from kmsadmin.facts import HostFacts
 from kmsadmin.operations.capacity import (
     Machine,
+    assign_clients,
+    assignment_threshold,
     identify,
     machine_from_facts,
     machine_from_vars,
@@ -139,8 +142,62 @@ def test_more_than_50_clients_recommends_two_hosts_and_budget_is_reported() -> N
     }
     seven = [host("Windows Server 2022", f"kms{i}") for i in range(7)]
     plan = plan_capacity(seven + clients(60, kmsadmin_edition="windows-11-enterprise"))
-    assert [w.check for w in plan.warnings] == ["host-key-budget"]
-    assert "0xC004C008" in plan.warnings[0].message
+    # 60 Windows clients fill two hosts to 25: the rollout pins none to the other five
+    assert [w.check for w in plan.warnings] == ["host-unused"] * 5 + ["host-key-budget"]
+    assert [w.host for w in plan.warnings[:5]] == [f"kms{i}" for i in range(2, 7)]
+    assert "0xC004C008" in plan.warnings[-1].message
+    assert [r["clients"] for r in plan.per_host] == [30, 30, 0, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("clients_n", "hosts_n", "threshold", "expected"),
+    [
+        (30, 2, 25, [30, 0]),
+        (26, 2, 25, [26, 0]),
+        (49, 2, 25, [49, 0]),
+        (50, 2, 25, [25, 25]),
+        (60, 2, 25, [30, 30]),
+        (76, 3, 25, [26, 25, 25]),
+        (10, 2, 5, [5, 5]),
+        (9, 2, 5, [9, 0]),
+        (3, 2, 25, [3, 0]),
+        (0, 2, 25, [0, 0]),
+    ],
+)
+def test_clients_fill_a_kms_host_to_its_threshold_before_the_next_one_gets_any(
+    clients_n: int, hosts_n: int, threshold: int, expected: list[int]
+) -> None:
+    names = [f"c{i:03d}" for i in range(clients_n)]
+    servers = [f"kms{i}" for i in range(hosts_n)]
+    assignment = assign_clients(names, servers, threshold)
+    assert set(assignment) == set(names)
+    assert [sum(1 for v in assignment.values() if v == s) for s in servers] == expected
+    # no host that got clients is left below the threshold while the clients could fill it
+    if clients_n >= threshold:
+        assert all(n == 0 or n >= threshold for n in expected)
+
+
+def test_the_threshold_of_a_group_is_its_highest_and_unidentified_clients_count_as_25() -> None:
+    server = catalog.find_client_key("windows-server-2022-standard")
+    desktop = catalog.find_client_key("windows-11-enterprise")
+    assert assignment_threshold([server, server]) == 5
+    assert assignment_threshold([server, desktop]) == 25
+    assert assignment_threshold([server, None]) == 25
+
+
+def test_plan_on_two_hosts_and_30_clients_pins_all_to_one() -> None:
+    plan = plan_capacity(
+        [
+            host("Windows Server 2022", "kms01"),
+            host("Windows Server 2022", "kms02"),
+            *clients(30, kmsadmin_edition="windows-11-enterprise"),
+        ]
+    )
+    assert [(r["host"], r["clients"], r["reachable"]) for r in plan.per_host] == [
+        ("kms01", 30, True),
+        ("kms02", 0, None),
+    ]
+    assert [w.check for w in plan.warnings] == ["host-unused"] and not plan.problems
 
 
 def test_office_clients_need_their_office_host_key() -> None:

@@ -219,7 +219,7 @@ def test_limit_exports_only_those_hosts(tmp_path: Path) -> None:
 
 
 def test_clients_are_spread_over_the_kms_hosts_like_the_rollout(tmp_path: Path) -> None:
-    inventory = lab_inventory(tmp_path, hosts=4, kms_hosts=2)
+    inventory = lab_inventory(tmp_path, hosts=10, kms_hosts=2, os_mix="server2022-standard=10")
     out, _ = export(tmp_path, inventory, playbook="clients.yml")
     pinned = {}
     for host in ("client001", "client002", "client003", "client004"):

@@ -400,8 +400,20 @@ def test_limit_narrows_every_play(tmp_path: Path) -> None:
         go(clients_play(tmp_path), inv, fleet, limit="nothing*")
 
 
+def servers_inventory(tmp_path: Path, kms_hosts: int, clients: int) -> tuple[Inventory, FakeFleet]:
+    """The inventory of :func:`inventory` with every client a Windows Server (threshold 5)."""
+    _, fleet = inventory(tmp_path, kms_hosts, clients)
+    path = tmp_path / "inventory.yml"
+    text = path.read_text().replace(
+        "vars: {kmsadmin_role: client}",
+        "vars: {kmsadmin_role: client, kmsadmin_edition: windows-server-2022-standard}",
+    )
+    path.write_text(text)
+    return load_inventory(path), fleet
+
+
 def test_kms_hosts_are_spread_evenly_and_stay_put_under_limit(tmp_path: Path) -> None:
-    inv, fleet = inventory(tmp_path, 2, 6)
+    inv, fleet = servers_inventory(tmp_path, 2, 10)
     pb = playbook(
         tmp_path,
         "- name: c\n  hosts: clients\n  steps:\n    - convert-client:\n"
@@ -410,10 +422,24 @@ def test_kms_hosts_are_spread_evenly_and_stay_put_under_limit(tmp_path: Path) ->
     go(pb, inv, fleet)
     pinned = {h: fleet.state[h]["service"]["kms_machine"] for h in inv.groups["clients"]}
     one, two = "kms01.corp.example", "kms02.corp.example"
-    assert pinned == {"pc001": one, "pc002": two, "pc003": one, "pc004": two, "pc005": one, "pc006": two}
-    inv2, fleet2 = inventory(tmp_path, 2, 6)
+    # ten servers fill both hosts to their threshold of 5: an even spread
+    assert pinned == {f"pc{i:03d}": (one if i % 2 else two) for i in range(1, 11)}
+    inv2, fleet2 = servers_inventory(tmp_path, 2, 10)
     go(pb, inv2, fleet2, limit="pc004")
     assert fleet2.state["pc004"]["service"]["kms_machine"] == two
+
+
+def test_clients_that_cannot_fill_two_kms_hosts_all_go_to_the_first(tmp_path: Path) -> None:
+    # editions unknown: each host needs a count of 25; 6 clients split 3/3 would never activate
+    inv, fleet = inventory(tmp_path, 2, 6)
+    pb = playbook(
+        tmp_path,
+        "- name: c\n  hosts: clients\n  steps:\n    - convert-client:\n"
+        "        kms_host: {group: kms_hosts, var: kmsadmin_fqdn}\n",
+    )
+    go(pb, inv, fleet)
+    pinned = {fleet.state[h]["service"]["kms_machine"] for h in inv.groups["clients"]}
+    assert pinned == {"kms01.corp.example"}
 
 
 # ------------------------------------------------------------------------------------------ retries

@@ -486,7 +486,14 @@ def _print_plan(plan: CapacityPlan, json_out: bool) -> None:
     for row in plan.thresholds:
         state = "reachable" if row["reachable"] else "UNREACHABLE"
         typer.echo(
-            f"  threshold {row['kind']}: count {row['count_reachable']} of {row['needed']} needed: {state}"
+            f"  threshold {row['kind']} (all clients on one KMS host): count {row['count_reachable']} of "
+            f"{row['needed']} needed: {state}"
+        )
+    for row in plan.per_host:
+        state = {True: "reachable", False: "UNREACHABLE", None: "no clients pinned"}[row["reachable"]]
+        typer.echo(
+            f"  {row['host']}: {row['clients']} client(s) pinned by the rollout, count "
+            f"{row['clients']} of {row['needed']} needed: {state}"
         )
     budget = plan.budget
     typer.echo(

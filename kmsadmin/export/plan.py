@@ -10,7 +10,7 @@ Host-specific values come from the inventory or from facts gathered at export ti
 
 * the GVLK of a client's edition: inventory var ``kmsadmin_edition`` (catalog name) or
   ``kmsadmin_os`` (as ``kmsadmin plan`` reads them), else the gathered edition;
-* the KMS host a client is pinned to: the same round-robin spread over the play's group as the
+* the KMS host a client is pinned to: the same threshold-aware spread over the play's group as the
   rollout;
 * with gathered facts: the preflight (a blocked host gets its problems as a failing step, as the
   rollout would fail it), Server Core (no management tools), and Office products.

@@ -96,10 +96,11 @@ SecretRef = EnvRef | FileRef
 
 
 class KmsHostGroup(_Strict):
-    """``{group: kms_hosts, var: kmsadmin_fqdn}``: spread the play's hosts evenly over that group.
+    """``{group: kms_hosts, var: kmsadmin_fqdn}``: spread the play's hosts over that group.
 
-    Each client gets one host of the group, round robin in inventory order, named by ``var`` (or the
-    inventory name when the var is unset). The assignment depends only on the inventory and the play's
+    Each client gets one host of the group, named by ``var`` (or the inventory name when the var is
+    unset): round robin in inventory order over as many hosts as the clients can each bring to their
+    activation threshold (:func:`kmsadmin.operations.capacity.assign_clients`). The assignment depends only on the inventory and the play's
     ``hosts:`` (not on ``--limit``), so a resumed or limited run pins each client to the same host.
     """
 

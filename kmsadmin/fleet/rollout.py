@@ -42,7 +42,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING, ConfigError
+from kmsadmin.catalog import ClientKey
+from kmsadmin.errors import (
+    EXIT_HOST_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PENDING,
+    ConfigError,
+    KmsAdminError,
+)
 from kmsadmin.fleet.inventory import Inventory
 from kmsadmin.fleet.journal import Journal
 from kmsadmin.fleet.limit import limited_hosts
@@ -56,6 +64,7 @@ from kmsadmin.fleet.playbook import (
     build_args,
 )
 from kmsadmin.fleet.runner import HostReport, SessionFactory, run_host
+from kmsadmin.operations import capacity
 from kmsadmin.values import DEFAULT_FORKS, Secret
 
 log = logging.getLogger("kmsadmin.fleet")
@@ -339,18 +348,31 @@ def safe_vars(host_vars: Mapping[str, Any]) -> dict[str, Any]:
     return {k: host_vars[k] for k in SAFE_VARS if k in host_vars}
 
 
-def spread(clients: list[str], servers: list[str]) -> dict[str, str]:
-    """Assign clients to servers round robin, in the given orders (an even spread)."""
-    if not servers:
-        return {}
-    return {client: servers[i % len(servers)] for i, client in enumerate(clients)}
+def client_threshold(inventory: Inventory, clients: list[str]) -> int:
+    """The count the KMS hosts of these clients must reach, from the editions the inventory names.
+
+    Editions come from inventory vars (``kmsadmin_edition``, ``kmsadmin_os``, ...) as ``kmsadmin plan``
+    reads them; an unidentified client counts as a Windows client OS (threshold 25).
+    """
+    keys: list[ClientKey | None] = []
+    for client in clients:
+        try:
+            machine = capacity.machine_from_vars(
+                client, inventory.vars_for(client), inventory.group_names(client)
+            )
+        except KmsAdminError:
+            keys.append(None)
+            continue
+        keys.append(capacity.identify(machine)[0])
+    return capacity.assignment_threshold(keys)
 
 
 def kms_assignment(play: Play, inventory: Inventory, play_hosts: list[str]) -> dict[str, str]:
-    """The KMS host each client of ``play`` is pinned to: the group's hosts, round robin in inventory order.
+    """The KMS host each client of ``play`` is pinned to (:func:`kmsadmin.operations.capacity.assign_clients`).
 
-    Depends only on the inventory and the play, so ``--limit``, ``--resume`` and an exported Ansible
-    project all pin every client to the same KMS host.
+    As many of the group's hosts as the clients can fill to their threshold, round robin in inventory
+    order. Depends only on the inventory and the play, so ``--limit``, ``--resume``, ``kmsadmin plan``
+    and an exported Ansible project all pin every client to the same KMS host.
     """
     refs = [
         p.kms_host
@@ -371,7 +393,7 @@ def kms_assignment(play: Play, inventory: Inventory, play_hosts: list[str]) -> d
     if not names:
         raise ConfigError(f"play {play.name!r}: kms_host: group {ref.group!r} has no hosts")
     clients = [h for h in play_hosts if h not in inventory.groups[ref.group]] or play_hosts
-    return spread(clients, names)
+    return capacity.assign_clients(clients, names, client_threshold(inventory, clients))
 
 
 def _secret_values(args: Any, host_vars: Mapping[str, Any]) -> list[str]:

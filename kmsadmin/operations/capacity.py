@@ -109,6 +109,8 @@ class CapacityPlan:
     office_group: CsvlkGroup | None = None
     fits: list[HostFit] = field(default_factory=list)
     thresholds: list[dict[str, Any]] = field(default_factory=list)
+    #: per KMS host: the clients :func:`assign_clients` pins to it (as the rollout does) and its count
+    per_host: list[dict[str, Any]] = field(default_factory=list)
     recommended_hosts: int = 1
     budget: dict[str, Any] = field(default_factory=dict)
     unidentified: list[dict[str, str]] = field(default_factory=list)
@@ -131,6 +133,7 @@ class CapacityPlan:
             "office_host_key_group": self.office_group.name if self.office_group else None,
             "hosts": [f.to_dict() for f in self.fits],
             "thresholds": self.thresholds,
+            "per_host": self.per_host,
             "recommended_kms_hosts": self.recommended_hosts,
             "host_key_budget": self.budget,
             "unidentified": self.unidentified,
@@ -276,6 +279,40 @@ def _office_keys(machine: Machine) -> tuple[list[ClientKey], list[str]]:
     return keys, unknown
 
 
+# ------------------------------------------------------------------------------ client assignment
+
+
+def assignment_threshold(keys: Iterable[ClientKey | None]) -> int:
+    """The count every KMS host of a group of clients must reach: the highest threshold among them.
+
+    25 as soon as one client runs a Windows client OS, or is not identified (its threshold may be 25);
+    5 when all are Windows Servers or Office ([PLAN24]: "Clients activate if the count is 25 or higher";
+    "Servers and volume editions of Microsoft Office products activate if the count is five or greater").
+    The count is of distinct machines, servers included, so one figure serves the whole group.
+    """
+    rules = catalog.ACTIVATION_RULES
+    listed = list(keys)
+    if not listed or any(k is None for k in listed):
+        return rules.client_threshold
+    return max(catalog.threshold_for(k) for k in listed if k is not None)
+
+
+def assign_clients(clients: list[str], servers: list[str], threshold: int) -> dict[str, str]:
+    """Pin clients to KMS hosts so that no host is left below its threshold while another could reach it.
+
+    Only as many hosts as the clients can each fill to ``threshold`` are used (at least one), and the
+    clients are spread round robin over those, in the given orders: 30 clients and 2 hosts at 25 all go
+    to the first host (a 15/15 split would leave both below 25 for good); 60 go 30/30. Hosts left out
+    get no client (they stay as fail-over for DNS auto-discovery). Depends only on the inputs, so
+    ``--limit`` and ``--resume`` keep every client on the same host.
+    """
+    if not servers:
+        return {}
+    usable = max(1, min(len(servers), len(clients) // max(1, threshold)))
+    chosen = servers[:usable]
+    return {client: chosen[i % usable] for i, client in enumerate(clients)}
+
+
 # ------------------------------------------------------------------------------ the plan
 
 
@@ -373,6 +410,7 @@ def plan_capacity(machines: Iterable[Machine]) -> CapacityPlan:
                     )
                 )
     _thresholds(plan, len(client_os), len(server_os), len(office_keys))
+    _per_host(plan, [m.name for m in kms], [m.name for m in clients], windows_keys)
     _host_count(plan, len(clients), len(kms))
     _budget(plan, len(kms))
     return plan
@@ -434,6 +472,51 @@ def _thresholds(plan: CapacityPlan, client_os: int, servers: int, office: int) -
                     f"{needed}; clients stay unactivated with 0xC004F038 (count insufficient)",
                     "add machines that request activation from the same KMS host (servers count toward the "
                     "client threshold too), or use MAK or Active Directory-based activation",
+                )
+            )
+
+
+def _per_host(
+    plan: CapacityPlan, servers: list[str], clients: list[str], keys: Mapping[str, ClientKey]
+) -> None:
+    """Counts per KMS host from the rollout's own assignment; a host left below its threshold is a problem."""
+    if not servers or not clients:
+        return
+    threshold = assignment_threshold(keys.get(c) for c in clients)
+    assignment = assign_clients(clients, servers, threshold)
+    for server in servers:
+        mine = [c for c in clients if assignment.get(c) == server]
+        needed = assignment_threshold(keys.get(c) for c in mine) if mine else threshold
+        row = {
+            "host": server,
+            "clients": len(mine),
+            "windows_client_os": sum(1 for c in mine if c in keys and keys[c].kind == "client"),
+            "windows_server": sum(1 for c in mine if c in keys and keys[c].kind == "server"),
+            "needed": needed,
+            "reachable": len(mine) >= needed if mine else None,
+        }
+        plan.per_host.append(row)
+        if not mine:
+            plan.warnings.append(
+                Finding(
+                    "host-unused",
+                    f"{server} gets no clients: {len(clients)} client(s) can bring only "
+                    f"{sum(1 for r in plan.per_host if r['clients'])} KMS host(s) to the count of {threshold} "
+                    "they need, so the rollout pins none to it (it still serves clients that find it "
+                    "through DNS)",
+                    "nothing to do; with more clients the rollout spreads them over this host too",
+                    server,
+                )
+            )
+        elif len(mine) < needed and all(t["reachable"] for t in plan.thresholds):
+            plan.problems.append(
+                Finding(
+                    "host-threshold",
+                    f"{server}: {len(mine)} client(s) pinned to it, but it needs a count of {needed}; they "
+                    "stay unactivated with 0xC004F038 (count insufficient)",
+                    "add machines that request activation from this KMS host, or use MAK or Active "
+                    "Directory-based activation",
+                    server,
                 )
             )
 
