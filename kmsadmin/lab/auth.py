@@ -42,7 +42,15 @@ _BOUNDARY = b"--Encrypted Boundary"
 
 
 class AuthFailed(Exception):
-    """The client's credentials were refused (answered with HTTP 401)."""
+    """The client's credentials were refused (answered with HTTP 401).
+
+    ``token``: the error token to send with the 401 (a Kerberos KRB-ERROR such as clock skew or an
+    expired ticket, which Windows returns so the client can tell what went wrong), or None.
+    """
+
+    def __init__(self, reason: str, token: bytes | None = None) -> None:
+        super().__init__(reason)
+        self.token = token
 
 
 def split_principal(name: str) -> tuple[str, str]:
@@ -184,6 +192,82 @@ def check_basic(header_value: str, host: str, username: str, password: str) -> b
     return user.upper() == username.upper() and hmac.compare_digest(given.encode(), password.encode())
 
 
+#: DER prefix of a SPNEGO initial token (RFC 4178: [APPLICATION 0] then OID 1.3.6.1.5.5.2), and the
+#: tag of a SPNEGO NegTokenResp ([1]); raw Kerberos and NTLM tokens start differently.
+_SPNEGO_OID = b"\x06\x06\x2b\x06\x01\x05\x05\x02"
+
+
+def _is_spnego(token: bytes) -> bool:
+    return token[:1] == b"\xa1" or (token[:1] == b"\x60" and _SPNEGO_OID in token[:12])
+
+
+def _error_token(exc: BaseException, *, spnego_wrapped: bool) -> bytes | None:
+    """The Kerberos error token MIT's acceptor produced for ``exc`` (python-gssapi keeps it on the
+    GSSError), wrapped in a SPNEGO reject when the client spoke SPNEGO; None when there is none."""
+    seen: BaseException | None = exc
+    token: bytes | None = None
+    while seen is not None and token is None:
+        token = getattr(seen, "token", None) or getattr(getattr(seen, "base_error", None), "token", None)
+        seen = seen.__cause__ or seen.__context__
+    if not token:
+        return None
+    if not spnego_wrapped:
+        return bytes(token)
+    from spnego._spnego import NegState, NegTokenResp
+
+    return bytes(NegTokenResp(neg_state=NegState.reject, response_token=bytes(token)).pack())
+
+
+class KerberosRejected(Exception):
+    """MIT's acceptor refused the ticket; ``token`` is the KRB-ERROR it produced for the client."""
+
+    def __init__(self, reason: str, token: bytes | None) -> None:
+        super().__init__(reason)
+        self.token = token
+
+
+def _kerberos_acceptor(creds: Any, channel_bindings: Any) -> Any:
+    """pyspnego's GSSAPI acceptor, except that a refused ticket keeps MIT's error token.
+
+    MIT answers some tickets it cannot accept (clock skew, an expired ticket, a key it does not
+    have) with a KRB-ERROR token and "continue needed" rather than a failure; pyspnego's acceptor
+    then fails on reading the flags of an unestablished context and the token is lost.
+    """
+    import gssapi
+    from gssapi.raw import ChannelBindings
+    from gssapi.raw.misc import GSSError
+    from spnego._gss import GSSAPIProxy
+
+    class LabKerberos(GSSAPIProxy):
+        def step(self, in_token: bytes | None = None, *, channel_bindings: Any = None) -> bytes | None:
+            if self._context is None:
+                bindings = channel_bindings or self.channel_bindings
+                kwargs: dict[str, Any] = {}
+                if bindings is not None:
+                    kwargs["channel_bindings"] = ChannelBindings(
+                        initiator_address_type=bindings.initiator_addrtype,
+                        initiator_address=bindings.initiator_address,
+                        acceptor_address_type=bindings.acceptor_addrtype,
+                        acceptor_address=bindings.acceptor_address,
+                        application_data=bindings.application_data,
+                    )
+                self._context = gssapi.SecurityContext(creds=self._credential, usage="accept", **kwargs)
+            try:
+                out: bytes | None = self._context.step(in_token)
+            except GSSError as exc:
+                raise KerberosRejected(str(exc), getattr(exc, "token", None)) from exc
+            if not self._context.complete:
+                # A Kerberos acceptor completes in one step; "continue" carries an error token.
+                raise KerberosRejected("the ticket was not accepted", out)
+            self._context_attr = int(self._context.actual_flags)
+            return out
+
+    context = LabKerberos(usage="accept", protocol="kerberos", _gssapi_credential=creds)
+    context.channel_bindings = channel_bindings
+    context._is_wrapped = True
+    return context
+
+
 #: GSS_C_CHANNEL_BOUND_FLAG (MIT krb5 >= 1.19, gssapi_ext.h): the initiator's channel bindings matched
 #: the acceptor's.
 GSS_C_CHANNEL_BOUND_FLAG = 0x800
@@ -224,10 +308,7 @@ class NegotiateAcceptor:
             import gssapi
 
             creds = gssapi.Credentials(usage="accept", store={b"keytab": str(kerberos.keytab).encode()})
-            kerb = spnego.server(
-                protocol="kerberos", _gssapi_credential=creds, channel_bindings=channel_bindings
-            )
-            kerb._is_wrapped = True
+            kerb = _kerberos_acceptor(creds, channel_bindings)
             contexts[GSSMech.kerberos] = kerb
         if not refuse_ntlm:
             ntlm = spnego.server(protocol="ntlm")
@@ -264,7 +345,7 @@ class NegotiateAcceptor:
         try:
             out: bytes | None = self._ctx.step(token)
         except Exception as exc:  # SpnegoError, GSSError, or a token no mechanism here accepts
-            raise AuthFailed(type(exc).__name__) from exc
+            raise AuthFailed(type(exc).__name__, _error_token(exc, spnego_wrapped=_is_spnego(token))) from exc
         return out
 
     def unwrap(self, body: bytes) -> bytes:

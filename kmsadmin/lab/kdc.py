@@ -86,8 +86,18 @@ class LabKdc:
     """The lab's KDC. ``start()`` creates the realm (or reuses the one in ``directory``), ``stop()``
     ends the KDC process; the directory stays for ``kmsadmin lab down`` to remove."""
 
-    def __init__(self, directory: Path | str, *, realm: str = REALM, domain: str = DOMAIN) -> None:
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        realm: str = REALM,
+        domain: str = DOMAIN,
+        clockskew: int | None = None,
+    ) -> None:
         self.directory = Path(directory)
+        #: seconds of clock difference (and of life after expiry) every party tolerates; None: MIT's
+        #: default, 300. Tests shorten it so an expired ticket does not need 5 minutes of waiting.
+        self.clockskew = clockskew
         self.realm = realm
         self.domain = domain
         self.port = 0
@@ -209,7 +219,8 @@ class LabKdc:
             "    dns_canonicalize_hostname = false\n"
             "    rdns = false\n"
             "    forwardable = true\n"
-            "    udp_preference_limit = 1\n"
+            + (f"    clockskew = {self.clockskew}\n" if self.clockskew is not None else "")
+            + "    udp_preference_limit = 1\n"
             f"    default_ccache_name = FILE:{d / 'ccache'}\n"
             "[realms]\n"
             f"    {self.realm} = {{\n"

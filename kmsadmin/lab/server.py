@@ -621,7 +621,15 @@ class LabServer:
             h.acceptor = self._new_acceptor(h)
         try:
             out = h.acceptor.step(base64.b64decode(token))
-        except (AuthFailed, binascii.Error):
+        except AuthFailed as failed:
+            h.host.count("refused")
+            if failed.token:
+                # Windows answers a ticket it cannot accept with the Kerberos error in the 401.
+                h.acceptor = None
+                error = "Negotiate " + base64.b64encode(failed.token).decode()
+                self._reply(h, 401, b"", extra={"WWW-Authenticate": error})
+            self._refuse(h)
+        except binascii.Error:
             h.host.count("refused")
             self._refuse(h)
         if not h.acceptor.complete:

@@ -139,7 +139,13 @@ _KERBEROS_CASES: tuple[tuple[tuple[str, ...], str, str | None, str, str], ...] =
         "give the user as user@REALM (the realm in capitals) or DOMAIN\\user",
     ),
     (
-        ("wrong principal in request", "no key table entry", "key version", "cannot decrypt"),
+        (
+            "wrong principal in request",
+            "not found in keytab",
+            "no key table entry",
+            "key version",
+            "cannot decrypt",
+        ),
         "KRB5KRB_AP_ERR_NOT_US",
         None,
         "the host could not decrypt the ticket for {spn}",

@@ -18,7 +18,7 @@ from kmsadmin.transports import build_options, open_session
 from kmsadmin.transports.faults import AuthLibraryMissing, KerberosFailed, NtlmRefused
 from kmsadmin.values import RenderedScript
 from tests.lab.conftest import EchoEngine, LabFactory
-from tests.lab.kerberos import PASSWORD, USER, Realm, start_realm
+from tests.lab.kerberos import CLOCKSKEW, PASSWORD, USER, Realm, start_realm
 
 pytestmark = pytest.mark.lab
 
@@ -176,7 +176,7 @@ def test_no_ticket(klab: LabServer, realm: Realm, tmp_path: Path) -> None:
 
 def test_expired_ticket(klab: LabServer, realm: Realm, tmp_path: Path) -> None:
     ccache = realm.ticket(tmp_path, lifetime="1s")
-    time.sleep(1.5)
+    time.sleep(1 + CLOCKSKEW + 0.5)
     err = expect(KerberosFailed, klab, realm, "http01", kerberos_ccache=ccache)
     assert err.meaning == "KRB5KRB_AP_ERR_TKT_EXPIRED", err
     assert "expired" in err.message
