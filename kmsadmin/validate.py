@@ -20,6 +20,10 @@ _KEY_RE = re.compile(rf"^[{PRODUCT_KEY_ALPHABET}]{{5}}(-[{PRODUCT_KEY_ALPHABET}]
 _LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _KB_RE = re.compile(r"^KB\d{6,7}$")
+#: activation object names and DNs kmsadmin accepts: letters, digits, space and . _ - (plus = and , in a
+#: DN); LDAP DN metacharacters (+ " \\ < > ; #) never reach a script
+_AO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+_AO_DN_RE = re.compile(r"^[A-Za-z0-9 ._=,-]{1,512}$")
 
 #: `Set-NetFirewallRule -Profile` accepts Any, Domain, Private, Public (PSDOCS NetSecurity).
 FIREWALL_PROFILES = ("Domain", "Private", "Public", "Any")
@@ -149,4 +153,29 @@ def kb_number(value: str) -> str:
         text = "KB" + text
     if not _KB_RE.match(text):
         raise InvalidInput("update number", value, "expected KB followed by 6 or 7 digits")
+    return text
+
+
+def activation_object_name(value: str) -> str:
+    """The name of an Active Directory activation object (``slmgr /ad-activation-online KEY NAME``)."""
+    name = value.strip()
+    if not _AO_NAME_RE.match(name):
+        raise InvalidInput(
+            "activation object name",
+            value,
+            "1-64 letters, digits, spaces, '.', '_' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+def activation_object(value: str) -> str:
+    """An activation object as ``slmgr /del-ao`` takes it: a DN, an RDN (``CN=name``) or a name."""
+    text = value.strip()
+    if "=" not in text:
+        return activation_object_name(text)
+    parts = [p.strip() for p in text.split(",")]
+    if not _AO_DN_RE.match(text) or not all(
+        p.count("=") == 1 and p.split("=")[0].upper() in ("CN", "DC") and p.split("=")[1] for p in parts
+    ):
+        raise InvalidInput("activation object", value, "a name, CN=name, or a DN of CN= and DC= parts")
     return text

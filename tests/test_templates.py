@@ -49,6 +49,8 @@ VALID: dict[str, Any] = {
     "domains": "contoso.com,branch.contoso.com",
     "clear": False,
     "activation_type": 1,
+    "activation_object_name": "Contoso Windows Server 2022",
+    "activation_object": "Contoso Windows Server 2022",
 }
 
 HOSTILE = [
@@ -112,7 +114,7 @@ def as_text(value: Any) -> str:
 
 
 def test_readme_table_is_read() -> None:
-    assert len(STEPS) == 17
+    assert len(STEPS) == 21
     assert STEPS["facts"] == []
     assert STEPS["install-host-key"] == ["product_key", "application_id"]
     assert STEPS["kms-host-settings"] == [

@@ -60,9 +60,11 @@ def _root(
 
 def _mount_subcommands() -> None:
     """Mount ``kmsadmin lab``, ``dns``, ``plan`` and ``export`` (their modules import lazily inside commands)."""
+    from kmsadmin.cli.adba import adba_app
     from kmsadmin.cli.dns import dns_app, plan_command
     from kmsadmin.cli.lab import lab_app
 
+    app.add_typer(adba_app, name="adba")
     app.add_typer(lab_app, name="lab", help="A simulated Windows fleet speaking real WinRM on loopback.")
     app.add_typer(dns_app, name="dns", help="KMS SRV records (_vlmcs._tcp): check, create, publishing.")
     app.command("plan")(plan_command)

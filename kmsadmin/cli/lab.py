@@ -131,6 +131,9 @@ def up(
     mak_limit: Annotated[
         int | None, typer.Option("--mak-limit", help="activations each lab MAK allows (default 5)")
     ] = None,
+    forest: Annotated[
+        bool, typer.Option("--forest", help="the lab domain is an AD forest, every host a member (ADBA)")
+    ] = False,
 ) -> None:
     """Create (or load) the lab in STATE_DIR and serve it."""
     state_dir = state_dir.resolve()
@@ -159,6 +162,7 @@ def up(
         quiet=foreground_child,
         dns=(dns_server, dns_zone, tsig_key_file),
         mak_limit=mak_limit,
+        forest=forest,
     )
 
 
@@ -230,6 +234,7 @@ def _open_fleet(
     faults: str | None,
     reset: bool,
     mak_limit: int | None = None,
+    forest: bool = False,
 ) -> Fleet:
     from kmsadmin.lab import kms
     from kmsadmin.lab.fleet import Fleet
@@ -259,6 +264,7 @@ def _open_fleet(
         os_mix=os_mix,
         faults=faults or "",
         mak_limit=kms.DEFAULT_MAK_LIMIT if mak_limit is None else mak_limit,
+        forest=forest,
     )
 
 
@@ -289,6 +295,7 @@ def _serve(
     quiet: bool,
     dns: tuple[str | None, str | None, Path | None] = (None, None, None),
     mak_limit: int | None = None,
+    forest: bool = False,
 ) -> None:
     from kmsadmin.errors import KmsAdminError
     from kmsadmin.lab.api import EndpointConfig, HostFaults
@@ -306,6 +313,7 @@ def _serve(
             faults=faults,
             reset=reset,
             mak_limit=mak_limit,
+            forest=forest,
         )
         # lab DNS publishing and discovery on a real DNS server (kmsadmin.lab.dnspublish)
         from kmsadmin.lab import dnspublish
@@ -441,6 +449,11 @@ def status(
             row["port"] = ports.get(row["name"])
             report["hosts"].append(row)
         report["maks"] = fleet.maks.summary()
+        report["forest"] = fleet.meta.forest
+        report["activation_objects"] = [
+            {"name": ao.name, "dn": ao.dn, "host_key_group": ao.host_key_group, "partial_key": ao.partial_key}
+            for ao in fleet.meta.activation_objects
+        ]
     if json_out:
         typer.echo(json.dumps(report, indent=2))
         return

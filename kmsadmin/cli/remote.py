@@ -123,6 +123,11 @@ def _print_one(report: HostReport, *, check: bool) -> None:
         if step.error:
             mark = "WAITING" if report.status == "waiting" else "FAILED"
         console.print(f"  {step.step}: {mark} ({step.duration:.2f}s)")
+        for obj in step.data.get("objects") or []:
+            console.print(
+                f"    activation object {obj.get('name')}: key ending {obj.get('partial_key')}, "
+                f"Activation ID {obj.get('sku_id')}, {obj.get('dn')}"
+            )
         if step.data.get("installation_id"):
             console.print(f"    Installation ID: {step.data['installation_id']}")
             console.print(

@@ -23,6 +23,7 @@ from kmsadmin import catalog
 from kmsadmin.errors import HostError, KmsAdminError, PreflightFailed
 from kmsadmin.facts import FACTS, HostFacts, parse_facts, parse_outcome, raise_for_error
 from kmsadmin.operations import Plan, health
+from kmsadmin.operations.adba import AdbaArgs, plan_adba
 from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
 from kmsadmin.operations.setup_host import KMS_HOST_SETTINGS, SetupHostArgs, plan_setup_host
 from kmsadmin.render import render
@@ -142,6 +143,10 @@ def summarize_state(facts: HostFacts) -> dict[str, Any]:
         "activated_by": product.activated_by if product else None,
         "activation_type": ACTIVATION_TYPES.get(product.vl_activation_type_enabled) if product else None,
     }
+    if product is not None and product.license_status == 1 and _nonzero(product.license_status_reason):
+        # still licensed, but its last activation attempt failed (e.g. an ADBA client whose activation
+        # object is gone and whose KMS fallback was refused): LicenseStatusReason [SPPWMI]
+        state["renewal_hresult"] = product.license_status_reason
     if facts.service.is_kms_host:
         state.update(
             current_count=facts.service.current_count,
@@ -165,6 +170,13 @@ def summarize_state(facts: HostFacts) -> dict[str, Any]:
     return state
 
 
+def _nonzero(code: str | None) -> bool:
+    try:
+        return bool(code) and int(catalog.normalize_hresult(code or ""), 16) != 0
+    except KmsAdminError:
+        return False
+
+
 def _remaining(deadline_at: float | None) -> float | None:
     return None if deadline_at is None else max(0.1, deadline_at - time.monotonic())
 
@@ -181,6 +193,8 @@ def make_plan(operation: str, host: str, facts: HostFacts | None, args: Any) -> 
         return plan_setup_host(host, facts, args)
     if operation == "convert-client" and isinstance(args, ConvertClientArgs):
         return plan_convert_client(host, facts, args)
+    if operation.startswith("adba-") and isinstance(args, AdbaArgs):
+        return plan_adba(host, facts, args)
     raise KmsAdminError(f"unknown operation {operation!r} or arguments {type(args).__name__}")
 
 

@@ -21,14 +21,24 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kmsadmin import catalog
 from kmsadmin.lab import kms
 from kmsadmin.lab.api import ScriptOutput, Via
 from kmsadmin.lab.fleet import Fleet, profile_order
-from kmsadmin.lab.model import LICENSED, PROFILE_ORDER, SPPSVC_RULE, HostState, Product, Service
+from kmsadmin.lab.model import (
+    KMS_VALIDITY_DAYS,
+    LICENSED,
+    PROFILE_ORDER,
+    SPPSVC_RULE,
+    ActivationObject,
+    HostState,
+    Product,
+    Service,
+    parse_iso,
+)
 from kmsadmin.render import parse_header
 
 log = logging.getLogger(__name__)
@@ -122,6 +132,7 @@ class LabEngine:
                 ctx = Context(fleet, state, fleet.now())
                 state.refresh(ctx.now)
                 try:
+                    adba_renewal(ctx)
                     result = handler(ctx, params)
                     answer: dict[str, Any] = {
                         "kmsadmin": 1,
@@ -528,9 +539,71 @@ def step_activate(ctx: Context, params: dict[str, str]) -> StepResult:
     return StepResult(changed, None, None, {"products": products})
 
 
+def _forest_objects(ctx: Context) -> list[ActivationObject] | None:
+    """The forest's activation objects, when this host is a member of the lab forest."""
+    if not (ctx.fleet.meta.forest and ctx.host.security.domain_joined):
+        return None
+    return ctx.fleet.meta.activation_objects
+
+
+def _try_adba(ctx: Context, product: Product) -> bool:
+    """A domain member asks AD for an activation object first [ITPRO activate-windows-clients-vamt]."""
+    objects = _forest_objects(ctx)
+    if objects is None:
+        return False
+    with ctx.fleet.kms_lock:
+        found = kms.matching_object(objects, ctx.host, product)
+    if found is None:
+        return False
+    kms.adba_activate(product, found, ctx.now)
+    return True
+
+
+def adba_renewal(ctx: Context) -> None:
+    """The licensing service's periodic check of an ADBA-activated product (lab rule, kmsadmin.lab.kms).
+
+    While its activation object exists the 180 days are renewed (at the renewal interval); once the
+    object is gone, another matching object or, where the activation type allows it, KMS takes over;
+    if neither answers, the product stays licensed until its validity runs out.
+    """
+    objects = _forest_objects(ctx) or []
+    for product in ctx.host.keyed(WINDOWS_APP):
+        if product.license_status != LICENSED or product.vl_activation_type != ACT_TYPE_AD:
+            continue
+        with ctx.fleet.kms_lock:
+            current = next(
+                (ao for ao in objects if ao.dn.lower() == (product.ad_object_dn or "").lower()), None
+            )
+            found = current or kms.matching_object(objects, ctx.host, product)
+        renew_at = (
+            ctx.now + timedelta(days=KMS_VALIDITY_DAYS) - timedelta(minutes=ctx.host.service.renewal_interval)
+        )
+        if found is not None:
+            if (
+                current is None
+                or product.grace_expires is None
+                or parse_iso(product.grace_expires) < renew_at
+            ):
+                kms.adba_activate(product, found, ctx.now)
+                ctx.dirty = True
+            continue
+        if configured_type(ctx.host, product) not in (ACT_TYPE_ALL, ACT_TYPE_KMS):
+            continue
+        ctx.dirty = True
+        try:
+            _kms_request(ctx, product)
+        except kms.LabFailure as failure:
+            # not re-activated: still licensed by its last AD activation, the failure as LicenseStatusReason
+            product.license_status = LICENSED
+            product.license_status_reason = failure.hresult or 0
+
+
 def _volume_activate(ctx: Context, product: Product) -> None:
-    """A GVLK product activates through KMS unless its configured activation type forbids it."""
+    """A GVLK product activates from an activation object (domain members, activation type All or AD),
+    else through KMS (type All or KMS)."""
     kind = configured_type(ctx.host, product)
+    if kind in (ACT_TYPE_ALL, ACT_TYPE_AD) and _try_adba(ctx, product):
+        return
     if kind in (ACT_TYPE_ALL, ACT_TYPE_KMS):
         _kms_request(ctx, product)
         return
@@ -762,7 +835,117 @@ def step_act_type(ctx: Context, params: dict[str, str]) -> StepResult:
     return StepResult(changed, before, after, None)
 
 
+# ---------------------------------------------------------------------- Active Directory-based activation
+
+
+def _forest(ctx: Context, stage: str) -> list[ActivationObject]:
+    objects = _forest_objects(ctx)
+    if objects is None:
+        # slmgr.vbs reads the machine's domain (ADSystemInfo.DomainDNSName) before any LDAP call
+        raise refuse("Check", f"{ctx.host.name} is not a member of an Active Directory domain ({stage})")
+    return objects
+
+
+def _object_data(obj: ActivationObject) -> dict[str, Any]:
+    """What slmgr /ao-list prints for an object: name, Activation ID, partial key, extended PID, DN."""
+    return {
+        "name": obj.name,
+        "dn": obj.dn,
+        "sku_id": obj.sku_id,
+        "partial_key": obj.partial_key,
+        "csvlk_pid": obj.csvlk_pid,
+    }
+
+
+def _objects_data(ctx: Context) -> dict[str, Any]:
+    with ctx.fleet.kms_lock:
+        return {"objects": [_object_data(o) for o in ctx.fleet.meta.activation_objects]}
+
+
+def _host_key_param(params: dict[str, str]) -> str:
+    key = params.get("product_key", "")
+    if not _KEY_SHAPE_RE.match(key):
+        raise refuse("Input", "product_key is not in the form XXXXX-XXXXX-XXXXX-XXXXX-XXXXX")
+    return key.upper()
+
+
+def step_adba_activate(ctx: Context, params: dict[str, str]) -> StepResult:
+    """``adba-activate``: DoActiveDirectoryOnlineActivation(ProductKey, ActivationObjectName), or with a
+    Confirmation ID DepositActiveDirectoryOfflineActivationConfirmation (slmgr /ad-activation-online,
+    /ad-activation-apply-cid)."""
+    key = _host_key_param(params)
+    confirmation = re.sub(r"[\s-]", "", params.get("confirmation_id", ""))
+    if confirmation and not confirmation.isdigit():
+        raise refuse("Input", "confirmation_id must be the digits read out by the activation centre")
+    objects = _forest(ctx, "activation objects")
+    domain = ctx.fleet.meta.domain
+    group = ctx.fleet.host_keys.group_of(key)
+    name = params.get("activation_object_name", "") or (kms.group_target(group) if group else "")
+    before = _objects_data(ctx)
+    with ctx.fleet.kms_lock:
+        if group is not None and any(
+            o.key_digest == kms.key_digest(key) and o.name.lower() == name.lower() for o in objects
+        ):
+            return StepResult(False, before, before, {"activation_object": name, **before})
+        ctx.require_elevation("DoActiveDirectoryOnlineActivation")
+        _, created = kms.create_activation_object(
+            objects,
+            domain,
+            key,
+            name or "activation object",
+            ctx.fleet.host_keys,
+            ctx.fleet.ledger,
+            ctx.now,
+            confirmation=confirmation or None,
+        )
+        ctx.meta_dirty = True
+    after = _objects_data(ctx)
+    return StepResult(created, before, after, {"activation_object": name, **after})
+
+
+def step_adba_iid(ctx: Context, params: dict[str, str]) -> StepResult:
+    """``adba-iid``: GenerateActiveDirectoryOfflineActivationId(ProductKey) (slmgr /ad-activation-get-iid)."""
+    key = _host_key_param(params)
+    _forest(ctx, "forest Installation ID")
+    if ctx.fleet.host_keys.group_of(key) is None:
+        raise kms.LabFailure(
+            kms.SL_E_INVALID_PRODUCT_KEY, "GenerateActiveDirectoryOfflineActivationId", "not a KMS host key"
+        )
+    return StepResult(
+        False, None, None, {"installation_id": kms.forest_installation_id(ctx.fleet.meta.domain, key)}
+    )
+
+
+def step_adba_list(ctx: Context, params: dict[str, str]) -> StepResult:
+    """``adba-list``: the activation objects in the forest (slmgr /ao-list)."""
+    _forest(ctx, "activation objects")
+    return StepResult(False, None, None, _objects_data(ctx))
+
+
+def step_adba_delete(ctx: Context, params: dict[str, str]) -> StepResult:
+    """``adba-delete``: delete one activation object by DN, RDN or name (slmgr /del-ao)."""
+    spec = params.get("activation_object", "").strip()
+    if not spec:
+        raise refuse("Input", "activation_object is required")
+    objects = _forest(ctx, "activation objects")
+    before = _objects_data(ctx)
+    with ctx.fleet.kms_lock:
+        found = kms.find_activation_object(objects, ctx.fleet.meta.domain, spec)
+        if found is None:
+            # HR_ERROR_DS_NO_SUCH_OBJECT, as slmgr.vbs gets it for a missing object [SLMGRVBS]
+            raise kms.LabFailure(kms.ERROR_DS_NO_SUCH_OBJECT, "Delete", f"no activation object {spec!r}")
+        ctx.require_elevation("Delete")
+        objects.remove(found)
+        ctx.meta_dirty = True
+    after = _objects_data(ctx)
+    return StepResult(True, before, after, {"deleted": found.dn, **after})
+
+
 STEPS: dict[str, Handler] = {
+    "adba-activate": step_adba_activate,
+    "adba-iid": step_adba_iid,
+    "adba-list": step_adba_list,
+    "adba-delete": step_adba_delete,
     "act-type": step_act_type,
     "facts": step_facts,
     "install-feature": step_install_feature,

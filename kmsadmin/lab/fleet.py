@@ -38,6 +38,7 @@ from kmsadmin.lab.model import (
     PROFILE_ORDER,
     SPPSVC_NOSCOPE_RULE,
     SPPSVC_RULE,
+    ActivationObject,
     FirewallRule,
     HostState,
     OsInfo,
@@ -75,6 +76,10 @@ class FleetMeta:
     #: activations each lab MAK allows, and the machines each MAK activated (MAK name -> host names)
     mak_limit: int = kms.DEFAULT_MAK_LIMIT
     mak_hosts: dict[str, list[str]] = field(default_factory=dict)
+    #: the lab domain is an Active Directory forest and every host is a member (``lab up --forest``)
+    forest: bool = False
+    #: the forest's activation objects (Active Directory-based activation, kmsadmin.lab.kms "Lab forest")
+    activation_objects: list[ActivationObject] = field(default_factory=list)
     #: what ``lab up`` was asked for (to refuse a mismatching restart)
     spec: dict[str, str] = field(default_factory=dict)
     #: per-host fault specs (server-side faults are re-applied on restart)
@@ -143,6 +148,7 @@ class Fleet:
         domain: str = DEFAULT_DOMAIN,
         dns_srv: bool = False,
         mak_limit: int = kms.DEFAULT_MAK_LIMIT,
+        forest: bool = False,
     ) -> Fleet:
         """A new lab: ``kms_hosts`` KMS hosts (kms01..) and ``hosts`` clients (client001..)."""
         if hosts < 0 or kms_hosts < 0 or hosts + kms_hosts == 0:
@@ -158,6 +164,7 @@ class Fleet:
             spec={"hosts": str(hosts), "kms_hosts": str(kms_hosts), "os_mix": os_mix or "", "domain": domain},
             faults=faults,
             mak_limit=mak_limit,
+            forest=forest,
         )
         taken: set[str] = set()
         host_keys: dict[str, str] = {}
@@ -200,6 +207,9 @@ class Fleet:
         if unknown:
             raise ConfigError("faults name hosts that are not in the lab: " + ", ".join(unknown))
         meta.hosts = {name: host.role for name, host in made.items()}
+        for host in made.values():
+            # members of the lab forest: Win32_ComputerSystem.PartOfDomain is true
+            host.security.domain_joined = forest
         for name, host in made.items():
             if host.role == "kms_host":
                 meta.kms_groups[name] = _default_group(host)

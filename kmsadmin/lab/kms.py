@@ -13,6 +13,20 @@ Lab host keys
     host key only works after Microsoft's activation service has activated it, which knows only the
     keys Microsoft issued. The lab accepts exactly its own keys as host keys.
 
+Lab forest (``lab up --forest``)
+    The lab domain is an Active Directory forest and every host a member. Activation objects live in
+    ``fleet.json`` with the attributes slmgr /ao-list reads [SLMGRVBS]; their DN is
+    ``CN=<name>,CN=Activation Objects,CN=Microsoft SPP,CN=Services,CN=Configuration,DC=...``. Creating
+    one online or by phone (forest Installation ID: ``int(SHA-256("kmsadmin-lab-adba-iid/1|" + forest +
+    "|" + key digest)) mod 10**63``; its Confirmation ID as below) counts one activation of the host key
+    with the activation service. A domain-joined Windows 8 / Server 2012 or later client with a GVLK
+    asks AD first when its activation type allows it: an object whose host-key group activates its
+    edition activates it, with no count threshold, for 180 days, renewed while the object exists
+    [ITPRO: activate-windows-clients-vamt, activate-using-active-directory-based-activation-client].
+    Without a matching object the client uses KMS. An ADBA-activated client whose object is gone tries
+    KMS at its next licensing check (the lab checks whenever a step runs on the host); if that fails it
+    stays licensed until its 180 days run out.
+
 Phone activation (lab rule)
     Installation ID: 63 decimal digits, ``int(SHA-256("kmsadmin-lab-iid/1|" + CMID + "|" +
     Activation ID + "|" + key digest)) mod 10**63`` zero-padded, so it is stable for a host and key.
@@ -43,6 +57,7 @@ from kmsadmin.lab.model import (
     LICENSED,
     OOB_GRACE,
     OOB_GRACE_DAYS,
+    ActivationObject,
     Contact,
     HostState,
     Product,
@@ -572,6 +587,117 @@ def deposit_confirmation(
     product.license_status = LICENSED
     product.license_status_reason = 0
     product.grace_expires = None
+
+
+# --------------------------------------------------------------------------- Active Directory-based activation
+
+#: Active Directory-based activation needs Windows 8 / Windows Server 2012 (build 9200) or later [ITPRO]
+ADBA_MIN_BUILD = 9200
+#: the container slmgr.vbs reads and writes activation objects in, below the configuration NC [SLMGRVBS]
+AO_CONTAINER = "CN=Activation Objects,CN=Microsoft SPP,CN=Services,"
+
+
+def configuration_nc(domain: str) -> str:
+    """``CN=Configuration,DC=lab,DC=test`` for the forest root domain ``lab.test``."""
+    return "CN=Configuration," + ",".join(f"DC={label}" for label in domain.split("."))
+
+
+def ao_dn(domain: str, name: str) -> str:
+    """The DN of the activation object called ``name``."""
+    return f"CN={name},{AO_CONTAINER}{configuration_nc(domain)}"
+
+
+def forest_installation_id(domain: str, key: str) -> str:
+    """GenerateActiveDirectoryOfflineActivationId for a host key (lab rule in the module docstring)."""
+    seed = f"kmsadmin-lab-adba-iid/1|{domain.lower()}|{key_digest(key)}"
+    return str(int.from_bytes(hashlib.sha256(seed.encode()).digest(), "big") % 10**63).zfill(63)
+
+
+def create_activation_object(
+    objects: list[ActivationObject],
+    domain: str,
+    key: str,
+    name: str,
+    host_keys: HostKeys,
+    ledger: ActivationLedger,
+    now: datetime,
+    *,
+    confirmation: str | None = None,
+) -> tuple[ActivationObject, bool]:
+    """DoActiveDirectoryOnlineActivation, or DepositActiveDirectoryOfflineActivationConfirmation with a
+    Confirmation ID: the activation service checks the host key, then the object is published.
+
+    Returns the object and whether it was created (an object for the same key and name already there
+    is left as it is).
+    """
+    stage = (
+        "DoActiveDirectoryOnlineActivation"
+        if confirmation is None
+        else ("DepositActiveDirectoryOfflineActivationConfirmation")
+    )
+    group = host_keys.group_of(key)
+    if group is None:
+        # only a KMS host key (CSVLK) creates an activation object [ITPRO]; anything else is refused
+        raise LabFailure(SL_E_INVALID_PRODUCT_KEY, stage, f"key ending {key[-5:]} is not a KMS host key")
+    digest = key_digest(key)
+    same = next((ao for ao in objects if ao.name.lower() == name.lower()), None)
+    if same is not None:
+        if same.key_digest == digest:
+            return same, False
+        raise LabFailure(None, "Check", f"an activation object named {name!r} already exists")
+    if confirmation is not None:
+        digits = "".join(ch for ch in confirmation if ch.isdigit())
+        if len(digits) != 48:
+            raise LabFailure(SL_E_CIDIID_INVALID_DATA_LENGTH, stage)
+        if digits != confirmation_id_for(forest_installation_id(domain, key)):
+            raise LabFailure(SL_E_CIDIID_MISMATCHED, stage)
+    ledger.record(digest, f"forest:{domain.lower()}")
+    obj = ActivationObject(
+        name=name,
+        dn=ao_dn(domain, name),
+        host_key_group=group,
+        partial_key=key[-5:],
+        key_digest=digest,
+        sku_id=lab_activation_id("windows-host", group),
+        csvlk_pid=f"0{int(digest[:10], 16) % 10**5:05d}-03{int(digest[10:20], 16) % 10**3:03d}-000-000000-00-1033",
+        created=utc_iso(now),
+    )
+    objects.append(obj)
+    return obj, True
+
+
+def find_activation_object(
+    objects: list[ActivationObject], domain: str, spec: str
+) -> ActivationObject | None:
+    """An object by DN, by RDN (``CN=name``) or by name, as slmgr /del-ao takes it [SLMGRVBS]."""
+    wanted = spec.strip()
+    if ",cn=" in wanted.lower():
+        dn = wanted
+    elif wanted.lower().startswith("cn="):
+        dn = f"{wanted},{AO_CONTAINER}{configuration_nc(domain)}"
+    else:
+        dn = ao_dn(domain, wanted)
+    return next((ao for ao in objects if ao.dn.lower() == dn.lower()), None)
+
+
+def matching_object(
+    objects: list[ActivationObject], client: HostState, product: Product
+) -> ActivationObject | None:
+    """The first activation object whose host-key group activates this client's edition [PLAN24]."""
+    entry = client_entry(client, product)
+    if entry is None or client.os.build < ADBA_MIN_BUILD:
+        return None
+    return next((ao for ao in objects if _activates(ao.host_key_group, entry)), None)
+
+
+def adba_activate(product: Product, obj: ActivationObject, now: datetime) -> None:
+    """Activated from an activation object: no count threshold, valid for 180 days [ITPRO]."""
+    product.license_status = LICENSED
+    product.license_status_reason = 0
+    product.grace_expires = utc_iso(now + timedelta(days=KMS_VALIDITY_DAYS))
+    product.vl_activation_type = 1  # VLActivationType 1 = Active Directory [WMITABLE]
+    product.ad_object_name = obj.name
+    product.ad_object_dn = obj.dn
 
 
 # --------------------------------------------------------------------------- KMS client requests

@@ -229,6 +229,26 @@ class Service:
 
 
 @dataclass(slots=True)
+class ActivationObject:
+    """One Active Directory activation object (class ``msSPP-ActivationObject`` under ``CN=Activation
+    Objects,CN=Microsoft SPP,CN=Services`` of the forest's configuration naming context [SLMGRVBS]).
+
+    It carries what slmgr /ao-list shows: ``displayName``, ``msSPP-CSVLKSkuId``,
+    ``msSPP-CSVLKPartialProductKey``, ``msSPP-CSVLKPid``, ``distinguishedName``; the lab adds the
+    host-key group and the key's digest (never the key).
+    """
+
+    name: str
+    dn: str
+    host_key_group: str
+    partial_key: str
+    key_digest: str
+    sku_id: str
+    csvlk_pid: str
+    created: str
+
+
+@dataclass(slots=True)
 class Security:
     """The caller's security context and the settings that shape it."""
 
