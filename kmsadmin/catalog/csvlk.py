@@ -294,7 +294,27 @@ def csvlk_group(query: str) -> CsvlkGroup:
         year = re.search(r"\b(2016|2019|2022|2025)\b", q)
         if year:
             return next(g for g in groups if g.id == f"windows-server-{year.group(1)}")
-    raise NotFoundInCatalog("CSVLK group", query, [g.id for g in groups])
+    raise NotFoundInCatalog("CSVLK group", query, _closest_groups(q, groups))
+
+
+def _closest_groups(q: str, groups: Iterable[CsvlkGroup]) -> list[str]:
+    """The group ids nearest to a query that matched none (a typo): the best, and any as near as it.
+
+    When nothing is near, every group is listed.
+    """
+    import difflib
+
+    scores: dict[str, float] = {}
+    all_ids = []
+    for g in groups:
+        all_ids.append(g.id)
+        for form in {_norm(g.id), _norm(g.name), _norm(g.target), _norm(g.office_version)} - {""}:
+            score = difflib.SequenceMatcher(None, q, form).ratio()
+            scores[g.id] = max(scores.get(g.id, 0.0), score)
+    best = max(scores.values(), default=0.0)
+    if best < 0.6:
+        return all_ids
+    return [gid for gid, score in sorted(scores.items(), key=lambda x: -x[1]) if score >= best - 0.02][:3]
 
 
 def _parse_host(host_os: str, edition_id: str | None = None) -> _HostOs | None:

@@ -282,6 +282,14 @@ def build_report(
     }
 
 
+def shown_meaning(error: Mapping[str, Any]) -> str | None:
+    """The HRESULT's meaning, unless the message already says it (shown once, not twice)."""
+    meaning, message = error.get("meaning"), error.get("message")
+    if meaning and message and str(meaning).strip().rstrip(".") in str(message):
+        return None
+    return None if meaning is None else str(meaning)
+
+
 def failures(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The failed hosts with their error, in report order (what the failure tables list)."""
     rows = []
@@ -295,7 +303,7 @@ def failures(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "play": entry.get("play"),
                 "step": error.get("step"),
                 "hresult": error.get("hresult"),
-                "meaning": error.get("meaning"),
+                "meaning": shown_meaning(error),
                 "message": error.get("message"),
                 "remediation": error.get("remediation"),
             }

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kmsadmin import catalog
-from kmsadmin.report.document import NOT_STARTED
+from kmsadmin.report.document import NOT_STARTED, shown_meaning
 
 CSV_COLUMNS: tuple[str, ...] = (
     "host",
@@ -116,9 +116,8 @@ def _xml_text(value: Any) -> str:
 def _failure_text(error: Mapping[str, Any]) -> str:
     lines = [f"step: {error.get('step') or ''}"]
     if error.get("hresult"):
-        lines.append(
-            f"HRESULT: {error['hresult']}" + (f" ({error['meaning']})" if error.get("meaning") else "")
-        )
+        meaning = shown_meaning(error)
+        lines.append(f"HRESULT: {error['hresult']}" + (f" ({meaning})" if meaning else ""))
     lines.append(f"message: {error.get('message') or ''}")
     if error.get("remediation"):
         lines.append(f"remediation: {error['remediation']}")

@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -381,7 +382,7 @@ class SessionBase(ABC):
             outs = self._execute_many(scripts, budget)
         except Exception as exc:
             duration = time.monotonic() - started
-            error = translate(exc, self._options, step, seconds)
+            error = translate(exc, self._options, step, seconds, budget)
             # Whatever failed, the pool/shell and the connection's auth or encryption state can no
             # longer be trusted: drop them so the next run starts clean. A host that broke the
             # protocol gets no polite cleanup requests (they would meet the same answers).
@@ -483,18 +484,37 @@ class SessionBase(ABC):
         """Forget every client object and close the HTTP connection; must not raise."""
 
 
-def host_timeout(options: ConnectionOptions, step: str, seconds: float) -> HostError:
-    """The error for a step that outlived its deadline."""
-    return HostTimeout(
-        options.name,
-        step,
-        f"no answer within {seconds:g}s",
-        remediation=(
-            f"the host accepted the connection to {options.endpoint} but did not finish the step in time; "
-            "check that it is responsive (WinRM service, CPU, pending reboot) and retry, "
-            "or allow more time with --deadline"
-        ),
+def _seconds(value: float) -> str:
+    return f"{value:.0f}s" if value >= 10 else f"{value:.2g}s"
+
+
+def host_timeout(
+    options: ConnectionOptions, step: str, seconds: float, budget: Deadline | None = None
+) -> HostError:
+    """The error for a step that got no answer in time, naming the limit that really ran out.
+
+    With the step's ``budget``: either the deadline ran out (the message gives the clock time it
+    ended) or a single request's read timeout fired first (the message says so, not the time left).
+    """
+    responsive = (
+        f"the host accepted the connection to {options.endpoint} but did not finish the step in time; "
+        "check that it is responsive (WinRM service, CPU, pending reboot) and retry"
     )
+    if budget is None:
+        message, fix = f"no answer within {seconds:g}s", f"{responsive}, or allow more time with --deadline"
+    elif budget.remaining() > 1.0:
+        message = (
+            f"no answer within {_seconds(options.read_timeout)} (the read timeout of one request; "
+            f"{_seconds(budget.remaining())} of the deadline were left)"
+        )
+        fix = f"{responsive}, or raise the read timeout (KMSADMIN_READ_TIMEOUT, ansible_psrp_read_timeout)"
+    else:
+        ended = datetime.now().astimezone() + timedelta(seconds=budget.remaining())
+        message = (
+            f"no answer within {_seconds(budget.seconds)} (its deadline, reached at {ended:%H:%M:%S %Z})"
+        )
+        fix = f"{responsive}, or allow more time with --deadline"
+    return HostTimeout(options.name, step, message, remediation=fix)
 
 
 def error_text(record: object) -> str:

@@ -24,7 +24,7 @@ from kmsadmin.errors import (
     KmsAdminError,
     ProtocolError,
 )
-from kmsadmin.transports.base import BUSY_STATUSES, DeadlineExpired, host_timeout
+from kmsadmin.transports.base import BUSY_STATUSES, Deadline, DeadlineExpired, host_timeout
 from kmsadmin.transports.options import ConnectionOptions
 from kmsadmin.transports.wsman import (
     AuthRefused,
@@ -156,24 +156,24 @@ _KERBEROS_CASES: tuple[tuple[tuple[str, ...], str, str | None, str, str], ...] =
 
 
 def translate(
-    exc: BaseException, options: ConnectionOptions, step: str, seconds: float
+    exc: BaseException, options: ConnectionOptions, step: str, seconds: float, budget: Deadline | None = None
 ) -> KmsAdminError | None:
     """The kmsadmin error for ``exc`` raised while running ``step``; None when it is not a WinRM failure."""
     if isinstance(exc, HostError):
         return exc
     if isinstance(exc, DeadlineExpired | ReadTimeout):
-        return host_timeout(options, step, seconds)
+        return host_timeout(options, step, seconds, budget)
     missing = _missing_library(exc, options, step)
     if missing is not None:
         return missing
     native = _translate_native(exc, options, step)
     if native is not None:
         return native
-    return _translate_library(exc, options, step, seconds)
+    return _translate_library(exc, options, step, seconds, budget)
 
 
 def _translate_library(
-    exc: BaseException, options: ConnectionOptions, step: str, seconds: float
+    exc: BaseException, options: ConnectionOptions, step: str, seconds: float, budget: Deadline | None = None
 ) -> KmsAdminError | None:
     """The errors of pypsrp, pywinrm and requests (imported here: the default transport needs none)."""
     import requests
@@ -182,7 +182,7 @@ def _translate_library(
 
     host = options.name
     if isinstance(exc, requests.exceptions.ReadTimeout):
-        return host_timeout(options, step, seconds)
+        return host_timeout(options, step, seconds, budget)
     if isinstance(exc, requests.exceptions.ProxyError):
         return _proxy_failure(options, step, _reason(exc))
     if isinstance(exc, requests.exceptions.SSLError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import socket
 import threading
 import time
@@ -350,8 +351,27 @@ def test_hung_host_is_bounded_by_the_deadline(lab: LabServer, transport: str) ->
         session.run(script("facts", "Write-Output 1"), deadline=3)
     elapsed = time.monotonic() - started
     assert 2.5 < elapsed < 8, elapsed
-    assert info.value.message == "no answer within 3s"
+    assert re.fullmatch(
+        r"no answer within 3s \(its deadline, reached at \d\d:\d\d:\d\d \w+\)", info.value.message
+    )
     assert is_retryable(info.value)
+
+
+@pytest.mark.parametrize("transport", ["psrp", "pywinrm"])
+def test_hung_host_names_the_read_timeout_that_fired_not_the_time_left(
+    lab: LabServer, transport: str
+) -> None:
+    """Issue 11: a read timeout firing long before the deadline used to report the time left."""
+    session = open_session(options_for(lab, "hang", transport=transport, read_timeout=2, operation_timeout=1))
+    started = time.monotonic()
+    with session, pytest.raises(HostTimeout) as info:
+        session.run(script("facts", "Write-Output 1"), deadline=30)
+    assert time.monotonic() - started < 15
+    assert re.fullmatch(
+        r"no answer within 2\.?0?s \(the read timeout of one request; \d+s of the deadline were left\)",
+        info.value.message,
+    ), info.value.message
+    assert "read timeout" in (info.value.remediation or "")
 
 
 @pytest.mark.parametrize(("name", "transport"), [("busy-psrp", "psrp"), ("busy-pywinrm", "pywinrm")])
