@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from kmsadmin.cli.inventory import InventoryOpt, VaultIdOpt, VaultPasswordFileOpt
 from kmsadmin.cli.options import Connection, HelpGroup, connection_options
 from kmsadmin.errors import InvalidInput, KmsAdminError
 
@@ -23,16 +24,18 @@ adba_app = typer.Typer(
 _NO_CONNECTION = Connection()  # filled in by @connection_options
 HostArg = Annotated[str, typer.Argument(help="a domain member of the forest (name or address)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text.")]
-InventoryOpt = Annotated[
-    Path | None, typer.Option("--inventory", "-i", help="Ansible inventory: host vars (ansible_*) and groups")
-]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Do not connect: print the script that would run.")
 ]
 
 
 def _run(
-    host: str, inventory: Path | None, args: Any, connection: Connection, json_out: bool, dry_run: bool
+    host: str,
+    inventory: tuple[list[Path] | None, list[Path] | None, list[str] | None],
+    args: Any,
+    connection: Connection,
+    json_out: bool,
+    dry_run: bool,
 ) -> None:
     from kmsadmin.cli.app import _hosts_and_vars, _print_scripts
     from kmsadmin.cli.output import fail
@@ -44,7 +47,7 @@ def _run(
         if dry_run:
             _print_scripts([plan_adba(host, None, args)], "ps1", json_out)
             return
-        names, hostvars = _hosts_and_vars([host], inventory)
+        names, hostvars = _hosts_and_vars([host], *inventory)
         if len(names) != 1:
             raise InvalidInput(
                 "host", host, f"matches {len(names)} hosts; kmsadmin adba runs on one domain member"
@@ -72,6 +75,8 @@ def activate(
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
     inventory: InventoryOpt = None,
+    vault_password_file: VaultPasswordFileOpt = None,
+    vault_id: VaultIdOpt = None,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Activate the forest with a KMS host key: create an activation object, online or by phone."""
@@ -96,7 +101,7 @@ def activate(
             raise InvalidInput("KMS host key", "", "give --host-key-file FILE or set KMSADMIN_HOST_KEY")
     except KmsAdminError as exc:
         fail(exc)
-    _run(host, inventory, args, connection, json_out, dry_run)
+    _run(host, (inventory, vault_password_file, vault_id), args, connection, json_out, dry_run)
 
 
 @adba_app.command("list")
@@ -106,12 +111,21 @@ def list_objects(
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
     inventory: InventoryOpt = None,
+    vault_password_file: VaultPasswordFileOpt = None,
+    vault_id: VaultIdOpt = None,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
     """List the forest's activation objects (slmgr /ao-list)."""
     from kmsadmin.operations.adba import AdbaArgs
 
-    _run(host, inventory, AdbaArgs(action="list"), connection, json_out, dry_run)
+    _run(
+        host,
+        (inventory, vault_password_file, vault_id),
+        AdbaArgs(action="list"),
+        connection,
+        json_out,
+        dry_run,
+    )
 
 
 @adba_app.command("delete")
@@ -122,6 +136,8 @@ def delete(
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
     inventory: InventoryOpt = None,
+    vault_password_file: VaultPasswordFileOpt = None,
+    vault_id: VaultIdOpt = None,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Delete one activation object (slmgr /del-ao); its clients fall back to KMS at their next check."""
@@ -133,4 +149,4 @@ def delete(
         args = AdbaArgs(action="delete", activation_object=validate.activation_object(activation_object))
     except KmsAdminError as exc:
         fail(exc)
-    _run(host, inventory, args, connection, json_out, dry_run)
+    _run(host, (inventory, vault_password_file, vault_id), args, connection, json_out, dry_run)
