@@ -102,3 +102,44 @@ def test_timeout_at_the_deadline_gives_the_clock_time_it_ran_out() -> None:
         r"no answer within 0\.2s \(its deadline, reached at \d\d:\d\d:\d\d \w+\)", error.message
     )
     assert "--deadline" in (error.remediation or "")
+
+
+def test_a_max_fail_percentage_stop_says_which_play_why_and_at_what_rate(tmp_path: Path) -> None:
+    import json
+
+    import jsonschema
+
+    from kmsadmin.report import from_rollout, render_html
+    from tests.test_rollout import CLIENTS, go, inventory, playbook
+
+    inv, fleet = inventory(tmp_path, 1, 8)
+    fleet.error_at.update(pc001="activate", pc002="activate")
+    result = go(playbook(tmp_path, CLIENTS.format(extra="serial: 4\n  max_fail_percentage: 25")), inv, fleet)
+    report = dict(from_rollout(result))
+    assert report["stopped"] == {
+        "reason": "max_fail_percentage",
+        "message": "play 'clients': 2 of 4 hosts in batch 1 failed (50%), more than max_fail_percentage 25%",
+        "play": "clients",
+        "batch": 1,
+        "failed": 2,
+        "batch_size": 4,
+        "failure_rate": 50.0,
+        "max_fail_percentage": 25,
+    }
+    schema = json.loads((Path(__file__).parents[1] / "docs" / "report.schema.json").read_text())
+    jsonschema.validate(report, schema)
+    line = (
+        "Stopped: play 'clients': 2 of 4 hosts in batch 1 failed (50%), more than max_fail_percentage 25%; "
+        "4 host(s) not started"
+    )
+    assert line in summary_text(report).splitlines()
+    assert "Stopped: play &#x27;clients&#x27;: 2 of 4 hosts in batch 1 failed (50%)" in render_html(report)
+
+
+def test_a_run_that_did_not_stop_has_no_stopped_entry(tmp_path: Path) -> None:
+    from kmsadmin.report import from_rollout
+    from tests.test_rollout import CLIENTS, go, inventory, playbook
+
+    inv, fleet = inventory(tmp_path, 1, 4)
+    report = from_rollout(go(playbook(tmp_path, CLIENTS.format(extra="serial: 4")), inv, fleet))
+    assert "stopped" not in report and "Stopped:" not in summary_text(report)

@@ -183,6 +183,10 @@ class RolloutResult:
     counts: dict[str, int] = field(default_factory=dict)
     #: stopped at once (``abort``): hosts still running were left to their threads, not waited for
     aborted: bool = False
+    #: why it stopped, for reports: ``reason`` (max_fail_percentage, any_errors_fatal, interrupted,
+    #: internal_error), ``message``, and for a play's failure policy ``play``, ``batch``, ``failed``,
+    #: ``batch_size``, ``failure_rate`` (%) and ``max_fail_percentage`` or ``host``
+    stop_detail: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -766,13 +770,17 @@ def rollout(
     return result
 
 
-def _stop(run: _Run, reason: str, *, interrupted: bool = False) -> None:
+def _stop(
+    run: _Run, reason: str, *, interrupted: bool = False, detail: Mapping[str, Any] | None = None
+) -> None:
     with run.lock:
         if interrupted:
             run.result.interrupted = True
         if run.result.stopped is not None:
             return
         run.result.stopped = reason
+        kind = "interrupted" if interrupted else "internal_error"
+        run.result.stop_detail = {"reason": kind, "message": reason, **(detail or {})}
     run.stop.set()
     run.emit(RolloutStopping, reason=reason, interrupted=interrupted)
 
@@ -854,10 +862,20 @@ def _run_play(
             and play.max_fail_percentage is not None
             and len(failed) * 100 / len(batch) > play.max_fail_percentage
         ):
+            rate = round(len(failed) * 100 / len(batch), 1)
             _stop(
                 run,
-                f"play {play.name!r}: {len(failed)} of {len(batch)} hosts in batch {number} failed, "
+                f"play {play.name!r}: {len(failed)} of {len(batch)} hosts in batch {number} failed ({rate:g}%), "
                 f"more than max_fail_percentage {play.max_fail_percentage:g}%",
+                detail={
+                    "reason": "max_fail_percentage",
+                    "play": play.name,
+                    "batch": number,
+                    "failed": len(failed),
+                    "batch_size": len(batch),
+                    "failure_rate": rate,
+                    "max_fail_percentage": play.max_fail_percentage,
+                },
             )
     run.emit(PlayFinished, play=play.name)
 
@@ -894,7 +912,11 @@ def _run_batch(
                     continue
                 results.append(outcome)
                 if outcome.status == "failed" and play.any_errors_fatal:
-                    _stop(run, f"play {play.name!r}: host {outcome.host} failed and any_errors_fatal is set")
+                    _stop(
+                        run,
+                        f"play {play.name!r}: host {outcome.host} failed and any_errors_fatal is set",
+                        detail={"reason": "any_errors_fatal", "play": play.name, "host": outcome.host},
+                    )
         except KeyboardInterrupt:
             _stop(run, "interrupted", interrupted=True)
     if fatal is not None:

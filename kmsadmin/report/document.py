@@ -249,12 +249,14 @@ def build_report(
     interrupted: bool = False,
     not_started: Iterable[str] = (),
     skipped: Iterable[Mapping[str, Any]] = (),
+    stopped: Mapping[str, Any] | None = None,
 ) -> Report:
     """Build the report document. Pure: same input, same output; the input is never modified.
 
     ``not_started`` names hosts the run never reached (duplicates are dropped); ``skipped`` lists
     ``{"play", "host", "reason"}`` for (play, host) pairs left out on purpose (done in an earlier run
     that is being resumed, or failed in an earlier play). Skipped pairs are not counted in ``hosts``.
+    ``stopped`` says why a rollout stopped early (which play, why, at what failure rate).
     """
     if kind not in ("rollout", "status"):
         raise ValueError(f"report kind must be 'rollout' or 'status', not {kind!r}")
@@ -265,7 +267,7 @@ def build_report(
         {"play": _text(item.get("play")), "host": str(item["host"]), "reason": _text(item.get("reason"))}
         for item in skipped
     ]
-    return {
+    document: dict[str, Any] = {
         "kmsadmin_report": REPORT_VERSION,
         "kind": kind,
         "playbook": playbook,
@@ -280,6 +282,18 @@ def build_report(
         "not_started": unreached,
         "skipped": left_out,
     }
+    if stopped is not None:
+        document["stopped"] = {key: _plain(value) for key, value in stopped.items()}
+    return document
+
+
+def stopped_text(report: Mapping[str, Any]) -> str | None:
+    """One line on why a rollout stopped early and what it left, for the terminal and the HTML page."""
+    stopped = report.get("stopped")
+    if not stopped:
+        return None
+    left = report["summary"].get("not_started", 0)
+    return f"Stopped: {stopped.get('message')}; {left} host(s) not started"
 
 
 def shown_meaning(error: Mapping[str, Any]) -> str | None:

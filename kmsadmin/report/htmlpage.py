@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from kmsadmin import catalog
-from kmsadmin.report.document import DAYS_LEFT_BUCKETS, NOT_STARTED, STATUSES, failures, waiting_hosts
+from kmsadmin.report.document import (
+    DAYS_LEFT_BUCKETS,
+    NOT_STARTED,
+    STATUSES,
+    failures,
+    stopped_text,
+    waiting_hosts,
+)
 
 _STATUS_COLOURS: dict[str, str] = {
     "licensed": "#2e7d32",
@@ -41,6 +48,7 @@ _CSS = """
 body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink);
   background: var(--bg); }
 header { background: #1f3a5f; color: #fff; padding: 18px 28px; }
+header .stopped { margin: 6px 0 0; padding: 4px 10px; background: var(--failed); border-radius: 4px; }
 header h1 { margin: 0 0 4px; font-size: 22px; font-weight: 600; }
 header p { margin: 0; color: #d6e2f0; }
 .flag { display: inline-block; margin-left: 8px; padding: 1px 8px; border-radius: 10px; font-size: 12px;
@@ -536,6 +544,11 @@ def _tiles(report: Mapping[str, Any]) -> str:
     return f'<section class="tiles">{html_tiles}</section>'
 
 
+def _stopped_line(report: Mapping[str, Any]) -> str:
+    text = stopped_text(report)
+    return f'<p class="stopped" id="stopped">{_e(text)}</p>' if text else ""
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """The whole report page as one string."""
     kind = report["kind"]
@@ -566,7 +579,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="icon" href="data:,">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        f"<header><h1>{_e(title)}{flags}</h1><p>{subtitle}</p></header><main>"
+        f"<header><h1>{_e(title)}{flags}</h1><p>{subtitle}</p>{_stopped_line(report)}</header><main>"
         f"{_tiles(report)}"
         f'<div class="charts">{_edition_section(summary)}{_kms_section(summary)}'
         f"{_days_section(summary)}</div>"

@@ -52,4 +52,5 @@ def from_rollout(result: RolloutResult) -> Report:
         skipped=[
             {"play": entry.play, "host": entry.host, "reason": entry.reason} for entry in result.skipped
         ],
+        stopped=result.stop_detail,
     )

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kmsadmin import catalog
-from kmsadmin.report.document import NOT_STARTED, STATUSES, failures, waiting_hosts
+from kmsadmin.report.document import NOT_STARTED, STATUSES, failures, stopped_text, waiting_hosts
 
 _STYLES = {
     "ok": "green",
@@ -86,6 +86,9 @@ def render_summary(report: Mapping[str, Any], *, max_failures: int = MAX_FAILURE
                 else Text("not met", style="bold red"),
             )
         parts.append(kms)
+    stopped = stopped_text(report)
+    if stopped:
+        parts.append(Text(stopped, style="bold red"))
     waiting = _waiting_lines(report)
     if waiting:
         parts.append(Text("\n".join(waiting), style=_STYLES["waiting"]))
@@ -135,6 +138,9 @@ def summary_text(report: Mapping[str, Any], *, max_failures: int = MAX_FAILURES)
         lines.append(
             f"KMS host {entry['host']}: current count {current} / required {entry['required_count']} ({met})"
         )
+    stopped = stopped_text(report)
+    if stopped:
+        lines.append(stopped)
     lines.extend(_waiting_lines(report))
     rows = failures(report)
     if rows:
