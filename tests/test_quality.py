@@ -120,7 +120,12 @@ def _tracked_files(root: Path) -> list[str]:
 def tracked_file_problems(root: Path) -> list[str]:
     """Tracked files that are environment or build output, compiled, or carry a build machine's path."""
     problems = []
-    local_paths = [f"{p}/".encode() for p in (root, sys.prefix, Path.home()) if len(str(p)) > 1]
+    # This machine's own directories, as whole absolute paths (not "server2019/root/cimv2", a WMI namespace).
+    local_paths = [
+        re.compile(rb"(?:^|[\s\"'=(:])" + re.escape(f"{p}/".encode()))
+        for p in (root, sys.prefix, Path.home())
+        if len(str(p)) > 1
+    ]
     for name in _tracked_files(root):
         parts = Path(name).parts
         if UNTRACKED_DIRS & set(parts[:-1]) or any(p.endswith(".egg-info") for p in parts):
@@ -137,7 +142,7 @@ def tracked_file_problems(root: Path) -> list[str]:
             problems.append(f"{name}: compiled artefact")
         elif data.startswith(b"#!/") and not re.match(rb"#!(?:/usr)?/bin/(?:env |sh\b|bash\b)", data):
             problems.append(f"{name}: script with an absolute interpreter path: {data.splitlines()[0]!r}")
-        elif BUILD_MACHINE_PATH.search(data) or any(p in data for p in local_paths):
+        elif BUILD_MACHINE_PATH.search(data) or any(p.search(data) for p in local_paths):
             problems.append(f"{name}: contains an absolute path of a build machine")
     return problems
 
