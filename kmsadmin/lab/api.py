@@ -74,3 +74,5 @@ class EndpointConfig:
     kerberos_realm: str = "LAB.TEST"
     #: refuse NTLM, as a host in a domain that restricts incoming NTLM traffic does
     refuse_ntlm: bool = False
+    #: seconds the host's clock is off (its Kerberos acceptor runs on that clock; needs faketime)
+    clock_skew: int = 0

@@ -211,11 +211,21 @@ def _error_token(exc: BaseException, *, spnego_wrapped: bool) -> bytes | None:
         seen = seen.__cause__ or seen.__context__
     if not token:
         return None
+    return reject_token(bytes(token), spnego_wrapped=spnego_wrapped)
+
+
+def reject_token(token: bytes, *, spnego_wrapped: bool) -> bytes:
+    """A Kerberos error token as the client expects it: raw, or in a SPNEGO reject."""
     if not spnego_wrapped:
-        return bytes(token)
+        return token
     from spnego._spnego import NegState, NegTokenResp
 
-    return bytes(NegTokenResp(neg_state=NegState.reject, response_token=bytes(token)).pack())
+    return bytes(NegTokenResp(neg_state=NegState.reject, response_token=token).pack())
+
+
+def is_spnego(token: bytes) -> bool:
+    """Whether ``token`` is SPNEGO (an initial token or a NegTokenResp) rather than raw Kerberos/NTLM."""
+    return _is_spnego(token)
 
 
 class KerberosRejected(Exception):
@@ -252,11 +262,15 @@ def _kerberos_acceptor(creds: Any, channel_bindings: Any) -> Any:
                         application_data=bindings.application_data,
                     )
                 self._context = gssapi.SecurityContext(creds=self._credential, usage="accept", **kwargs)
+            out: bytes | None = None
             try:
-                out: bytes | None = self._context.step(in_token)
+                # python-gssapi returns an acceptor's error token from step() and raises the error on
+                # the next use of the context
+                out = self._context.step(in_token)
+                complete = self._context.complete
             except GSSError as exc:
-                raise KerberosRejected(str(exc), getattr(exc, "token", None)) from exc
-            if not self._context.complete:
+                raise KerberosRejected(str(exc), out or getattr(exc, "token", None)) from exc
+            if not complete:
                 # A Kerberos acceptor completes in one step; "continue" carries an error token.
                 raise KerberosRejected("the ticket was not accepted", out)
             self._context_attr = int(self._context.actual_flags)

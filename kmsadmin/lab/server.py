@@ -46,7 +46,9 @@ from kmsadmin.lab.auth import (
     NegotiateAcceptor,
     NtlmUserStore,
     check_basic,
+    is_spnego,
     nt_hash,
+    reject_token,
     split_principal,
 )
 from kmsadmin.lab.hostctx import ConnectionAbort, EngineRunner, HostContext
@@ -619,6 +621,8 @@ class LabServer:
         if h.acceptor is None or h.acceptor.complete:
             # A new handshake on this connection: each one gets a fresh context.
             h.acceptor = self._new_acceptor(h)
+            if cfg.clock_skew and cfg.kerberos_keytab:
+                self._check_clock(h, token)
         try:
             out = h.acceptor.step(base64.b64decode(token))
         except AuthFailed as failed:
@@ -653,6 +657,30 @@ class LabServer:
         if h.acceptor.channel_bound:
             h.host.count("channel_bound")
         return out or b""
+
+    def _check_clock(self, h: _Handler, token: str) -> None:
+        """A host with a skewed clock: its acceptor's verdict on that clock (see :mod:`.skewclock`)."""
+        from kmsadmin.lab import skewclock
+
+        cfg = h.host.config
+        try:
+            raw = base64.b64decode(token)
+        except binascii.Error:
+            return
+        if raw.startswith(b"NTLMSSP\0") or cfg.kerberos_keytab is None:
+            return
+        bindings = self._channel_bindings.application_data if cfg.tls and self._channel_bindings else None
+        verdict = skewclock.check(raw, cfg.kerberos_keytab, cfg.clock_skew, bindings)
+        if verdict.complete:
+            return
+        log.debug("lab %s: ticket refused on the host's clock: %s", cfg.name, verdict.error)
+        h.host.count("refused")
+        h.acceptor = None
+        if verdict.token:
+            wrapped = reject_token(verdict.token, spnego_wrapped=is_spnego(raw))
+            error = "Negotiate " + base64.b64encode(wrapped).decode()
+            self._reply(h, 401, b"", extra={"WWW-Authenticate": error})
+        self._refuse(h)
 
     def _new_acceptor(self, h: _Handler) -> NegotiateAcceptor:
         cfg = h.host.config
