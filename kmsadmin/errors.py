@@ -7,6 +7,8 @@ changes, 4 configuration or template error before any host was contacted, 130 in
 
 from __future__ import annotations
 
+from kmsadmin.values import clean_text
+
 EXIT_OK = 0
 EXIT_HOST_FAILED = 1
 EXIT_USAGE = 2
@@ -62,12 +64,14 @@ class HostError(KmsAdminError):
         meaning: str | None = None,
         remediation: str | None = None,
     ) -> None:
-        self.host = host
-        self.step = step
-        self.message = message
-        self.hresult = hresult
-        self.meaning = meaning
-        self.remediation = remediation
+        # Messages carry text from hosts (fault reasons, error records, facts): cleaned once here so no
+        # output (terminal, JSON, CSV, HTML, JUnit, journal) meets escape sequences or invalid Unicode.
+        self.host = clean_text(host)
+        self.step = clean_text(step)
+        self.message = message = clean_text(message)
+        self.hresult = hresult = None if hresult is None else clean_text(hresult)
+        self.meaning = meaning = None if meaning is None else clean_text(meaning)
+        self.remediation = remediation = None if remediation is None else clean_text(remediation)
         parts = [f"{host}: {step}: {message}"]
         if hresult:
             parts.append(f"HRESULT {hresult}" + (f" ({meaning})" if meaning else ""))

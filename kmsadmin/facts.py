@@ -8,6 +8,7 @@ or ``{..., "error": {"hresult", "message", "stage"}}`` (templates/README.md).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kmsadmin.catalog import OFFICE_APP_ID, WINDOWS_APP_ID, RequiredUpdate, hresult_info
 from kmsadmin.errors import RemoteScriptError
-from kmsadmin.values import ScriptRef, ScriptResult
+from kmsadmin.values import ScriptRef, ScriptResult, clean_tree
+
+log = logging.getLogger("kmsadmin.facts")
 
 
 class _Model(BaseModel):
@@ -202,6 +205,8 @@ class HostFacts(_Model):
     """Everything the ``facts`` step reports."""
 
     computer_name: str = ""
+    #: strings of the facts that had to be cleaned (invalid Unicode, control characters, length)
+    cleaned: int = 0
     os: OsFacts = Field(default_factory=OsFacts)
     products: list[ProductFacts] = Field(default_factory=list)
     service: ServiceFacts = Field(default_factory=ServiceFacts)
@@ -278,6 +283,8 @@ class StepOutcome(_Model):
     after: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     error: StepError | None = None
+    #: strings the host sent that had to be cleaned (:func:`~kmsadmin.values.clean_text`)
+    cleaned: int = 0
 
     @field_validator("before", "after", "data", mode="before")
     @classmethod
@@ -293,8 +300,18 @@ def parse_outcome(result: ScriptResult) -> StepOutcome:
         detail = "; ".join(result.errors) or (result.stdout.strip()[:200] or "no output")
         raise RemoteScriptError(result.host, result.step, f"the script printed no result: {detail}")
     try:
-        raw = json.loads(candidates[-1])
-        outcome = StepOutcome.model_validate(raw)
+        # the one boundary for host data: every string cleaned once (invalid Unicode, escapes, length)
+        raw, cleaned = clean_tree(json.loads(candidates[-1]))
+        # the count is ours, never the host's
+        outcome = StepOutcome.model_validate(raw).model_copy(update={"cleaned": cleaned})
+        if cleaned:
+            log.warning(
+                "host=%s step=%s: %d strings from the host were cleaned (invalid Unicode replaced by "
+                "U+FFFD, control and escape characters removed, over-long values cut)",
+                result.host,
+                result.step,
+                cleaned,
+            )
     except (json.JSONDecodeError, ValidationError) as exc:
         raise RemoteScriptError(result.host, result.step, f"unreadable script result: {exc}") from None
     if outcome.step != result.step:
@@ -331,6 +348,7 @@ def parse_facts(result: ScriptResult) -> HostFacts:
     outcome = parse_outcome(result)
     raise_for_error(result, outcome)
     try:
-        return HostFacts.model_validate(outcome.data)
+        facts = HostFacts.model_validate(outcome.data)
     except ValidationError as exc:
         raise RemoteScriptError(result.host, result.step, f"unreadable facts: {exc}") from None
+    return facts.model_copy(update={"cleaned": outcome.cleaned})

@@ -5,9 +5,10 @@ Nothing here imports anything of kmsadmin's; every other module may import these
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 ScriptFormat = Literal["ps1", "cmd"]
 ParamValue = str | int | bool | None
@@ -81,3 +82,51 @@ class ScriptResult:
     errors: tuple[str, ...] = ()
     rc: int | None = None
     duration: float = 0.0
+
+
+# --- text from hosts ------------------------------------------------------------------------------
+#: Longest string kept from a host (a product description is ~100 characters, an error message a few
+#: hundred); longer values are cut and marked.
+MAX_HOST_TEXT = 4096
+_CUT_MARK = "…[cut]"
+#: Characters that must not reach a terminal or a report from a host: C0 controls but tab and newline
+#: (ESC starts ANSI/OSC sequences: retitling, hyperlinks, clearing, recolouring), DEL, C1 controls
+#: (8-bit CSI/OSC), Unicode bidi overrides and isolates (text that reads differently than it is), and
+#: lone surrogates (invalid Unicode from a mis-decoded value, which no UTF-8 writer can encode).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _replace(match: re.Match[str]) -> str:
+    char = match.group()
+    return "\ufffd" if "\ud800" <= char <= "\udfff" else ""
+
+
+def clean_text(value: str, limit: int = MAX_HOST_TEXT) -> str:
+    """``value`` safe for every output: invalid Unicode replaced by U+FFFD, control and escape
+    characters removed (``\\r\\n`` becomes ``\\n``), at most ``limit`` characters."""
+    if len(value) > limit:
+        value = value[: limit - len(_CUT_MARK)] + _CUT_MARK
+    if _UNSAFE.search(value) is None:
+        return value
+    return _UNSAFE.sub(_replace, value)
+
+
+def clean_tree(value: Any) -> tuple[Any, int]:
+    """``value`` (parsed JSON) with every string, keys included, passed through :func:`clean_text`;
+    also returns how many strings were changed."""
+    changed = 0
+
+    def walk(item: Any) -> Any:
+        nonlocal changed
+        if isinstance(item, str):
+            cleaned = clean_text(item)
+            if cleaned is not item and cleaned != item:
+                changed += 1
+            return cleaned
+        if isinstance(item, dict):
+            return {walk(k): walk(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [walk(v) for v in item]
+        return item
+
+    return walk(value), changed

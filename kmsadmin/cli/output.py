@@ -14,7 +14,11 @@ from kmsadmin.errors import KmsAdminError
 
 def emit_json(value: Any) -> None:
     """Print one JSON document on stdout."""
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+    from kmsadmin.report.files import utf8
+
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    # always valid UTF-8 on stdout, whatever a host or an inventory held
+    sys.stdout.write(utf8(text).decode("utf-8") + "\n")
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -26,12 +30,14 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     tbl = Table(title=title, show_lines=False)
     for column in columns:
         tbl.add_column(column, overflow="fold")
     for row in cells:
-        tbl.add_row(*row)
+        # Text(): values from hosts are never read as rich markup
+        tbl.add_row(*(Text(cell) for cell in row))
     Console(soft_wrap=False).print(tbl)
 
 

@@ -99,9 +99,12 @@ def print_reports(reports: Sequence[HostReport], *, json_out: bool, check: bool)
 
 def _print_one(report: HostReport, *, check: bool) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
     from kmsadmin import catalog
 
+    # Every value from a host or the inventory goes through escape(): "[/]" in a product name is text,
+    # never rich markup. Control and escape characters were removed at the facts boundary.
     # soft wrap: long error lines stay whole, so they can be grepped and copied
     console = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -109,15 +112,15 @@ def _print_one(report: HostReport, *, check: bool) -> None:
         report.status
     ]
     console.print(
-        f"[bold]{report.host}[/]: {report.operation} [{colour}]{report.status}[/] "
+        f"[bold]{escape(report.host)}[/]: {report.operation} [{colour}]{report.status}[/] "
         f"({report.changes} change{'s' if report.changes != 1 else ''}, {report.duration:.1f}s)"
     )
     plan = report.plan or {}
     for note in plan.get("notes", []):
-        console.print(f"  note: {note}")
+        console.print(f"  note: {escape(str(note))}")
     if check:
         for step in plan.get("steps", []):
-            console.print(f"  would run {step['step']}: {step['reason']}")
+            console.print(f"  would run {escape(str(step['step']))}: {escape(str(step['reason']))}")
     for step in report.steps:
         mark = "changed" if step.changed else "ok"
         if step.error:
@@ -129,7 +132,7 @@ def _print_one(report: HostReport, *, check: bool) -> None:
                 f"Activation ID {obj.get('sku_id')}, {obj.get('dn')}"
             )
         if step.data.get("installation_id"):
-            console.print(f"    Installation ID: {step.data['installation_id']}")
+            console.print(f"    Installation ID: {escape(str(step.data['installation_id']))}")
             console.print(
                 "    Call the Microsoft activation line (run 'slui 4' on the host for the number), "
                 "then re-run with --confirmation-id"
@@ -145,19 +148,23 @@ def _print_one(report: HostReport, *, check: bool) -> None:
             parts.append(f"activated by {method_text(state)}")
         if state.get("is_kms_host"):
             parts.append(f"KMS count {state.get('current_count')}")
-        console.print("  " + ", ".join(parts))
+        console.print("  " + escape(", ".join(parts)))
     if report.error:
         e = report.error
         label = "[magenta]waiting[/]" if report.status == "waiting" else "[red]error[/]"
-        err.print(f"  {label} {e['host']}: {e['step']}: {e['message']}")
+        err.print(
+            f"  {label} {escape(str(e['host']))}: {escape(str(e['step']))}: {escape(str(e['message']))}"
+        )
         if e.get("hresult"):
             repeated = e.get("meaning") and e["meaning"] in e["message"]
             err.print(
-                f"    HRESULT {e['hresult']}"
-                + (f": {e['meaning']}" if e.get("meaning") and not repeated else "")
+                escape(
+                    f"    HRESULT {e['hresult']}"
+                    + (f": {e['meaning']}" if e.get("meaning") and not repeated else "")
+                )
             )
         if e.get("remediation"):
-            err.print(f"    fix: {e['remediation']}")
+            err.print(f"    fix: {escape(str(e['remediation']))}")
         if report.status == "waiting":
             err.print(f"    not activated yet: {catalog.waiting_note()}")
 

@@ -150,7 +150,9 @@ class Journal:
     def write(self, record: Mapping[str, Any]) -> None:
         """Append one record as one line, flushed and fsynced before returning."""
         text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
-        line = text.encode("utf-8") + b"\n"
+        # A lone surrogate (invalid Unicode from a host) is written as its JSON escape, so no host's data
+        # can make the journal unwritable and stop the rollout; reading it back gives the same string.
+        line = text.encode("utf-8", "backslashreplace") + b"\n"
         with self._lock:
             self._write_raw(line)
 

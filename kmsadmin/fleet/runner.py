@@ -147,6 +147,9 @@ def summarize_state(facts: HostFacts) -> dict[str, Any]:
         # still licensed, but its last activation attempt failed (e.g. an ADBA client whose activation
         # object is gone and whose KMS fallback was refused): LicenseStatusReason [SPPWMI]
         state["renewal_hresult"] = product.license_status_reason
+    if facts.cleaned:
+        # flagged: some of what the host reported was not valid, printable text
+        state["host_text_cleaned"] = facts.cleaned
     if facts.service.is_kms_host:
         state.update(
             current_count=facts.service.current_count,

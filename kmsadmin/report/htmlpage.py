@@ -27,6 +27,7 @@ from kmsadmin.report.document import (
     stopped_text,
     waiting_hosts,
 )
+from kmsadmin.report.files import utf8, write_atomic
 
 _STATUS_COLOURS: dict[str, str] = {
     "licensed": "#2e7d32",
@@ -592,6 +593,4 @@ def render_html(report: Mapping[str, Any]) -> str:
 
 def write_html(report: Mapping[str, Any], path: str | Path) -> Path:
     """Write the self-contained HTML report."""
-    target = Path(path)
-    target.write_text(render_html(report), encoding="utf-8")
-    return target
+    return write_atomic(path, utf8(render_html(report)))

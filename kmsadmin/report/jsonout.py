@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from kmsadmin.report.files import utf8, write_atomic
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(", ", ": "))
 
@@ -27,11 +28,4 @@ def dumps(report: Mapping[str, Any]) -> str:
 
 def write_json(report: Mapping[str, Any], path: str | Path) -> Path:
     """Write the report; the file is replaced atomically so a reader never sees half a report."""
-    target = Path(path)
-    partial = target.with_name(f".{target.name}.partial")
-    with partial.open("w", encoding="utf-8") as handle:
-        handle.write(dumps(report))
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(target)
-    return target
+    return write_atomic(path, utf8(dumps(report)))

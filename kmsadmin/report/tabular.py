@@ -14,6 +14,7 @@ activated.
 from __future__ import annotations
 
 import csv
+import io
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from typing import Any
 
 from kmsadmin import catalog
 from kmsadmin.report.document import NOT_STARTED, shown_meaning
+from kmsadmin.report.files import utf8, write_atomic
 
 CSV_COLUMNS: tuple[str, ...] = (
     "host",
@@ -101,12 +103,11 @@ def csv_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
 
 def write_csv(report: Mapping[str, Any], path: str | Path) -> Path:
     """Write one CSV row per host (UTF-8, CRLF line ends as RFC 4180 asks)."""
-    target = Path(path)
-    with target.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, dialect="excel")
-        writer.writeheader()
-        writer.writerows(csv_rows(report))
-    return target
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, dialect="excel")
+    writer.writeheader()
+    writer.writerows(csv_rows(report))
+    return write_atomic(path, utf8(buffer.getvalue()))
 
 
 def _xml_text(value: Any) -> str:
@@ -211,8 +212,8 @@ def junit_tree(report: Mapping[str, Any]) -> ET.ElementTree[ET.Element]:
 
 def write_junit(report: Mapping[str, Any], path: str | Path) -> Path:
     """Write the report as JUnit XML (UTF-8, with an XML declaration)."""
-    target = Path(path)
     tree = junit_tree(report)
     ET.indent(tree)
-    tree.write(target, encoding="utf-8", xml_declaration=True)
-    return target
+    buffer = io.BytesIO()
+    tree.write(buffer, encoding="utf-8", xml_declaration=True)
+    return write_atomic(path, buffer.getvalue())
