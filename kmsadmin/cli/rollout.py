@@ -222,7 +222,11 @@ def fleet_status(
         entries.append(entry)
     document = dict(
         build_report(
-            "status", entries, started=started, finished=datetime.now(UTC), inventory=str(inventory_path)
+            "status",
+            entries,
+            started=started,
+            finished=datetime.now(UTC),
+            inventory=", ".join(str(p) for p in inventory.sources) or None,
         )
     )
     document["findings"] = [f.to_dict() for f in assessed.findings]

@@ -38,7 +38,19 @@ from kmsadmin.transports.options import (
 
 
 def open_session(options: ConnectionOptions) -> Session:
-    """A session to ``options.host`` using ``options.transport``; connects on the first run."""
+    """A session to ``options.host`` using ``options.transport``; connects on the first run.
+
+    With ``options.auth_fallbacks`` (an ``ansible_winrm_transport`` list), each auth method is tried in
+    order until the host accepts one, as Ansible does.
+    """
+    if options.auth_fallbacks:
+        from kmsadmin.transports.fallback import AuthFallbackSession
+
+        return AuthFallbackSession(options, _open_one)
+    return _open_one(options)
+
+
+def _open_one(options: ConnectionOptions) -> Session:
     if options.transport == "psrp":
         if options.auth in ("certificate", "credssp") or options.proxy is not None:
             from kmsadmin.transports.pypsrp_client import PypsrpSession

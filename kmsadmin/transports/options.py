@@ -13,6 +13,7 @@ Negotiate auth, message encryption whenever the channel is plain HTTP, no proxy.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import os
@@ -77,6 +78,9 @@ class ConnectionOptions:
     deadline: float = 300.0
     #: Basic auth over plain HTTP sends the password readable by anyone on the path
     allow_unencrypted_basic: bool = False
+    #: auth methods tried in order after ``auth`` when the host refuses it (an Ansible
+    #: ``ansible_winrm_transport`` list such as ``[kerberos, ntlm]``)
+    auth_fallbacks: tuple[AuthName, ...] = ()
     #: Kerberos: the host name in the service principal (None: see :attr:`spn_host`)
     kerberos_hostname: str | None = None
     #: Kerberos: the service in the service principal, ``HTTP/<fqdn>``
@@ -201,7 +205,7 @@ ENV_VARS: Mapping[str, str] = {
 
 #: keys accepted besides the ConnectionOptions fields: ``scheme`` (http|https) sets ``https``;
 #: ``password_file`` reads the password from a file
-_PSEUDO_FIELDS = frozenset({"scheme", "password_file"})
+_PSEUDO_FIELDS = frozenset({"scheme", "password_file", "auth_list"})
 _FIELD_NAMES = frozenset(f.name for f in fields(ConnectionOptions)) - {"name"}
 _KNOWN_KEYS = _FIELD_NAMES | _PSEUDO_FIELDS
 
@@ -276,12 +280,17 @@ def _winrm_transport_to_auth(value: object) -> dict[str, object]:
     names = [str(v).strip().lower() for v in raw if str(v).strip()]
     if not names:
         return {}
+    auths = [_WINRM_TRANSPORT_AUTH.get(n, n) for n in names]
     first = names[0]
-    if first == "plaintext":
-        return {"auth": "basic"}
+    # the whole list travels as the pseudo field auth_list: build_options keeps the rest as
+    # auth_fallbacks only when the auth that wins is this list's first (no CLI --auth, no psrp var)
     if first == "ssl":
-        return {"auth": "basic", "scheme": "https"}
-    return {"auth": first}
+        return {"auth": "basic", "scheme": "https", "auth_list": auths}
+    return {"auth": auths[0], "auth_list": auths}
+
+
+#: pywinrm transport names that are not kmsadmin auth names
+_WINRM_TRANSPORT_AUTH = {"plaintext": "basic", "ssl": "basic"}
 
 
 def _from_hostvars(hostvars: Mapping[str, object], prefer: str) -> dict[str, object]:
@@ -455,9 +464,16 @@ def build_options(
         # pywinrm has no SPNEGO; its 'ntlm' answers the host's Negotiate challenge with NTLM.
         values["auth"] = "ntlm"
 
+    auth_list = inventory_raw.get("auth_list")
+    if isinstance(auth_list, list) and auth_list and values.get("auth") == auth_list[0]:
+        rest = [_as_choice(name, "ansible_winrm_transport", a, AUTHS) for a in auth_list[1:]]
+        values["auth_fallbacks"] = tuple(dict.fromkeys(a for a in rest if a != values["auth"]))
+
     password = _password_from(name, layers)
     options = ConnectionOptions(name=name, password=password, **values)  # type: ignore[arg-type]
     _check(options)
+    for fallback in options.auth_fallbacks:
+        _check(dataclasses.replace(options, auth=fallback, auth_fallbacks=()))
     return options
 
 

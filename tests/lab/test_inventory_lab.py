@@ -164,7 +164,45 @@ def test_rollout_with_an_ini_inventory_and_a_vaulted_password(lab: Path, tmp_pat
             "ANSIBLE_VAULT_PASSWORD_FILE": str(tmp_path / "vault-pass.txt"),
         },
     )
+    assert password not in env_run.stdout + env_run.stderr
     status = json.loads(env_run.stdout)
+    assert status["inventory"] == str(team / "hosts")
     rows = status["hosts"] if isinstance(status, dict) else status
     assert {r["host"] for r in rows} == hosts
     assert all(r["status"] != "failed" for r in rows), env_run.stdout
+
+
+def test_a_winrm_transport_list_is_tried_in_order(lab: Path, tmp_path: Path) -> None:
+    """``ansible_winrm_transport: [kerberos, ntlm]``: the lab has no KDC, so Kerberos is refused and NTLM signs in."""
+    team = tmp_path / "inventory"
+    write_team_inventory(lab, team)
+    vars_file = team / "group_vars" / "all" / "vars.yml"
+    lines = [
+        line
+        for line in vars_file.read_text().splitlines()
+        if not line.startswith(("ansible_psrp_auth", "ansible_winrm_transport"))
+    ]
+    vars_file.write_text("\n".join([*lines, "ansible_winrm_transport: [kerberos, ntlm]"]) + "\n")
+    done = kmsadmin(
+        "status",
+        "-i",
+        str(team / "hosts"),
+        "--vault-password-file",
+        str(tmp_path / "vault-pass.txt"),
+        "--json",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(done.stdout)["hosts"]
+    assert len(rows) == 7 and all(r["status"] == "ok" for r in rows), done.stdout
+    # only NTLM: the same inventory with [kerberos] alone fails at sign-in, every host, with exit 1
+    vars_file.write_text("\n".join([*lines, "ansible_winrm_transport: [kerberos]"]) + "\n")
+    only = kmsadmin(
+        "status",
+        "-i",
+        str(team / "hosts"),
+        "--vault-password-file",
+        str(tmp_path / "vault-pass.txt"),
+        "--json",
+    )
+    assert only.returncode == 1, only.stdout + only.stderr
+    assert all(r["status"] == "failed" for r in json.loads(only.stdout)["hosts"])
