@@ -182,10 +182,11 @@ def test_waiting_hosts_are_counted_apart_from_failures(tmp_path: Path) -> None:
     assert rows["pc2"]["status"] == "waiting" and rows["pc2"]["hresult"] == "0xC004F038"
     assert rows["pc2"]["error_step"] == "activate" and rows["pc3"]["status"] == "failed"
     root = _parse_xml(write_junit(report, tmp_path / "r.xml"))
-    assert root.get("failures") == "2" and root.get("tests") == "4"
-    kinds = {case.get("name"): case.find("failure") for case in root.iter("testcase")}
-    waiting, failed = kinds["pc2"], kinds["pc3"]
-    assert waiting is not None and waiting.get("type") == "waiting"
+    assert root.get("failures") == "1" and root.get("tests") == "4" and root.get("skipped") == "2"
+    cases = {case.get("name"): case for case in root.iter("testcase")}
+    waiting, failed = cases["pc2"].find("skipped"), cases["pc3"].find("failure")
+    assert waiting is not None and cases["pc2"].find("failure") is None
+    assert (waiting.get("message") or "").startswith("waiting for the KMS count: ")
     assert failed is not None and failed.get("type") == "0xC004F074"
 
 
@@ -307,13 +308,18 @@ def test_junit_counts(name: str, tmp_path: Path) -> None:
     assert len(cases) == summary["hosts"] == int(root.get("tests", "-1"))
     assert (
         len(root.findall("testsuite/testcase/failure"))
-        == summary["failed"] + summary["waiting"]
+        == summary["failed"]
         == int(root.get("failures", "-1"))
     )
-    assert len(root.findall("testsuite/testcase/failure[@type='waiting']")) == summary["waiting"]
+    waiting = [
+        s
+        for s in root.findall("testsuite/testcase/skipped")
+        if (s.get("message") or "").startswith("waiting")
+    ]
+    assert len(waiting) == summary["waiting"]
     assert (
         len(root.findall("testsuite/testcase/skipped"))
-        == summary["not_started"]
+        == summary["not_started"] + summary["waiting"]
         == int(root.get("skipped", "-1"))
     )
     for suite in root.findall("testsuite"):
@@ -346,14 +352,17 @@ def test_junit_suites_are_plays_and_failures_carry_the_error(tmp_path: Path) -> 
     assert failure is not None and failure.get("type") == "0xC004F074"
     assert failure.get("message") == host["error"]["message"]
     assert "step: activate" in (failure.text or "") and host["error"]["remediation"] in (failure.text or "")
-    # a waiting host is a failure too (its clients are not activated), typed "waiting", with the why
+    # a waiting host is configured and activates by itself later: skipped with the reason, not failed
     host = next(h for h in report["hosts"] if h["status"] == "waiting")
-    failure = failures[host["host"]]
-    assert failure is not None and failure.get("type") == "waiting"
-    assert failure.get("message") == host["error"]["message"]
-    text = failure.text or ""
-    assert text.startswith("waiting: the KMS host has not counted enough clients yet")
-    assert "retries every 2 hours" in text and "HRESULT: 0xC004F038" in text and "step: activate" in text
+    assert host["host"] not in failures
+    case = next(c for c in root.iter("testcase") if c.get("name") == host["host"])
+    skipped = case.find("skipped")
+    assert skipped is not None
+    message = skipped.get("message") or ""
+    assert message.startswith("waiting for the KMS count: the KMS host has not counted enough clients yet")
+    assert "retries every 2 hours" in message
+    text = skipped.text or ""
+    assert "HRESULT: 0xC004F038" in text and "step: activate" in text
 
 
 def test_junit_survives_control_characters(tmp_path: Path) -> None:

@@ -214,8 +214,12 @@ def summarize(hosts: Sequence[Mapping[str, Any]], not_started: Sequence[str]) ->
         if not state.get("is_kms_host"):
             continue
         current = state.get("current_count")
+        # KeyManagementServiceCurrentCount is -1 on a KMS host that no client has asked yet: it has
+        # counted 0 (read by the verify step right after set-up); None means it was not read.
         current_count = (
-            current if isinstance(current, int) and not isinstance(current, bool) and current >= 0 else None
+            max(0, current)
+            if isinstance(current, int) and not isinstance(current, bool) and current >= -1
+            else None
         )
         kms_hosts.append(
             {

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import html
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -545,6 +546,33 @@ def _tiles(report: Mapping[str, Any]) -> str:
     return f'<section class="tiles">{html_tiles}</section>'
 
 
+def local_time(iso: str) -> str:
+    """An ISO 8601 instant as this machine's local time with its zone, e.g. ``Sun 6 Dec 2026 20:40:01 CET``."""
+    moment = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone()
+    return f"{moment:%a} {moment.day} {moment:%b %Y %H:%M:%S %Z}".strip()
+
+
+def _time(iso: str) -> str:
+    try:
+        shown = local_time(iso)
+    except ValueError:
+        shown = iso
+    return f'<time datetime="{_e(iso)}">{_e(shown)}</time>'
+
+
+def human_duration(seconds: float) -> str:
+    """``4.2 s``, ``37 s``, ``1 min 37 s``, ``2 h 5 min``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
 def _stopped_line(report: Mapping[str, Any]) -> str:
     text = stopped_text(report)
     return f'<p class="stopped" id="stopped">{_e(text)}</p>' if text else ""
@@ -563,8 +591,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         part
         for part in (
             f"inventory {_e(report['inventory'])}" if report.get("inventory") else "",
-            f"started {_e(report['started'])}",
-            f"finished {_e(report['finished'])}",
+            f"started {_time(report['started'])}",
+            f"finished {_time(report['finished'])}",
+            f"took {_e(human_duration(report['duration']))}",
         )
         if part
     )
