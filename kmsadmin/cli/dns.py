@@ -77,7 +77,9 @@ def _kms_hosts(inventory: Inventory, limit: str | None) -> list[tuple[str, Any]]
     if not members:
         raise InvalidInput("inventory", str(inventory.path or ""), "it has no kms_hosts group")
     if limit:
-        chosen = set(inventory.select(limit))
+        from kmsadmin.fleet.limit import limited_hosts
+
+        chosen = limited_hosts(inventory, limit) or set()
         members = [m for m in members if m in chosen]
         if not members:
             raise InvalidInput("--limit", limit, "matches no KMS host")
