@@ -214,6 +214,8 @@ class HostFacts(_Model):
     firewall: list[FirewallRuleFacts] = Field(default_factory=list)
     hotfixes: list[str] = Field(default_factory=list)
     security: SecurityFacts = Field(default_factory=SecurityFacts)
+    #: Microsoft's OSLicense module (Invoke-ADLicense, Get-ADLicenseInfo...) is installed [OSLIC]
+    oslicense_module: bool = False
     time_utc: str | None = None
 
     def windows_product(self) -> ProductFacts | None:

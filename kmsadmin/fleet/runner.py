@@ -150,6 +150,9 @@ def summarize_state(facts: HostFacts) -> dict[str, Any]:
     if facts.cleaned:
         # flagged: some of what the host reported was not valid, printable text
         state["host_text_cleaned"] = facts.cleaned
+    if facts.oslicense_module:
+        # Microsoft's OSLicense module can do the same on this host (Get-ADLicenseInfo, Invoke-ADLicense)
+        state["oslicense_module"] = True
     if facts.service.is_kms_host:
         state.update(
             current_count=facts.service.current_count,

@@ -390,6 +390,8 @@ def facts_data(host: HostState, now: datetime) -> dict[str, Any]:
             "domain_joined": host.security.domain_joined,
             "dns_suffix": host.security.dns_suffix,
         },
+        # the lab's images predate Microsoft's OSLicense module (Get-Command Invoke-ADLicense finds nothing)
+        "oslicense_module": False,
         "time_utc": host.clock(now).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 

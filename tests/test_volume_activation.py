@@ -1,0 +1,109 @@
+"""Activation method, activation type, ADBA planning and input checks: pure unit tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from kmsadmin import validate
+from kmsadmin.errors import InvalidInput
+from kmsadmin.facts import HostFacts, ProductFacts
+from kmsadmin.fleet.runner import summarize_state
+from kmsadmin.operations.adba import AdbaArgs, plan_adba
+from kmsadmin.values import Secret
+
+WINDOWS = "55c92734-d682-4d71-983e-d6ec3f16059f"
+KEY = "BCDFG-HJKMP-QRTVW-XY234-6789B"
+
+
+def product(**kw: object) -> ProductFacts:
+    base: dict[str, object] = {
+        "id": "3c102355-d027-42c6-ad23-2e7ef8a02585",
+        "application_id": WINDOWS,
+        "description": "Windows(R) Operating System, VOLUME_KMSCLIENT channel",
+        "channel": "Volume:GVLK",
+        "license_status": 1,
+        "grace_minutes": 259200,
+    }
+    base.update(kw)
+    return ProductFacts.model_validate(base)
+
+
+@pytest.mark.parametrize(
+    ("kw", "method", "by"),
+    [
+        ({"vl_activation_type": 1, "ad_object_name": "Contoso AO"}, "ADBA", "Contoso AO"),
+        ({"vl_activation_type": 2, "discovered_kms": "kms1.contoso.com"}, "KMS", "kms1.contoso.com"),
+        ({"vl_activation_type": 0, "kms_machine": "kms2.contoso.com"}, "KMS", "kms2.contoso.com"),
+        ({"vl_activation_type": 3}, "Token", None),
+        (
+            {"description": "Windows(R) Operating System, VOLUME_MAK channel", "channel": "Volume:MAK"},
+            "MAK",
+            None,
+        ),
+        ({"description": "Windows(R) Operating System, RETAIL channel", "channel": "Retail"}, "Retail", None),
+        ({"description": "Windows(R) Operating System, OEM_DM channel", "channel": "OEM:DM"}, "OEM", None),
+        ({"vl_activation_type": 1, "license_status": 2}, None, None),  # not activated: no method
+    ],
+)
+def test_activation_method(kw: dict[str, object], method: str | None, by: str | None) -> None:
+    item = product(**kw)
+    assert (item.activation_method, item.activated_by) == (method, by)
+
+
+def test_state_shows_method_type_failed_renewal_and_oslicense() -> None:
+    facts = HostFacts(
+        computer_name="PC1",
+        products=[
+            product(
+                vl_activation_type=1,
+                vl_activation_type_enabled=1,
+                ad_object_name="Contoso AO",
+                license_status_reason="0xC004F074",
+            )
+        ],
+        oslicense_module=True,
+    )
+    state = summarize_state(facts)
+    assert state["activation_method"] == "ADBA" and state["activated_by"] == "Contoso AO"
+    assert state["activation_type"] == "AD"
+    assert state["renewal_hresult"] == "0xC004F074"
+    assert state["oslicense_module"] is True
+    clean = summarize_state(HostFacts(products=[product(license_status_reason="0x00000000")]))
+    assert "renewal_hresult" not in clean and "oslicense_module" not in clean
+
+
+def test_adba_needs_a_domain_member_and_keeps_the_key_secret() -> None:
+    args = AdbaArgs(action="activate", host_key=Secret(KEY), name="Contoso AO")
+    plan = plan_adba("pc1", HostFacts(), args)
+    assert plan.blocked and plan.problems[0].check == "domain-member"
+    member = HostFacts.model_validate({"security": {"domain_joined": True}})
+    plan = plan_adba("dc1", member, args)
+    [step] = plan.steps
+    assert step.step == "adba-activate" and plan.stop_after == "adba-activate"
+    assert step.ref.params == {"activation_object_name": "Contoso AO", "confirmation_id": ""}
+    assert step.ref.secrets["product_key"].value == KEY and KEY not in str(plan.to_dict())
+    phone = plan_adba("dc1", member, AdbaArgs(action="activate", host_key=Secret(KEY), activation="phone"))
+    assert [s.step for s in phone.steps] == ["adba-iid"] and phone.stop_after == "adba-iid"
+    deposit = plan_adba(
+        "dc1",
+        member,
+        AdbaArgs(action="activate", host_key=Secret(KEY), activation="phone", confirmation_id="1" * 48),
+    )
+    assert deposit.steps[0].ref.params["confirmation_id"] == "1" * 48
+    assert [s.step for s in plan_adba("dc1", member, AdbaArgs(action="list")).steps] == ["adba-list"]
+
+
+@pytest.mark.parametrize(
+    "good",
+    ["Contoso AO", "WS2022-host_key.1", "CN=Contoso AO", "CN=x,CN=Activation Objects,DC=contoso,DC=com"],
+)
+def test_activation_object_names_accepted(good: str) -> None:
+    assert validate.activation_object(good) == good
+
+
+@pytest.mark.parametrize(
+    "bad", ["", " ", "a;b", "x\\,y", "CN=a+b", "OU=x", "CN=", "'); Remove-Item C:\\", "a" * 65]
+)
+def test_activation_object_names_refused(bad: str) -> None:
+    with pytest.raises(InvalidInput):
+        validate.activation_object(bad)
