@@ -101,8 +101,10 @@ def test_facts_match_the_documented_shape(lab: Lab) -> None:
         "firewall",
         "hotfixes",
         "security",
+        "oslicense_module",
         "time_utc",
     }
+    assert data["oslicense_module"] is False
     assert data["computer_name"] == "CLIENT001"
     assert data["os"] == {
         "caption": "Microsoft Windows 11 Enterprise",
