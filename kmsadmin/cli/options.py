@@ -1,6 +1,6 @@
 """Options shared by several commands, each defined once.
 
-Every command that connects to hosts takes the same ten connection options: decorate it with
+Every command that connects to hosts takes the same eleven connection options: decorate it with
 :func:`connection_options` and give it a ``connection: Connection`` parameter instead of repeating
 them. ``--forks`` has one definition and one default (:data:`kmsadmin.values.DEFAULT_FORKS`).
 """
@@ -53,6 +53,13 @@ DeadlineOpt = Annotated[
 InsecureBasicOpt = Annotated[
     bool, typer.Option("--allow-unencrypted-basic", help="allow Basic auth over plain HTTP")
 ]
+InsecureMessagesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unencrypted",
+        help="allow message_encryption 'never' over plain HTTP (scripts and keys readable on the path)",
+    ),
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +76,7 @@ class Connection:
     no_cert_validation: bool = False
     deadline: float | None = None
     allow_unencrypted_basic: bool = False
+    allow_unencrypted: bool = False
 
     def explicit(self, *, with_deadline: bool = True) -> dict[str, object]:
         """The transports' explicit layer (None = not given); prompts for a password if needed."""
@@ -82,6 +90,7 @@ class Connection:
             "cert_validation": False if self.no_cert_validation else None,
             "deadline": self.deadline if with_deadline else None,
             "allow_unencrypted_basic": True if self.allow_unencrypted_basic else None,
+            "allow_unencrypted": True if self.allow_unencrypted else None,
         }
         if self.password_file is not None:
             explicit["password_file"] = str(self.password_file)
@@ -109,13 +118,14 @@ _CONNECTION_PARAMS: tuple[tuple[str, Any, Any], ...] = (
     ("no_cert_validation", NoVerifyOpt, False),
     ("deadline", DeadlineOpt, None),
     ("allow_unencrypted_basic", InsecureBasicOpt, False),
+    ("allow_unencrypted", InsecureMessagesOpt, False),
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def connection_options(func: F) -> F:
-    """Give a command the ten connection options; it receives them as ``connection: Connection``."""
+    """Give a command the eleven connection options; it receives them as ``connection: Connection``."""
     signature = inspect.signature(func, eval_str=True)
     if "connection" not in signature.parameters:
         raise TypeError(f"{func.__name__} needs a 'connection: Connection' parameter")

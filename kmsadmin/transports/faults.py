@@ -36,6 +36,7 @@ from kmsadmin.transports.wsman import (
     ProtocolViolation,
     ReadTimeout,
     TlsError,
+    UnencryptedRefused,
     WsmanFault,
 )
 
@@ -46,6 +47,10 @@ ACCESS_DENIED_CODE = 5
 
 class CertificateRejected(ConnectionFailed):
     """The host's HTTPS certificate did not validate; retrying will not help."""
+
+
+class EncryptionRefused(ConnectionFailed):
+    """The host refuses unencrypted messages over HTTP (AllowUnencrypted false); retrying will not help."""
 
 
 class AuthLibraryMissing(AuthenticationFailed):
@@ -235,6 +240,17 @@ def _translate_native(exc: BaseException, options: ConnectionOptions, step: str)
         return _auth_failure(options, step, exc)
     if isinstance(exc, ProtocolViolation):
         return protocol_error(options, step, str(exc))
+    if isinstance(exc, UnencryptedRefused):
+        return EncryptionRefused(
+            options.name,
+            step,
+            f"{options.endpoint}: {exc}",
+            remediation=(
+                "let kmsadmin encrypt the messages over HTTP (remove message_encryption: never, and use "
+                "NTLM, Negotiate or Kerberos rather than Basic) or connect over HTTPS (port 5986); "
+                "turning AllowUnencrypted on at the host would expose scripts and keys on the network"
+            ),
+        )
     if isinstance(exc, WsmanFault):
         return _fault(options, step, exc.code, exc.reason or str(exc))
     if isinstance(exc, HTTPStatusError):
@@ -249,11 +265,11 @@ def is_retryable(exc: BaseException) -> bool:
     credentials, access denied, certificate failures and configuration errors, which need a fix
     first. Retrying is only safe when the failed step changed nothing; the caller knows that.
     """
-    if isinstance(exc, CertificateRejected | AuthenticationFailed | AccessDenied):
+    if isinstance(exc, CertificateRejected | EncryptionRefused | AuthenticationFailed | AccessDenied):
         return False
     if isinstance(exc, ConnectionFailed | HostTimeout | DeadlineExpired):
         return True
-    if isinstance(exc, TlsError):
+    if isinstance(exc, TlsError | UnencryptedRefused):
         return False
     if isinstance(exc, ConnectError | ConnectionLost | ReadTimeout):
         return True

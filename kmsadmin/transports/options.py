@@ -17,6 +17,8 @@ import dataclasses
 import ipaddress
 import math
 import os
+import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -81,6 +83,8 @@ class ConnectionOptions:
     #: auth methods tried in order after ``auth`` when the host refuses it (an Ansible
     #: ``ansible_winrm_transport`` list such as ``[kerberos, ntlm]``)
     auth_fallbacks: tuple[AuthName, ...] = ()
+    #: message_encryption "never" over plain HTTP sends every script (host keys included) readable
+    allow_unencrypted: bool = False
     #: Kerberos: the host name in the service principal (None: see :attr:`spn_host`)
     kerberos_hostname: str | None = None
     #: Kerberos: the service in the service principal, ``HTTP/<fqdn>``
@@ -199,6 +203,7 @@ ENV_VARS: Mapping[str, str] = {
     "KMSADMIN_RECONNECTION_RETRIES": "reconnection_retries",
     "KMSADMIN_DEADLINE": "deadline",
     "KMSADMIN_ALLOW_UNENCRYPTED_BASIC": "allow_unencrypted_basic",
+    "KMSADMIN_ALLOW_UNENCRYPTED": "allow_unencrypted",
     "KMSADMIN_KERBEROS_CCACHE": "kerberos_ccache",
     "KMSADMIN_KERBEROS_KEYTAB": "kerberos_keytab",
 }
@@ -262,6 +267,7 @@ _GENERIC_VARS: Mapping[str, str] = {
     "ansible_password": "password",
     "kmsadmin_kerberos_ccache": "kerberos_ccache",
     "kmsadmin_kerberos_keytab": "kerberos_keytab",
+    "kmsadmin_allow_unencrypted": "allow_unencrypted",
 }
 
 
@@ -402,6 +408,7 @@ _CONVERTERS: Mapping[str, Callable[[str, str, object], object]] = {
     "cert_validation": _as_bool,
     "no_proxy": _as_bool,
     "allow_unencrypted_basic": _as_bool,
+    "allow_unencrypted": _as_bool,
     "transport": lambda n, w, v: _as_choice(n, w, v, TRANSPORTS),
     "auth": lambda n, w, v: _as_choice(n, w, v, AUTHS),
     "message_encryption": lambda n, w, v: _as_choice(n, w, v, ENCRYPTION_MODES),
@@ -474,7 +481,62 @@ def build_options(
     _check(options)
     for fallback in options.auth_fallbacks:
         _check(dataclasses.replace(options, auth=fallback, auth_fallbacks=()))
+    warn_insecure(options)
     return options
+
+
+#: the insecure settings already warned about in this process (one warning per kind and run)
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def insecure_settings(options: ConnectionOptions) -> list[tuple[str, str]]:
+    """(kind, warning) for each insecure setting ``options`` use."""
+    found: list[tuple[str, str]] = []
+    if options.https and not options.cert_validation:
+        if options.auth == "basic":
+            found.append(
+                (
+                    "basic-no-validation",
+                    "Basic authentication over HTTPS without certificate validation: the password goes "
+                    "to whoever answers on the path",
+                )
+            )
+        else:
+            found.append(
+                (
+                    "no-cert-validation",
+                    "certificate validation is off (--no-cert-validation / cert_validation: ignore): "
+                    "anyone on the path can pose as the host",
+                )
+            )
+    if not options.https and options.auth == "basic":
+        found.append(
+            (
+                "unencrypted-basic",
+                "Basic authentication over plain HTTP (--allow-unencrypted-basic): the password and "
+                "every script cross the network readable",
+            )
+        )
+    elif not options.https and options.message_encryption == "never" and options.auth != "certificate":
+        found.append(
+            (
+                "unencrypted-messages",
+                "message encryption is off over plain HTTP (--allow-unencrypted): every script, keys "
+                "included, crosses the network readable",
+            )
+        )
+    return found
+
+
+def warn_insecure(options: ConnectionOptions) -> None:
+    """Print each kind of insecure setting once per run (on stderr), naming the first host using it."""
+    for kind, text in insecure_settings(options):
+        with _warned_lock:
+            if kind in _warned:
+                continue
+            _warned.add(kind)
+        sys.stderr.write(f"kmsadmin: warning: {text} (first host: {options.name})\n")
 
 
 def _needs_password(options: ConnectionOptions) -> bool:
@@ -500,6 +562,19 @@ def _check(options: ConnectionOptions) -> None:
             "and every script would cross the network unencrypted. Use HTTPS (port 5986, the default), "
             "or NTLM/Negotiate/Kerberos, which encrypt messages over HTTP; if you really must, pass "
             "allow_unencrypted_basic=True (--allow-unencrypted-basic) and set AllowUnencrypted on the host."
+        )
+    if (
+        options.message_encryption == "never"
+        and not options.https
+        and options.auth not in ("basic", "certificate")
+        and not options.allow_unencrypted
+    ):
+        raise ConfigError(
+            f"{name}: refusing message_encryption 'never' over plain HTTP ({options.endpoint}): every "
+            "script, and any KMS host key or product key in it, would cross the network readable by "
+            "anyone on the path. Remove the setting (the default, 'auto', encrypts over HTTP) or use "
+            "HTTPS; if you really must, pass allow_unencrypted=True (--allow-unencrypted, "
+            "kmsadmin_allow_unencrypted: true) and set AllowUnencrypted on the host."
         )
     if options.auth == "certificate":
         if not options.https:

@@ -147,6 +147,11 @@ class AuthRefused(WsmanError):
         self.host_refused = host_refused
 
 
+class UnencryptedRefused(WsmanError):
+    """Over plain HTTP the host refused an unencrypted message or did not offer Basic: its WinRM
+    service has AllowUnencrypted false (the credentials were not the problem)."""
+
+
 class AuthUnavailable(WsmanError):
     """The authentication method needs a library that is not installed (the ImportError is chained)."""
 
@@ -591,7 +596,9 @@ class WsmanClient:
             # NTLM's second client token is its last: the envelope can travel with it (HTTPS only;
             # over HTTP it must wait for the keys).
             last = context.complete or (legs >= 2 and _negotiated(context) == "ntlm")
-            carry = not self._wrap and last
+            # Over plain HTTP an unencrypted envelope travels on its own, so a host refusing it is
+            # told apart from one refusing the credentials.
+            carry = not self._wrap and last and opts.https
             status, response, data = self._round_trip(
                 envelope if carry else b"",
                 _SOAP_CONTENT_TYPE,
@@ -643,6 +650,18 @@ class WsmanClient:
             return data
         if status == 401:
             self.close()
+            if not self._options.https:
+                offered = response.get("www-authenticate", "").lower()
+                if self._basic is not None and "basic" not in offered:
+                    raise UnencryptedRefused(
+                        "the host does not offer Basic authentication over plain HTTP "
+                        "(AllowUnencrypted is false there, or Basic is disabled)"
+                    )
+                if self._basic is None and not self._wrap:
+                    raise UnencryptedRefused(
+                        "the host authenticated the account, then refused the unencrypted message "
+                        "(AllowUnencrypted is false there)"
+                    )
             raise AuthRefused("the host refused the credentials")
         text = data.decode("utf-8", "replace")
         if text.lstrip().startswith("<"):
