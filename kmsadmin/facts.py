@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from kmsadmin.catalog import OFFICE_APP_ID, WINDOWS_APP_ID, RequiredUpdate, hresult_info
 from kmsadmin.errors import RemoteScriptError
@@ -354,3 +354,50 @@ def parse_facts(result: ScriptResult) -> HostFacts:
     except ValidationError as exc:
         raise RemoteScriptError(result.host, result.step, f"unreadable facts: {exc}") from None
     return facts.model_copy(update={"cleaned": outcome.cleaned})
+
+
+class KmsLogEvent(_Model):
+    """One event of a KMS host's "Key Management Service" log (``kms-events`` step)."""
+
+    id: int
+    time: str | None = Field(default=None, max_length=64)
+    values: list[Annotated[str, StringConstraints(max_length=1024)]] = Field(
+        default_factory=list, max_length=16
+    )
+
+
+class KmsEventLog(_Model):
+    """Events 12290 (client requests) and 12293 (DNS publishing failed) of the last ``days`` days."""
+
+    days: int = 30
+    max_events: int = 0
+    log_missing: bool = False
+    truncated: bool = False
+    events: list[KmsLogEvent] = Field(default_factory=list)
+
+
+#: what ``status`` reads of a KMS host's log: the last 30 days (the KMS count window [PLAN24]), bounded
+KMS_EVENT_DAYS = 30
+KMS_EVENT_LIMIT = 5000
+
+
+def kms_events_ref(days: int = KMS_EVENT_DAYS, max_events: int = KMS_EVENT_LIMIT) -> ScriptRef:
+    """The read-only ``kms-events`` step."""
+    return ScriptRef("kms-events", params={"days": days, "max_events": max_events})
+
+
+def parse_kms_events(result: ScriptResult, max_events: int = KMS_EVENT_LIMIT) -> KmsEventLog:
+    """Parse the ``kms-events`` step's result; more events than asked for is a host error."""
+    outcome = parse_outcome(result)
+    raise_for_error(result, outcome)
+    try:
+        log = KmsEventLog.model_validate(outcome.data)
+    except ValidationError as exc:
+        raise RemoteScriptError(result.host, result.step, f"unreadable event log: {exc}") from None
+    if len(log.events) > max_events:
+        raise RemoteScriptError(
+            result.host,
+            result.step,
+            f"the host sent {len(log.events)} events, more than the {max_events} asked for",
+        )
+    return log

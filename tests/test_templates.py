@@ -51,6 +51,8 @@ VALID: dict[str, Any] = {
     "activation_type": 1,
     "activation_object_name": "Contoso Windows Server 2022",
     "activation_object": "Contoso Windows Server 2022",
+    "days": 30,
+    "max_events": 5000,
 }
 
 HOSTILE = [
@@ -114,7 +116,7 @@ def as_text(value: Any) -> str:
 
 
 def test_readme_table_is_read() -> None:
-    assert len(STEPS) == 21
+    assert len(STEPS) == 22
     assert STEPS["facts"] == []
     assert STEPS["install-host-key"] == ["product_key", "application_id"]
     assert STEPS["kms-host-settings"] == [
@@ -224,7 +226,7 @@ def test_ps1_calls_the_cim_methods_with_error_action_stop(step: str) -> None:
 
 
 def test_ps1_read_only_steps_call_no_methods() -> None:
-    for step in ("facts", "phone-iid"):
+    for step in ("facts", "phone-iid", "kms-events"):
         script = render(ScriptRef(step=step, params=values_for(step))).text
         assert "Invoke-CimMethod" not in script
         assert "Changed = $false" in script and "$Kms.Changed = $true" not in script

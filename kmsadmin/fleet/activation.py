@@ -72,7 +72,7 @@ def analyse(
             names=names,
         )
         more = extra.get(report.host, {})
-        view.events = more.get("events")
+        view.events = more.get("events") or report.state.get("kms_events")
         view.reach = more.get("reach")
         result.views.append(view)
     result.findings = health.fleet_findings(result.views, expiring_days=expiring_days)

@@ -21,7 +21,15 @@ from typing import Any, Literal, Protocol
 
 from kmsadmin import catalog
 from kmsadmin.errors import HostError, KmsAdminError, PreflightFailed
-from kmsadmin.facts import FACTS, HostFacts, parse_facts, parse_outcome, raise_for_error
+from kmsadmin.facts import (
+    FACTS,
+    HostFacts,
+    kms_events_ref,
+    parse_facts,
+    parse_kms_events,
+    parse_outcome,
+    raise_for_error,
+)
 from kmsadmin.operations import Plan, health
 from kmsadmin.operations.adba import AdbaArgs, plan_adba
 from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
@@ -193,6 +201,15 @@ def gather_facts(session: Session, host: str, deadline_at: float | None = None) 
     return parse_facts(result)
 
 
+def read_kms_events(session: Session, deadline_at: float | None = None) -> dict[str, Any]:
+    """A KMS host's event-log summary (events 12290/12293, last 30 days); a failure is noted, not fatal."""
+    try:
+        result = session.run(render(kms_events_ref()), deadline=_remaining(deadline_at))
+        return health.summarize_events(parse_kms_events(result))
+    except KmsAdminError as exc:
+        return {"error": str(exc)}
+
+
 def make_plan(operation: str, host: str, facts: HostFacts | None, args: Any) -> Plan:
     """Dispatch to the operation's planner."""
     if operation == "setup-host" and isinstance(args, SetupHostArgs):
@@ -292,6 +309,8 @@ def run_host(
             report.facts, report.read_at = facts, datetime.now(UTC)
             report.state = summarize_state(facts)
             report.state["activation"] = health.host_view(host, facts, read_at=report.read_at).to_dict()
+            if facts.service.is_kms_host:
+                report.state["kms_events"] = read_kms_events(session, deadline_at)
             return report
         plan = make_plan(operation, host, facts, args)
         report.plan = plan.to_dict()

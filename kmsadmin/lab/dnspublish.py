@@ -61,6 +61,8 @@ E_DNS_NAME_NOT_FOUND = 0x8007232B
 E_DNS_NO_RECORDS = 0x8007251D
 #: DNS_ERROR_RCODE_SERVER_FAILURE "DNS server failure"
 E_DNS_SERVER_FAILURE = 0x8007232A
+#: DNS_ERROR_RCODE_REFUSED "DNS operation refused" (Win32 9005)
+E_DNS_REFUSED = 0x8007232D
 #: steps after which a serving KMS host registers (host key activated; settings changed: sppsvc restarted)
 REGISTERING_STEPS = frozenset({"activate", "phone-deposit", "kms-host-settings"})
 
@@ -207,6 +209,11 @@ class Publisher:
             self._update(host, record)
         except (UpdateFailed, InvalidInput, OSError) as exc:
             log.warning("lab dns: %s could not register %s: %s", host.name, record.owner, exc)
+            # Windows logs event 12293 "Publishing the Key Management Service (KMS) to DNS in the '%2'
+            # domain failed. Info: %1" in the Key Management Service log (sppsvc.exe message table)
+            refused = isinstance(exc, UpdateFailed) and exc.rcode == "REFUSED"
+            code = E_DNS_REFUSED if refused else E_DNS_SERVER_FAILURE
+            kms.log_event(host, 12293, [f"0x{code:X}", self.config.zone], now)
             with self._lock:
                 self.events.append(PublishEvent(host.name, now.isoformat(), False, shown, str(exc)))
                 self._last[host.name] = now

@@ -941,6 +941,25 @@ def step_adba_delete(ctx: Context, params: dict[str, str]) -> StepResult:
         ctx.meta_dirty = True
     after = _objects_data(ctx)
     return StepResult(True, before, after, {"deleted": found.dn, **after})
+def step_kms_events(ctx: Context, params: dict[str, str]) -> StepResult:
+    """``kms-events``: the newest events 12290/12293 of the "Key Management Service" log in the window."""
+    days = _optional_number(params, "days", 1, 366)
+    limit = _optional_number(params, "max_events", 1, 100000)
+    if days is None or limit is None:
+        raise refuse("Input", "days and max_events are required")
+    events = ctx.host.service.events
+    log_missing = not ctx.host.is_kms_host and not events
+    horizon = ctx.host.clock(ctx.now) - timedelta(days=days)
+    # Get-WinEvent returns the newest first and stops at -MaxEvents
+    found = [e for e in reversed(events) if e.id in (12290, 12293) and parse_iso(e.time) >= horizon][:limit]
+    data = {
+        "days": days,
+        "max_events": limit,
+        "log_missing": log_missing,
+        "truncated": len(found) >= limit,
+        "events": [{"id": e.id, "time": e.time, "values": list(e.values)} for e in found],
+    }
+    return StepResult(data=data)
 
 
 STEPS: dict[str, Handler] = {
@@ -963,4 +982,5 @@ STEPS: dict[str, Handler] = {
     "set-lookup-domain": step_set_lookup_domain,
     "clear-lookup-domain": step_clear_lookup_domain,
     "host-caching": step_host_caching,
+    "kms-events": step_kms_events,
 }

@@ -60,6 +60,7 @@ from kmsadmin.lab.model import (
     ActivationObject,
     Contact,
     HostState,
+    LogEvent,
     Product,
     parse_iso,
     utc_iso,
@@ -100,6 +101,9 @@ MAX_ACTIVATIONS_PER_HOST_KEY = 10
 #: KMS rejects requests whose timestamp is too far off the host's clock (0xC004F06C [ERR]: "Client/host
 #: clock skew"). The 4-hour tolerance is the commonly cited value, not in microsoft.md (UNCONFIRMED).
 MAX_CLOCK_SKEW = timedelta(hours=4)
+#: events the lab keeps in a KMS host's "Key Management Service" log (Windows keeps what fits its size
+#: limit and overwrites the oldest)
+MAX_LOG_EVENTS = 20000
 
 #: the lab's namespace for the Activation IDs it makes up for Windows licences (real SKU IDs differ)
 _LAB_NAMESPACE = uuid.UUID("6f1c2b8e-5d0a-4c3e-9b7a-1d2e3f405162")
@@ -801,8 +805,22 @@ def _kms_activate(client: HostState, product: Product, net: Network, now: dateti
 def _request(
     client: HostState, product: Product, kms: HostState, kms_product: Product, now: datetime
 ) -> None:
-    service = kms.service
+    """One request reaching the KMS host; it logs event 12290 whatever the outcome."""
     entry = client_entry(client, product)
+    needed = int(catalog.threshold_for(entry)) if entry is not None else 25
+    before = (product.license_status, product.grace_minutes(now))
+    try:
+        _process(client, product, kms, kms_product, entry, now)
+    except LabFailure as failure:
+        log_request(kms, client, product, needed, before, failure.hresult or 0, now)
+        raise
+    log_request(kms, client, product, needed, before, 0, now)
+
+
+def _process(
+    client: HostState, product: Product, kms: HostState, kms_product: Product, entry: Any, now: datetime
+) -> None:
+    service = kms.service
     if abs(client.clock(now) - kms.clock(now)) > MAX_CLOCK_SKEW:
         service.requests.total += 1
         service.requests.failed += 1
@@ -832,6 +850,43 @@ def _request(
     product.license_status_reason = 0
     product.grace_expires = utc_iso(now + timedelta(days=KMS_VALIDITY_DAYS))
     product.vl_activation_type = 2
+
+
+def log_request(
+    kms: HostState,
+    client: HostState,
+    product: Product,
+    needed: int,
+    before: tuple[int, int],
+    hresult: int,
+    now: datetime,
+) -> None:
+    """Event 12290 on the KMS host, as Windows writes it: one Info string of nine comma-separated fields
+    (result, minimum count needed, client FQDN, CMID, client timestamp, is VM, license state, minutes to
+    expiration, SKU ID; activation-troubleshoot-kms-general "Event ID 12290")."""
+    status, minutes = before
+    info = ", ".join(
+        (
+            f"0x{hresult:X}",
+            str(needed),
+            client.fqdn,
+            client.service.cmid,
+            client.clock(now).strftime("%Y/%m/%d %H:%M"),
+            "0",
+            str(status),
+            str(minutes),
+            product.activation_id,
+        )
+    )
+    log_event(kms, 12290, [info], now)
+
+
+def log_event(kms: HostState, event_id: int, values: list[str], now: datetime) -> None:
+    """Append one event to the host's "Key Management Service" log (the newest MAX_LOG_EVENTS are kept)."""
+    events = kms.service.events
+    events.append(LogEvent(id=event_id, time=utc_iso(kms.clock(now)), values=values))
+    if len(events) > MAX_LOG_EVENTS:
+        del events[: len(events) - MAX_LOG_EVENTS]
 
 
 def _activates(group: str, entry: Any) -> bool:

@@ -204,6 +204,15 @@ class Contact:
 
 
 @dataclass(slots=True)
+class LogEvent:
+    """One event of a KMS host's "Key Management Service" log: ID, time (host clock), insertion strings."""
+
+    id: int
+    time: str
+    values: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Service:
     """SoftwareLicensingService: KMS client settings, and the KMS host's settings and counters."""
 
@@ -224,6 +233,8 @@ class Service:
     contacts: dict[str, list[Contact]] = field(default_factory=dict)
     #: how many times the Software Protection service was restarted (kms-host-settings restarts it)
     restarts: int = 0
+    #: the "Key Management Service" event log of a KMS host (12290 per request, 12293 DNS publishing failed)
+    events: list[LogEvent] = field(default_factory=list)
     #: VLActivationTypeEnabled set machine-wide (slmgr /act-type): 0 all, 1 AD, 2 KMS, 3 Token [WMITABLE]
     vl_activation_type_enabled: int = 0
 

@@ -30,7 +30,7 @@ from typing import Any
 from kmsadmin import catalog
 from kmsadmin.catalog import ClientKey, CsvlkGroup, NotFoundInCatalog
 from kmsadmin.errors import InvalidInput, KmsAdminError
-from kmsadmin.facts import HostFacts, ProductFacts
+from kmsadmin.facts import HostFacts, KmsEventLog, ProductFacts
 
 #: KMS refuses a request whose timestamp is too far from the host's clock (0xC004F06C [ERR]). The
 #: 4-hour tolerance is the commonly cited value; Microsoft's pages give none (UNCONFIRMED).
@@ -458,6 +458,7 @@ def fleet_findings(views: Sequence[HostView], *, expiring_days: int = DEFAULT_EX
         found += _skew_findings(view, kms)
         found += _expiring_findings(view, expiring_days)
     found += _threshold_findings(read, kms_index)
+    found += _event_cmid_findings(read, found)
     found += _dns_findings(read)
     for finding in found:
         for view in views:
@@ -620,6 +621,32 @@ def _threshold_findings(views: Sequence[HostView], kms_index: Mapping[str, HostV
     return found
 
 
+def _event_cmid_findings(views: Sequence[HostView], found: Sequence[Finding]) -> list[Finding]:
+    """Duplicate CMIDs the KMS hosts saw in their requests that the clients' own facts did not show."""
+    known = {
+        m.split("Client Machine ID ", 1)[1].split(":", 1)[0]
+        for f in found
+        if f.kind == "duplicate-cmid"
+        for m in [f.message]
+    }
+    result = []
+    for view in views:
+        for shared in (view.events or {}).get("shared_cmids") or []:
+            if shared["cmid"] in known:
+                continue
+            names = ", ".join(shared["clients"][:10])
+            result.append(
+                Finding(
+                    "duplicate-cmid",
+                    f"KMS host {view.host} received requests from {len(shared['clients'])} clients with the "
+                    f"Client Machine ID {shared['cmid']} ({names}): it counts them as one machine",
+                    CMID_FIX,
+                    (view.host,),
+                )
+            )
+    return result
+
+
 def _dns_findings(views: Sequence[HostView]) -> list[Finding]:
     found = []
     for view in views:
@@ -637,6 +664,78 @@ def _dns_findings(views: Sequence[HostView]) -> list[Finding]:
                 )
             )
     return found
+
+
+# ------------------------------------------------------------------------------ the KMS host's event log
+
+#: the nine fields of event 12290's Info string, in order (activation-troubleshoot-kms-general,
+#: "Event ID 12290": result, "Minimum count needed to activate", client FQDN, "Client Machine ID (CMID)",
+#: client time stamp, VM, license state, time to state expiration, SKU ID)
+EVENT_FIELDS = ("result", "needed", "client", "cmid", "client_time", "vm", "license_state", "minutes", "sku")
+
+
+def event_fields(values: Sequence[str]) -> dict[str, str] | None:
+    """The fields of one 12290 event: one comma-separated Info string, or the nine values themselves."""
+    parts = [v.strip() for v in values]
+    if len(parts) == 1:
+        parts = [p.strip() for p in parts[0].split(",")]
+    if len(parts) > len(EVENT_FIELDS):
+        parts = parts[-len(EVENT_FIELDS) :]
+    if len(parts) != len(EVENT_FIELDS):
+        return None
+    return dict(zip(EVENT_FIELDS, parts, strict=True))
+
+
+def summarize_events(log: KmsEventLog) -> dict[str, Any]:
+    """Clients seen, distinct CMIDs vs requests, failing requests by HRESULT, DNS publishing failures."""
+    requests = 0
+    unreadable = 0
+    clients: set[str] = set()
+    cmids: dict[str, set[str]] = defaultdict(set)
+    failures: dict[str, int] = defaultdict(int)
+    needed: dict[str, int] = defaultdict(int)
+    dns_failures: dict[str, int] = defaultdict(int)
+    for event in log.events:
+        if event.id == 12293:
+            domain = event.values[1] if len(event.values) > 1 else ""
+            dns_failures[domain.strip() or "?"] += 1
+            continue
+        if event.id != 12290:
+            continue
+        fields = event_fields(event.values)
+        if fields is None:
+            unreadable += 1
+            continue
+        requests += 1
+        client = fields["client"].lower()
+        clients.add(client)
+        cmids[fields["cmid"].lower()].add(client)
+        needed[fields["needed"]] += 1
+        try:
+            result = catalog.normalize_hresult(fields["result"])
+        except KmsAdminError:
+            result = fields["result"][:16]
+        if result != "0x00000000":
+            failures[result] += 1
+    shared = [
+        {"cmid": cmid, "clients": sorted(names)} for cmid, names in sorted(cmids.items()) if len(names) > 1
+    ]
+    return {
+        "days": log.days,
+        "events": len(log.events),
+        "truncated": log.truncated,
+        "log_missing": log.log_missing,
+        "requests": requests,
+        "clients": len(clients),
+        "distinct_cmids": len(cmids),
+        "failed_requests": sum(failures.values()),
+        "failures_by_hresult": dict(sorted(failures.items())),
+        "requests_by_minimum_count": dict(sorted(needed.items())),
+        "shared_cmids": shared,
+        "dns_publishing_failures": sum(dns_failures.values()),
+        "dns_publishing_failed_domains": sorted(dns_failures),
+        "unreadable": unreadable,
+    }
 
 
 def summarize_findings(findings: Iterable[Finding]) -> dict[str, int]:

@@ -51,6 +51,27 @@ def host_rows(views: Sequence[health.HostView]) -> list[tuple[str, ...]]:
     return rows
 
 
+def event_lines(views: Sequence[health.HostView]) -> list[str]:
+    """Each KMS host's event-log summary: requests, clients, distinct CMIDs, failures by HRESULT."""
+    lines = []
+    for view in views:
+        events = view.events
+        if not view.is_kms_host or not events:
+            continue
+        if events.get("error"):
+            lines.append(f"KMS host {view.host} event log: not read ({events['error']})")
+            continue
+        failures = ", ".join(f"{code}: {n}" for code, n in events.get("failures_by_hresult", {}).items())
+        lines.append(
+            f"KMS host {view.host} event log, last {events.get('days')} days: {events.get('requests')} "
+            f"request(s) from {events.get('clients')} client(s) with {events.get('distinct_cmids')} distinct "
+            f"CMID(s); {events.get('failed_requests')} failed"
+            + (f" ({failures})" if failures else "")
+            + (" [more events than read]" if events.get("truncated") else "")
+        )
+    return lines
+
+
 def finding_lines(findings: Sequence[health.Finding]) -> list[str]:
     """Plain-text findings: kind, hosts, message, fix."""
     lines = []
@@ -65,6 +86,7 @@ def activation_text(views: Sequence[health.HostView], findings: Sequence[health.
     """Plain text (pipes, logs)."""
     lines = ["\t".join(COLUMNS)]
     lines += ["\t".join(row) for row in host_rows(views)]
+    lines += event_lines(views)
     if findings:
         lines.append(f"Findings ({len(findings)}):")
         lines += finding_lines(findings)
@@ -83,6 +105,7 @@ def render_activation(views: Sequence[health.HostView], findings: Sequence[healt
     for row in host_rows(views):
         table.add_row(*(Text(cell) for cell in row))
     parts: list[Any] = [table]
+    parts += [Text(line) for line in event_lines(views)]
     if findings:
         found = Table(title=f"Findings ({len(findings)})", title_justify="left", show_lines=True)
         for column in ("finding", "hosts", "what", "fix"):

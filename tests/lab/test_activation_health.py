@@ -20,18 +20,26 @@ from typing import Any
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+from kmsadmin import catalog
+from kmsadmin.fleet.activation import analyse
 from kmsadmin.fleet.inventory import load_inventory
 from kmsadmin.fleet.journal import Journal
 from kmsadmin.fleet.playbook import load_playbook
 from kmsadmin.fleet.rollout import rollout
 from kmsadmin.fleet.runner import run_host
+from kmsadmin.lab import dnspublish
 from kmsadmin.lab.engine import LabEngine
 from kmsadmin.lab.fleet import Fleet
 from kmsadmin.lab.model import utc_iso
 from kmsadmin.operations.convert_client import ConvertClientArgs
+from kmsadmin.render import render
+from kmsadmin.values import ScriptRef, Secret
+from tests.dnsserver import DnsServer, dns_server
 from tests.test_rollout_lab import PLAYBOOKS, LabSessions, make_lab
 
 pytestmark = [pytest.mark.lab]
+
+__all__ = ["dns_server"]
 
 ROOT = Path(__file__).resolve().parents[2]
 OFFICE = "client002"  # the lab interleaves its os-mix: the one Office client comes second
@@ -54,7 +62,8 @@ def kmsadmin(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
     )
 
 
-def build_mixed_fleet(tmp_path: Path) -> Fleet:
+def build_mixed_fleet(tmp_path: Path) -> tuple[Fleet, int]:
+    """The fleet, and how many activation attempts the rollouts saw refused with 0xC004F038."""
     faults = ";".join([*(f"{h}=cloned-cmid" for h in CLONED), f"{SKEWED}=clock-skew:600"])
     fleet, inventory_path = make_lab(
         tmp_path,
@@ -67,8 +76,9 @@ def build_mixed_fleet(tmp_path: Path) -> Fleet:
     inventory = load_inventory(inventory_path)
     site = load_playbook(PLAYBOOKS / "site.yml")
     limit = f"all:!{DEAD_PIN}:!{NON_KMS_PIN}"
+    waiting = 0
     for resume in (False, True):
-        rollout(
+        result = rollout(
             site,
             inventory,
             session_factory_for=sessions.factory_for,
@@ -79,6 +89,7 @@ def build_mixed_fleet(tmp_path: Path) -> Fleet:
             env={},
             journal=Journal(tmp_path / "site.journal"),
         )
+        waiting += sum(1 for h in result.hosts if h.status == "waiting")
     # pinned by hand to a name that resolves nowhere, and to a live machine that is no KMS host
     for host, target in ((DEAD_PIN, "deadkms.lab.test"), (NON_KMS_PIN, "client001.lab.test")):
         args = ConvertClientArgs(target="host", kms_host=target, force=True)
@@ -91,17 +102,17 @@ def build_mixed_fleet(tmp_path: Path) -> Fleet:
         assert product.license_status == 1
         product.grace_expires = utc_iso(fleet.now() + timedelta(days=10))
         fleet.save(EXPIRING)
-    return fleet
+    return fleet, waiting
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Fleet, Path]]:
-    fleet = build_mixed_fleet(tmp_path)
+def served(tmp_path: Path) -> Iterator[tuple[Fleet, Path, int]]:
+    fleet, waiting = build_mixed_fleet(tmp_path)
     state, inventory = tmp_path / "lab", tmp_path / "served.yml"
     up = kmsadmin("lab", "up", "--state-dir", str(state), "--inventory-out", str(inventory), "--detach")
     assert up.returncode == 0, up.stdout + up.stderr
     try:
-        yield fleet, inventory
+        yield fleet, inventory, waiting
     finally:
         kmsadmin("lab", "down", "--state-dir", str(state), timeout=60)
 
@@ -117,9 +128,9 @@ def _activation(doc: dict[str, Any], host: str) -> dict[str, Any]:
 
 
 def test_mixed_fleet_status_names_each_problem_with_its_fix(
-    served: tuple[Fleet, Path], tmp_path: Path
+    served: tuple[Fleet, Path, int], tmp_path: Path
 ) -> None:
-    _, inventory = served
+    fleet, inventory, waiting = served
     metrics = tmp_path / "kmsadmin.prom"
     proc = kmsadmin(
         "status",
@@ -173,6 +184,22 @@ def test_mixed_fleet_status_names_each_problem_with_its_fix(
     assert healthy["kms_host"]["uses"] == "kms01.lab.test:1688"
     assert doc["summary"]["findings"]["duplicate-cmid"] == 1
 
+    # the KMS host's own log (events 12290) against what the lab recorded: its request counters, the
+    # refusals the rollouts saw, and the clients that asked (three of them with one cloned CMID)
+    events = next(h for h in doc["hosts"] if h["host"] == "kms01")["state"]["kms_events"]
+    counters = fleet.hosts["kms01"].service.requests
+    assert events["requests"] == counters.total > 0
+    assert events["failures_by_hresult"] == {"0xC004F038": waiting, "0xC004F06C": counters.failed}
+    assert events["failed_requests"] == waiting + counters.failed
+    askers = [h for h in fleet.names("client") if h not in (DEAD_PIN, NON_KMS_PIN)]
+    assert events["clients"] == len(askers) == 8
+    assert events["distinct_cmids"] == len({fleet.hosts[h].service.cmid for h in askers}) == 6
+    assert events["shared_cmids"] == [
+        {"cmid": fleet.hosts[CLONED[0]].service.cmid, "clients": [f"{h}.lab.test" for h in CLONED]}
+    ]
+    assert events["requests_by_minimum_count"] == {"5": counters.total}
+    assert events["dns_publishing_failures"] == 0 and events["truncated"] is False
+
     # --fail-on passes when no host is in the named state
     quiet = kmsadmin("status", "-i", str(inventory), "--json", "--fail-on", "waiting", "--only", "waiting")
     assert quiet.returncode == 0, quiet.stderr
@@ -195,8 +222,8 @@ def test_mixed_fleet_status_names_each_problem_with_its_fix(
     assert len(days) == 1 and 9.5 <= days[0] <= 10.0
 
 
-def test_only_lists_the_selected_hosts_with_their_reason(served: tuple[Fleet, Path]) -> None:
-    _, inventory = served
+def test_only_lists_the_selected_hosts_with_their_reason(served: tuple[Fleet, Path, int]) -> None:
+    _, inventory, _ = served
     proc = kmsadmin("status", "-i", str(inventory), "--only", "not-activated")
     assert proc.returncode == 0, proc.stderr
     listed = {line.split("\t")[0] for line in proc.stdout.splitlines() if "\t" in line}
@@ -205,3 +232,35 @@ def test_only_lists_the_selected_hosts_with_their_reason(served: tuple[Fleet, Pa
     assert "0xC004F074" in proc.stdout and "[duplicate-cmid]" in proc.stdout
     bad = kmsadmin("status", "-i", str(inventory), "--only", "broken")
     assert bad.returncode == 2 and "not-activated" in bad.stderr
+
+
+def test_a_kms_host_whose_dns_publishing_fails_is_a_finding(tmp_path: Path, dns_server: DnsServer) -> None:
+    # the lab publishes without the zone's TSIG key: BIND refuses the update, the KMS host logs 12293
+    created = Fleet.create(tmp_path / "lab", hosts=1, kms_hosts=1, os_mix="server2022-standard=1")
+    dnspublish.configure(created.state_dir, dns_server.address, "lab.test", None)
+    fleet = Fleet.load(created.state_dir)
+    engine = LabEngine(fleet)
+    sessions = LabSessions(engine)
+    key = fleet.host_keys.keys[fleet.meta.kms_groups["kms01"]]
+    for ref in (
+        ScriptRef("firewall", {"rule_name": "SPPSVC-In-TCP", "profiles": "Domain,Private"}),
+        ScriptRef(
+            "install-host-key", {"application_id": catalog.WINDOWS_APP_ID}, {"product_key": Secret(key)}
+        ),
+        ScriptRef(
+            "activate", {"application_id": catalog.WINDOWS_APP_ID, "activation_id": "", "force": False}
+        ),
+    ):
+        answer = json.loads(engine.run_script("kms01", render(ref).text, via="psrp").output[0])
+        assert "error" not in answer, answer
+    assert fleet.dns is not None and [e.ok for e in fleet.dns.events] == [False]
+
+    report = run_host("status", "kms01", None, sessions.factory_for({}))
+    assert report.status == "ok"
+    events = report.state["kms_events"]
+    assert events["dns_publishing_failures"] == 1 and events["dns_publishing_failed_domains"] == ["lab.test"]
+    assert events["requests"] == 0 and events["log_missing"] is False
+    result = analyse([report])
+    found = [f for f in result.findings if f.kind == "dns-publishing"]
+    assert len(found) == 1 and found[0].hosts == ("kms01",)
+    assert "slmgr /cdns" in found[0].fix and "1 time(s)" in found[0].message
