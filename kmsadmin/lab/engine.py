@@ -941,6 +941,8 @@ def step_adba_delete(ctx: Context, params: dict[str, str]) -> StepResult:
         ctx.meta_dirty = True
     after = _objects_data(ctx)
     return StepResult(True, before, after, {"deleted": found.dn, **after})
+
+
 def step_kms_events(ctx: Context, params: dict[str, str]) -> StepResult:
     """``kms-events``: the newest events 12290/12293 of the "Key Management Service" log in the window."""
     days = _optional_number(params, "days", 1, 366)
