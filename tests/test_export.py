@@ -334,3 +334,40 @@ def test_cli_writes_the_project_and_reports_a_bad_limit_with_exit_2(tmp_path: Pa
         check=False,
     )
     assert bad.returncode == 2 and "matches no host" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["../../outside", "/abs/outside", "a/b", "..", ".hidden", "-x", "a\\b"])
+def test_host_names_that_are_not_one_file_name_are_refused(tmp_path: Path, name: str) -> None:
+    inventory = lab_inventory(tmp_path)
+    doc = yaml.safe_load(inventory.read_text())
+    clients = doc["all"]["children"]["clients"]["hosts"]
+    clients[name] = dict(clients["client001"])
+    inventory.write_text(yaml.safe_dump(doc))
+    before = set(tmp_path.rglob("*")) | set(Path("/abs").glob("*"))
+    with pytest.raises(ConfigError, match="cannot be a file name under host_vars/") as err:
+        export(tmp_path, inventory)
+    assert repr(name) in str(err.value)
+    assert not (tmp_path / "project").exists(), "nothing is written before the names are checked"
+    assert set(tmp_path.rglob("*")) | set(Path("/abs").glob("*")) == before
+
+
+def test_the_inventory_is_created_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import kmsadmin.export.ansible as module
+
+    modes: dict[str, int] = {}
+    real_replace = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        modes[Path(dst).name] = os.stat(src).st_mode & 0o777
+        real_replace(src, dst)
+
+    monkeypatch.setattr(module.os, "replace", replace)
+    old = os.umask(0)
+    try:
+        out, _ = export(tmp_path, lab_inventory(tmp_path))
+    finally:
+        os.umask(old)
+    assert modes["inventory.yml"] == 0o600, "never readable by others, not even before a chmod"
+    assert (out / "inventory.yml").stat().st_mode & 0o777 == 0o600
