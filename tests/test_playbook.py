@@ -50,7 +50,7 @@ def test_committed_schema_is_the_generated_one() -> None:
 
 
 def test_ships_the_three_playbooks() -> None:
-    assert {p.name for p in SHIPPED} == {"kms-hosts.yml", "clients.yml", "site.yml"}
+    assert {p.name for p in SHIPPED} == {"kms-hosts.yml", "clients.yml", "site.yml", "adba.yml"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)

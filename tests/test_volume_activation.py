@@ -107,3 +107,45 @@ def test_activation_object_names_accepted(good: str) -> None:
 def test_activation_object_names_refused(bad: str) -> None:
     with pytest.raises(InvalidInput):
         validate.activation_object(bad)
+
+
+def _machines(rows: list[tuple[str, dict[str, object]]]) -> list[object]:
+    from kmsadmin.operations.capacity import machine_from_vars
+
+    return [machine_from_vars(name, hostvars, ["clients"]) for name, hostvars in rows]
+
+
+def test_plan_recommends_adba_kms_and_mak_exceptions() -> None:
+    from kmsadmin.operations.capacity import plan_capacity
+
+    win11 = {"kmsadmin_os": "Microsoft Windows 11 Enterprise", "kmsadmin_domain_joined": True}
+    plan = plan_capacity(_machines([(f"pc{i}", win11) for i in range(3)]))  # type: ignore[arg-type]
+    assert plan.activation["counts"] == {"ADBA": 3, "KMS": 0, "MAK": 0}
+    assert plan.activation["recommended"].startswith("ADBA: every volume client")
+    assert "no KMS host is needed" in plan.activation["recommended"]
+
+    mixed = plan_capacity(
+        _machines(  # type: ignore[arg-type]
+            [
+                ("pc1", win11),
+                ("pc2", {**win11, "kmsadmin_domain_joined": False}),
+                ("pc3", {"kmsadmin_os": "Microsoft Windows 11 Pro"}),
+                ("old", {"kmsadmin_os": "Microsoft Windows 7 Enterprise", "kmsadmin_domain_joined": "yes"}),
+                ("ship", {**win11, "kmsadmin_activation": "MAK"}),
+            ]
+        )
+    )
+    assert mixed.activation["per_host"] == {
+        "pc1": "ADBA",
+        "pc2": "KMS",
+        "pc3": "KMS",
+        "old": "KMS",
+        "ship": "MAK",
+    }
+    assert mixed.activation["reasons"]["pc2"] == "not domain-joined"
+    assert "older than Windows 8" in mixed.activation["reasons"]["old"]
+    assert mixed.activation["recommended"].startswith(
+        "ADBA for the 1 domain-joined clients, KMS for the other 3"
+    )
+    assert "MAK for the 1 named exception" in mixed.activation["recommended"]
+    assert mixed.to_dict()["activation"] == mixed.activation

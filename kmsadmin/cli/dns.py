@@ -497,6 +497,8 @@ def _print_plan(plan: CapacityPlan, json_out: bool) -> None:
             f"  {row['host']}: {row['clients']} client(s) pinned by the rollout, count "
             f"{row['clients']} of {row['needed']} needed: {state}"
         )
+    if plan.activation:
+        typer.echo(f"activation: {plan.activation['recommended']}")
     budget = plan.budget
     typer.echo(
         f"recommended KMS hosts: {plan.recommended_hosts}; host key budget: {budget.get('kms_hosts')} of "

@@ -83,6 +83,9 @@ def build_inventory(
                 "kmsadmin_os": host.os.caption,
             }
         )
+        if host.security.domain_joined:
+            # a member of the lab forest (lab up --forest): plan recommends ADBA for it
+            entry["kmsadmin_domain_joined"] = True
         if host.role == "kms_host":
             group = fleet.meta.kms_groups.get(name)
             if group is not None:

@@ -52,6 +52,10 @@ class Machine:
     hotfixes: tuple[str, ...] | None = None
     #: Office volume products: catalog names, or SoftwareLicensingProduct names from facts
     office: tuple[str, ...] = ()
+    #: member of an AD domain (``kmsadmin_domain_joined`` or Win32_ComputerSystem.PartOfDomain); None unknown
+    domain_joined: bool | None = None
+    #: the admin's choice for this machine (``kmsadmin_activation: mak`` names a MAK exception)
+    activation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,8 @@ class CapacityPlan:
     recommended_hosts: int = 1
     budget: dict[str, Any] = field(default_factory=dict)
     unidentified: list[dict[str, str]] = field(default_factory=list)
+    #: the activation method recommended per client (ADBA, KMS, MAK) and why (:func:`recommend_methods`)
+    activation: dict[str, Any] = field(default_factory=dict)
     problems: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
 
@@ -137,6 +143,7 @@ class CapacityPlan:
             "recommended_kms_hosts": self.recommended_hosts,
             "host_key_budget": self.budget,
             "unidentified": self.unidentified,
+            "activation": self.activation,
             "blocked": self.blocked,
             "problems": [p.to_dict() for p in self.problems],
             "warnings": [w.to_dict() for w in self.warnings],
@@ -190,7 +197,19 @@ def machine_from_vars(name: str, hostvars: Mapping[str, Any], groups: Collection
         product_type=_opt_int(name, "kmsadmin_product_type", hostvars.get("kmsadmin_product_type")),
         hotfixes=None if hotfixes is None else tuple(h.upper() for h in _names(hotfixes)),
         office=_names(hostvars.get("kmsadmin_office")),
+        domain_joined=_opt_bool(hostvars.get("kmsadmin_domain_joined")),
+        activation=str(hostvars["kmsadmin_activation"]).strip().lower()
+        if hostvars.get("kmsadmin_activation")
+        else None,
     )
+
+
+def _opt_bool(value: Any) -> bool | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("true", "yes", "1", "on")
 
 
 def machine_from_facts(name: str, role: Role, facts: HostFacts) -> Machine:
@@ -207,6 +226,7 @@ def machine_from_facts(name: str, role: Role, facts: HostFacts) -> Machine:
         product_type=facts.os.product_type,
         hotfixes=tuple(h.upper() for h in facts.hotfixes),
         office=office,
+        domain_joined=facts.security.domain_joined,
     )
 
 
@@ -413,7 +433,74 @@ def plan_capacity(machines: Iterable[Machine]) -> CapacityPlan:
     _per_host(plan, [m.name for m in kms], [m.name for m in clients], windows_keys)
     _host_count(plan, len(clients), len(kms))
     _budget(plan, len(kms))
+    plan.activation = recommend_methods(clients, windows_keys)
     return plan
+
+
+#: Active Directory-based activation needs Windows 8 / Windows Server 2012 (build 9200) or later [ITPRO]
+ADBA_MIN_BUILD = 9200
+_PRE_ADBA = ("windows 7", "windows vista", "server 2008")
+
+
+def _adba_capable(machine: Machine, entry: ClientKey | None) -> bool:
+    if machine.build is not None:
+        return machine.build >= ADBA_MIN_BUILD
+    if entry is None:
+        return False
+    return not any(old in str(entry.product).lower() for old in _PRE_ADBA)
+
+
+def recommend_methods(clients: Iterable[Machine], windows_keys: Mapping[str, ClientKey]) -> dict[str, Any]:
+    """ADBA, KMS or MAK per client, as Microsoft's volume activation planning advises [ITPRO]:
+
+    * MAK for the machines the admin names (``kmsadmin_activation: mak``): they never reach the corporate
+      network, so neither a domain controller nor a KMS host;
+    * ADBA for domain-joined Windows 8 / Server 2012 or later machines with a GVLK: no host, no count
+      threshold, activation renewed from the forest;
+    * KMS for the rest (not domain-joined, older, or not known to be domain-joined).
+    """
+    methods: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    for machine in clients:
+        entry = windows_keys.get(machine.name)
+        if machine.activation == "mak":
+            methods[machine.name], reasons[machine.name] = (
+                "MAK",
+                "named as a MAK exception (kmsadmin_activation: mak)",
+            )
+        elif entry is None:
+            continue
+        elif machine.domain_joined and _adba_capable(machine, entry):
+            methods[machine.name], reasons[machine.name] = (
+                "ADBA",
+                "domain-joined, Windows 8 / Server 2012 or later",
+            )
+        elif machine.domain_joined:
+            methods[machine.name], reasons[machine.name] = (
+                "KMS",
+                "older than Windows 8 / Server 2012: no ADBA",
+            )
+        else:
+            why = "not domain-joined" if machine.domain_joined is False else "not known to be domain-joined"
+            methods[machine.name], reasons[machine.name] = "KMS", why
+    counts = {name: sum(1 for m in methods.values() if m == name) for name in ("ADBA", "KMS", "MAK")}
+    if counts["ADBA"] and not counts["KMS"]:
+        summary = (
+            "ADBA: every volume client is domain-joined and new enough; create the forest's activation object "
+            "(kmsadmin adba activate DC --host-key-file FILE) and no KMS host is needed"
+        )
+    elif counts["ADBA"]:
+        summary = (
+            f"ADBA for the {counts['ADBA']} domain-joined clients, KMS for the other {counts['KMS']} "
+            "(a KMS host and its count threshold are still needed for them)"
+        )
+    elif counts["KMS"]:
+        summary = "KMS: no client is known to be a domain-joined Windows 8 / Server 2012 or later machine"
+    else:
+        summary = "no volume client to plan for"
+    if counts["MAK"]:
+        summary += f"; MAK for the {counts['MAK']} named exception(s) (convert-client --mak-file FILE)"
+    return {"recommended": summary, "counts": counts, "per_host": methods, "reasons": reasons}
 
 
 def _groups(plan: CapacityPlan, windows: list[ClientKey], office: list[ClientKey]) -> None:

@@ -198,3 +198,30 @@ def test_adba_by_phone(forest_lab: Lab, tmp_path: Path) -> None:
     assert code == 0, out + err
     state = json.loads(out)["state"]
     assert (state["activation_method"], state["activated_by"]) == ("ADBA", "Phone AO")
+
+
+def test_plan_recommends_adba_and_the_adba_playbook_rolls_it_out(forest_lab: Lab, tmp_path: Path) -> None:
+    lab = forest_lab
+    code, out, err = lab.run("plan", "--json")
+    plan = json.loads(out)
+    assert plan["activation"]["counts"] == {"ADBA": 10, "KMS": 0, "MAK": 0}, out + err
+    assert plan["activation"]["recommended"].startswith("ADBA: every volume client")
+
+    key_file = lab.host_key("windows-server-2025", tmp_path)
+    code, out, err = lab.run("adba", "activate", "kms01", "--host-key-file", str(key_file), "--name", AO)
+    assert code == 0, out + err
+    playbook = Path(__file__).parents[2] / "playbooks" / "adba.yml"
+    journal, report = tmp_path / "adba.journal", tmp_path / "adba.json"
+    code, out, err = lab.run(
+        "rollout", str(playbook), "--journal", str(journal), "--report-json", str(report), "--no-progress"
+    )
+    assert code == 0, out + err
+    doc = json.loads(report.read_text())
+    assert doc["summary"]["by_method"] == {"ADBA": 10}
+    for host in doc["hosts"]:
+        assert [s["step"] for s in host["steps"]] == ["act-type", "activate"], host
+        assert (host["state"]["activation_method"], host["state"]["activation_type"]) == ("ADBA", "AD")
+    assert len(journal.read_text().splitlines()) >= 10
+    secret = lab.key_text("windows-server-2025")
+    for text in [*lab.transcript, journal.read_text(), report.read_text()]:
+        assert secret not in text

@@ -160,3 +160,18 @@ def test_mak_input_is_checked_before_any_host_is_contacted(tmp_path: Path) -> No
     malformed.write_text("BCDFG-HJKMP-QRTVW-XY234-6789")
     result = runner.invoke(app, ["convert-client", "pc1", "--mak-file", str(malformed)])
     assert result.exit_code == 2 and "BCDFG-HJKMP" not in result.stderr
+
+
+def test_a_mak_is_refused_in_a_playbook_without_being_shown(tmp_path: Path) -> None:
+    """Playbooks and journals carry no MAK: a non-GVLK key in a playbook is refused, shown masked."""
+    mak = "BCDFG-HJKMP-QRTVW-XY234-6789B"
+    playbook = tmp_path / "mak.yml"
+    playbook.write_text(
+        f"- name: MAK\n  hosts: clients\n  steps:\n    - convert-client:\n        key: {mak}\n"
+    )
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text("all:\n  children:\n    clients:\n      hosts:\n        pc1: {}\n")
+    result = CliRunner().invoke(app, ["rollout", str(playbook), "-i", str(inventory), "--check"])
+    assert result.exit_code == 4, result.stdout + result.stderr
+    assert "not a public KMS client key" in result.stderr and "6789B" in result.stderr
+    assert mak not in result.stdout + result.stderr and mak[:-5] not in result.stdout + result.stderr
