@@ -418,14 +418,10 @@ class VarResolver:
         from jinja2 import Undefined
         from jinja2.exceptions import SecurityError
 
-        env = vars_environment()
         names = _Context(self, host)
         try:
-            single = _SINGLE_EXPRESSION_RE.match(text)
-            if single is not None:
-                template = env.compile_expression(
-                    single.group("expr").strip(), undefined_to_none=False
-                )._template
+            template, single = _compiled(text)
+            if single:
                 context = template.new_context(names, shared=True)
                 for _ in template.root_render_func(context):
                     pass
@@ -433,7 +429,6 @@ class VarResolver:
                 if isinstance(result, Undefined):
                     result._fail_with_undefined_error()
             else:
-                template = env.from_string(text)
                 result = "".join(template.root_render_func(template.new_context(names, shared=True)))
         except VarTemplateError:
             raise
@@ -448,6 +443,16 @@ class VarResolver:
         if isinstance(result, str | list | tuple) and len(result) > MAX_TEMPLATE_RESULT:
             raise VarTemplateError(f"host '{host}': variable '{key}': the result is too large")
         return str(result) if isinstance(result, str) else result
+
+
+@lru_cache(maxsize=4096)
+def _compiled(text: str) -> tuple[Any, bool]:
+    """(compiled template, whether it is one ``{{ expression }}`` whose value keeps its type)."""
+    env = vars_environment()
+    single = _SINGLE_EXPRESSION_RE.match(text)
+    if single is not None:
+        return env.compile_expression(single.group("expr").strip(), undefined_to_none=False)._template, True
+    return env.from_string(text), False
 
 
 class _Context(Mapping[str, Any]):

@@ -49,6 +49,7 @@ from kmsadmin import validate
 from kmsadmin.errors import EXIT_USAGE, ConfigError, InvalidInput
 from kmsadmin.fleet.vault import VaultSecrets, decrypt, is_vaulted
 from kmsadmin.fleet.yamlsource import (
+    VAULT_TAG,
     Document,
     Vaulted,
     config_error,
@@ -124,6 +125,8 @@ class _Group:
     vars: dict[str, Any] = field(default_factory=dict)
     #: where the group was first declared (for messages)
     origin: str = ""
+    #: ``hosts`` as a set, for membership tests on fleet-sized groups
+    host_set: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +207,8 @@ class _Builder:
             self.host_vars[host] = {}
             self.host_origin[host] = origin
         self.host_vars[host].update(hvars)
-        if host not in group.hosts:
+        if host not in group.host_set:
+            group.host_set.add(host)
             group.hosts.append(host)
 
     def link(self, parent: _Group, child: _Group, fail: Fail) -> None:
@@ -517,8 +521,10 @@ def _unvault(builder: _Builder, doc: Document) -> None:
 
 
 def _read_vars_file(builder: _Builder, path: Path) -> dict[str, Any]:
-    doc = parse_text(_read_text(builder, path, "vars file"), path, vault=True)
-    _unvault(builder, doc)
+    text = _read_text(builder, path, "vars file")
+    doc = parse_text(text, path, vault=True)
+    if VAULT_TAG in text:
+        _unvault(builder, doc)
     if doc.value is None:
         return {}
     if not isinstance(doc.value, dict):
@@ -723,8 +729,9 @@ def _read_list_form(
 
 
 # ------------------------------------------------------------------------------------------ sources
-def _read_yaml_source(b: _Builder, doc: Document) -> None:
-    _unvault(b, doc)
+def _read_yaml_source(b: _Builder, doc: Document, vaulted: bool) -> None:
+    if vaulted:
+        _unvault(b, doc)
     if doc.node is None or doc.value is None:
         return
     if not isinstance(doc.node, yaml.MappingNode) or not isinstance(doc.value, Mapping):
@@ -832,7 +839,7 @@ def _read_file(b: _Builder, path: Path) -> None:
     text = _read_text(b, path, "inventory")
     ext = path.suffix.lower()
     if ext in YAML_EXTENSIONS and ext != "":
-        _read_yaml_source(b, parse_text(text, path, vault=True))
+        _read_yaml_source(b, parse_text(text, path, vault=True), VAULT_TAG in text)
         return
     if ext == "":
         try:
@@ -840,7 +847,7 @@ def _read_file(b: _Builder, path: Path) -> None:
         except ConfigError:
             doc = None
         if doc is not None and isinstance(doc.value, Mapping):
-            _read_yaml_source(b, doc)
+            _read_yaml_source(b, doc, VAULT_TAG in text)
             return
         if doc is not None and doc.value is None and not text.strip("\n\r\t #-"):
             return
