@@ -97,3 +97,88 @@ def test_one_rollout_at_a_time(tmp_path: Path) -> None:
 def test_write_before_start_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is not open"):
         Journal(tmp_path / "j.jsonl").write(entry("a", "ok"))
+
+
+# --- damaged journals on --resume -------------------------------------------------------------------
+HEADER = {"type": "run", "journal": 1, "run_id": "r1", "playbook": "/site.yml"}
+
+
+def _write(path: Path, *lines: object, end: str = "\n") -> None:
+    path.write_bytes(
+        b"\n".join(line if isinstance(line, bytes) else json.dumps(line).encode() for line in lines)
+        + end.encode()
+    )
+
+
+def test_a_cut_last_line_is_warned_about_and_the_good_records_kept(tmp_path: Path) -> None:
+    from kmsadmin.fleet.journal import resume_state
+
+    path = tmp_path / "j.jsonl"
+    cut = json.dumps(entry("b", "changed"))
+    _write(path, HEADER, entry("a", "ok"), cut[: len(cut) // 2].encode(), end="")
+    state, warnings = resume_state(path, "/site.yml")
+    assert state.done() == {("p", "a")} and state.last_torn
+    assert len(warnings) == 1 and "last line (3) is cut" in warnings[0]
+
+
+def test_damaged_lines_in_the_middle_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    from kmsadmin.fleet.journal import resume_state
+
+    path = tmp_path / "j.jsonl"
+    _write(
+        path,
+        HEADER,
+        entry("a", "ok"),
+        b"\x00\xff\xfe garbage",
+        {"type": "host", "run_id": "r1", "host": 7, "play": "p", "status": "ok"},  # wrong types
+        b"[1, 2]",
+        entry("b", "changed"),
+    )
+    state, warnings = resume_state(path, "/site.yml")
+    assert state.done() == {("p", "a"), ("p", "b")}
+    assert state.bad_lines == [3, 4, 5] and not state.last_torn
+    assert len(warnings) == 1 and "3 damaged line(s) (3, 4, 5)" in warnings[0]
+
+
+def test_an_empty_journal_resumes_nothing_with_a_warning(tmp_path: Path) -> None:
+    from kmsadmin.fleet.journal import resume_state
+
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(b"")
+    state, warnings = resume_state(path, "/site.yml")
+    assert state.done() == set() and warnings == [
+        f"journal {path} is empty: nothing to resume, every host runs"
+    ]
+    assert resume_state(tmp_path / "missing.jsonl", "/site.yml")[1] == []
+
+
+def test_records_without_a_readable_header_are_refused(tmp_path: Path) -> None:
+    from kmsadmin.fleet.journal import resume_state
+
+    path = tmp_path / "j.jsonl"
+    _write(path, b'{"type": "run", "journal": 1, "run_id": "r1", "playb', entry("a", "ok"))
+    with pytest.raises(ConfigError, match=r"no readable run header \(damaged line 1\?\)"):
+        resume_state(path, "/site.yml")
+
+
+def test_records_of_a_run_whose_header_is_damaged_run_again(tmp_path: Path) -> None:
+    from kmsadmin.fleet.journal import resume_state
+
+    path = tmp_path / "j.jsonl"
+    second = {**HEADER, "run_id": "r2"}
+    _write(path, b"{damaged", entry("a", "ok"), second, {**entry("b", "ok"), "run_id": "r2"})
+    state, warnings = resume_state(path, "/site.yml")
+    assert state.done() == {("p", "b")}
+    assert any("1 host record(s) belong to a run whose header line is damaged" in w for w in warnings)
+
+
+def test_a_journal_of_another_playbook_or_a_newer_format_is_refused(tmp_path: Path) -> None:
+    from kmsadmin.fleet.journal import resume_state
+
+    path = tmp_path / "j.jsonl"
+    _write(path, HEADER, entry("a", "ok"), {**HEADER, "run_id": "r2", "playbook": "/other.yml"})
+    with pytest.raises(ConfigError, match=r"belongs to playbook /other\.yml"):
+        resume_state(path, "/site.yml")
+    _write(path, {**HEADER, "journal": 99}, entry("a", "ok"))
+    with pytest.raises(ConfigError, match="newer kmsadmin"):
+        resume_state(path, "/site.yml")

@@ -82,7 +82,7 @@ def run_rollout(
     """Load, run, report. Returns (exit code, report document)."""
     from kmsadmin.cli import inventory as inventory_opts
     from kmsadmin.cli.progress import RolloutProgress, choose_mode
-    from kmsadmin.fleet.journal import Journal
+    from kmsadmin.fleet.journal import Journal, resume_state
     from kmsadmin.fleet.playbook import load_playbook
     from kmsadmin.fleet.rollout import rollout, transport_session_factory_for
     from kmsadmin.report import from_rollout
@@ -91,6 +91,10 @@ def run_rollout(
     # group_vars/ and host_vars/ beside the playbook apply too, as with ansible-playbook
     inventory = inventory_opts.load(inventory_path, *vault, playbook_dir=playbook_path.resolve().parent)
     journal = Journal(journal_path) if journal_path else None
+    if resume and journal_path is not None:
+        # refused here if it cannot be trusted; what was left out of it is said before any host runs
+        for warning in resume_state(journal_path, playbook_path.resolve())[1]:
+            sys.stderr.write(f"kmsadmin: warning: {warning}\n")
     stop = threading.Event()
     abort = threading.Event()
     previous = signal.getsignal(signal.SIGINT)

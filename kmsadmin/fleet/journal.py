@@ -56,8 +56,14 @@ class JournalState:
     runs: list[dict[str, Any]] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)
     ends: list[dict[str, Any]] = field(default_factory=list)
-    #: lines that were not whole JSON objects (a write torn by a crash)
+    #: lines that were not whole records (a write torn by a crash, or damage)
     torn: int = 0
+    #: 1-based numbers of those lines
+    bad_lines: list[int] = field(default_factory=list)
+    #: the last line is one of them and has no line end: a write cut by a crash
+    last_torn: bool = False
+    #: the file exists but holds nothing
+    empty: bool = False
 
     def latest(self) -> dict[tuple[str, str], dict[str, Any]]:
         """(play, host) → its latest entry from a real (non-check) run."""
@@ -83,27 +89,83 @@ def read_journal(path: str | Path) -> JournalState:
         return state
     except OSError as exc:
         raise ConfigError(f"cannot read journal {file}: {exc.strerror or exc}") from None
-    for line in raw.split(b"\n"):
+    state.empty = not raw.strip()
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            state.torn += 1
-            continue
-        if not isinstance(record, dict):
-            state.torn += 1
-            continue
-        kind = record.get("type")
-        if kind == "run":
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            record = None
+        kind = record.get("type") if isinstance(record, dict) else None
+        if kind == "run" and _valid(record, ("run_id",)):
             state.runs.append(record)
-        elif kind == "host":
+        elif kind == "host" and _valid(record, ("run_id", "play", "host", "status")):
             state.entries.append(record)
-        elif kind == "end":
+        elif kind == "end" and _valid(record, ("run_id",)):
             state.ends.append(record)
         else:
             state.torn += 1
+            state.bad_lines.append(number)
+            state.last_torn = number == len(lines)  # no line end after it
     return state
+
+
+def _valid(record: Any, keys: tuple[str, ...]) -> bool:
+    return all(isinstance(record.get(key), str) for key in keys)
+
+
+def resume_state(path: str | Path, playbook: str | Path) -> tuple[JournalState, list[str]]:
+    """The journal as far as it can be trusted for ``--resume`` of ``playbook``, and warnings.
+
+    A cut last line (a crash in the middle of a write), damaged lines and host records whose run
+    header is unreadable are warned about and left out: those hosts run again, and each host's steps
+    check its state before changing anything. Refused (:class:`ConfigError`): a journal of a newer
+    format, one of another playbook, and host records without any readable run header (nothing tells
+    which playbook they belong to).
+    """
+    state = read_journal(path)
+    warnings: list[str] = []
+    playbook = str(playbook)
+    if state.empty:
+        warnings.append(f"journal {path} is empty: nothing to resume, every host runs")
+    for run in state.runs:
+        version = run.get("journal")
+        if isinstance(version, int) and version > JOURNAL_VERSION:
+            raise ConfigError(
+                f"journal {path} was written by a newer kmsadmin (format {version}); use that version to resume"
+            )
+        if run.get("playbook") not in (None, playbook):
+            raise ConfigError(f"journal {path} belongs to playbook {run.get('playbook')}, not {playbook}")
+    if state.entries and not state.runs:
+        raise ConfigError(
+            f"journal {path} holds host records but no readable run header (damaged line "
+            f"{state.bad_lines[0] if state.bad_lines else 1}?), so nothing shows which playbook they "
+            "belong to: refusing to resume from it. Restore it, or move it aside and run without --resume "
+            "(each host's steps check its state before changing anything)"
+        )
+    runs = {str(run["run_id"]) for run in state.runs}
+    orphans = [e for e in state.entries if str(e["run_id"]) not in runs]
+    if orphans:
+        state.entries = [e for e in state.entries if str(e["run_id"]) in runs]
+        warnings.append(
+            f"journal {path}: {len(orphans)} host record(s) belong to a run whose header line is damaged; "
+            "those hosts run again"
+        )
+    damaged = [n for n in state.bad_lines if not (state.last_torn and n == state.bad_lines[-1])]
+    if state.last_torn:
+        warnings.append(
+            f"journal {path}: the last line ({state.bad_lines[-1]}) is cut (a write interrupted by a "
+            "crash); resuming from the last complete record"
+        )
+    if damaged:
+        shown = ", ".join(str(n) for n in damaged[:5]) + (" ..." if len(damaged) > 5 else "")
+        warnings.append(
+            f"journal {path}: {len(damaged)} damaged line(s) ({shown}) skipped; the hosts they recorded "
+            "run again"
+        )
+    return state, warnings
 
 
 class Journal:

@@ -52,7 +52,7 @@ from kmsadmin.errors import (
     KmsAdminError,
 )
 from kmsadmin.fleet.inventory import Inventory
-from kmsadmin.fleet.journal import Journal
+from kmsadmin.fleet.journal import Journal, resume_state
 from kmsadmin.fleet.limit import limited_hosts
 from kmsadmin.fleet.playbook import (
     ConvertClientParams,
@@ -696,16 +696,14 @@ def rollout(
     done: set[tuple[str, str]] = set()
     resumes: str | None = None
     if resume and journal is not None:
-        state = journal.read()
+        # damaged, cut or orphaned records are left out (warned about by the caller); an untrustworthy
+        # journal is refused
+        state, journal_warnings = resume_state(journal.path, playbook.path.resolve())
+        for warning in journal_warnings:
+            log.info("%s", warning)
         done = state.done()
         if state.runs:
             resumes = str(state.runs[-1].get("run_id"))
-            first = state.runs[0]
-            if first.get("playbook") != str(playbook.path.resolve()):
-                raise ConfigError(
-                    f"journal {journal.path} belongs to playbook {first.get('playbook')}, "
-                    f"not {playbook.path.resolve()}"
-                )
 
     run_id = uuid.uuid4().hex[:12]
     result = RolloutResult(
