@@ -134,6 +134,16 @@ def up(
     forest: Annotated[
         bool, typer.Option("--forest", help="the lab domain is an AD forest, every host a member (ADBA)")
     ] = False,
+    kerberos: Annotated[
+        bool,
+        typer.Option(
+            "--kerberos",
+            help="a real MIT KDC for the lab's realm (LAB.TEST); hosts accept Kerberos with their own keytabs",
+        ),
+    ] = False,
+    refuse_ntlm: Annotated[
+        bool, typer.Option("--refuse-ntlm", help="hosts refuse NTLM, as in a domain that restricts it")
+    ] = False,
 ) -> None:
     """Create (or load) the lab in STATE_DIR and serve it."""
     state_dir = state_dir.resolve()
@@ -163,6 +173,8 @@ def up(
         dns=(dns_server, dns_zone, tsig_key_file),
         mak_limit=mak_limit,
         forest=forest,
+        kerberos=kerberos,
+        refuse_ntlm=refuse_ntlm,
     )
 
 
@@ -296,6 +308,8 @@ def _serve(
     dns: tuple[str | None, str | None, Path | None] = (None, None, None),
     mak_limit: int | None = None,
     forest: bool = False,
+    kerberos: bool = False,
+    refuse_ntlm: bool = False,
 ) -> None:
     from kmsadmin.errors import KmsAdminError
     from kmsadmin.lab.api import EndpointConfig, HostFaults
@@ -321,6 +335,9 @@ def _serve(
         fleet.dns = dnspublish.publisher_for_options(state_dir, dns[0], dns[1] or fleet.meta.domain, dns[2])
     except KmsAdminError as exc:
         raise _fail(str(exc), exc.exit_code) from None
+    if refuse_ntlm and not kerberos:
+        raise _fail("--refuse-ntlm needs --kerberos: with NTLM refused only Kerberos can sign in", 2)
+    kdc, keytabs = _start_kdc(state_dir, fleet) if kerberos else (None, {})
     specs = fleet.fault_specs()
     configs: list[EndpointConfig] = []
     for index, name in enumerate(fleet.names()):
@@ -344,6 +361,9 @@ def _serve(
                 password=fleet.password,
                 tls=tls,
                 faults=host_faults,
+                kerberos_keytab=keytabs.get(name),
+                kerberos_realm=kdc.realm if kdc is not None else "LAB.TEST",
+                refuse_ntlm=refuse_ntlm,
             )
         )
     stop = threading.Event()
@@ -357,11 +377,15 @@ def _serve(
     try:
         server.start()
     except OSError as exc:
+        if kdc is not None:
+            kdc.stop()
         raise _fail(f"cannot open the lab's listeners: {exc}", 1) from None
     try:
         ports = {name: server.port(name) for name in fleet.names()}
         ca_cert = server.ca_path if tls else None
-        write_inventory(inventory, fleet, ports, tls=tls, ca_cert=ca_cert)
+        write_inventory(
+            inventory, fleet, ports, tls=tls, ca_cert=ca_cert, kerberos_realm=kdc.realm if kdc else None
+        )
         write_json_atomic(
             state_dir / RUNTIME,
             {
@@ -371,6 +395,8 @@ def _serve(
                 "ports": ports,
                 "inventory": str(inventory),
                 "ca_cert": str(ca_cert) if ca_cert else None,
+                "krb5_config": str(kdc.krb5_conf) if kdc else None,
+                "kdc_port": kdc.port if kdc else None,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
         )
@@ -380,14 +406,40 @@ def _serve(
                 f"lab serving {len(ports)} hosts ({kms_count} KMS hosts) on 127.0.0.1 "
                 f"({'https' if tls else 'http'}); inventory: {inventory}"
             )
+            if kdc is not None:
+                typer.echo(
+                    f"Kerberos realm {kdc.realm}: KDC on 127.0.0.1:{kdc.port}"
+                    f"{', NTLM refused' if refuse_ntlm else ''}; export KRB5_CONFIG={kdc.krb5_conf}"
+                )
             typer.echo("Ctrl-C to stop")
         while not stop.wait(0.5):
             pass
     finally:
         server.stop()
+        if kdc is not None:
+            kdc.stop()
         runtime = _read_runtime(state_dir)
         if runtime is not None and runtime.get("pid") == os.getpid():
             (state_dir / RUNTIME).unlink(missing_ok=True)
+
+
+def _start_kdc(state_dir: Path, fleet: Any) -> tuple[Any, dict[str, str]]:
+    """The lab realm's KDC (its database kept in STATE_DIR/kerberos), the lab administrator's
+    principal, and each host's keytab."""
+    from kmsadmin.lab.kdc import KdcUnavailable, LabKdc
+
+    domain = str(fleet.meta.domain)
+    kdc = LabKdc(state_dir / "kerberos", realm=domain.upper(), domain=domain)
+    try:
+        kdc.start()
+        # The acceptors in this process and the tools read the realm's configuration.
+        os.environ["KRB5_CONFIG"] = str(kdc.krb5_conf)
+        kdc.add_users({fleet.username: fleet.password})
+        principals = kdc.add_hosts({name: fleet.hosts[name].fqdn for name in fleet.names()})
+    except KdcUnavailable as exc:
+        kdc.stop()
+        raise _fail(str(exc), 4) from None
+    return kdc, {name: str(principal.keytab) for name, principal in principals.items()}
 
 
 @lab_app.command("down")

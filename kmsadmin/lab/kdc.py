@@ -262,12 +262,15 @@ class LabKdc:
             queries.append(f'addprinc -pw "{password}" {name}')
         self._kadmin(queries)
 
-    def add_hosts(self, hosts: list[str]) -> dict[str, HostPrincipal]:
-        """``HTTP/<fqdn>`` and ``WSMAN/<fqdn>`` for each host, each host with its own keytab."""
+    def add_hosts(self, hosts: list[str] | dict[str, str]) -> dict[str, HostPrincipal]:
+        """``HTTP/<fqdn>`` and ``WSMAN/<fqdn>`` for each host, each host with its own keytab.
+
+        ``hosts``: names (the FQDN is the name in the realm's domain) or {name: FQDN}."""
         made: dict[str, HostPrincipal] = {}
         queries: list[str] = []
-        for host in hosts:
-            fqdn = self.fqdn(host)
+        names = hosts if isinstance(hosts, dict) else {host: self.fqdn(host) for host in hosts}
+        for host, name in names.items():
+            fqdn = name.lower()
             keytab = self.keytab_dir / f"{host.lower()}.keytab"
             keytab.unlink(missing_ok=True)
             principals = [f"{service}/{fqdn}" for service in SERVICES]
