@@ -51,19 +51,23 @@ def options_of(command: Any) -> dict[str, Any]:
 
 
 def test_every_remote_command_has_the_ten_connection_options_from_one_definition() -> None:
-    commands = dict(walk(root()))
-    first: dict[str, object] | None = None
-    for name in REMOTE_COMMANDS:
-        opts = options_of(commands[(name,)])
-        assert opts.keys() >= CONNECTION_OPTIONS, name
-        shared = {k: (opts[k].help, opts[k].default, tuple(opts[k].opts)) for k in CONNECTION_OPTIONS}
-        if first is None:
-            first = dict(shared)
-        assert dict(shared) == first, name
-    # and no other command grows a partial copy of them
-    for path, command in commands.items():
-        if path and path not in {(n,) for n in REMOTE_COMMANDS}:
-            assert not (CONNECTION_OPTIONS & options_of(command).keys()), path
+    """A command with any connection option has all ten, with the same names, help and defaults."""
+    remote = {
+        path: options_of(command)
+        for path, command in walk(root())
+        if path and CONNECTION_OPTIONS & options_of(command).keys()
+    }
+    assert {(name,) for name in REMOTE_COMMANDS} <= remote.keys()
+    shared = {
+        path: {
+            k: (opts[k].help, opts[k].default, tuple(opts[k].opts)) for k in CONNECTION_OPTIONS if k in opts
+        }
+        for path, opts in remote.items()
+    }
+    reference = shared[("rollout",)]
+    assert len(reference) == len(CONNECTION_OPTIONS)
+    for path, options in shared.items():
+        assert options == reference, path
 
 
 @pytest.mark.parametrize(
@@ -158,3 +162,45 @@ def test_help_has_no_rest_markup_and_every_option_has_help() -> None:
         for param in command.params:
             if param.param_type_name == "option" and not param.hidden:
                 assert param.help, (path, param.opts)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_command_paths() -> set[tuple[str, ...]]:
+    """Command paths named in the first column of the README's command table (``a\\|b`` expanded)."""
+    section = README.read_text(encoding="utf-8").split("## Commands", 1)[1].split("\n## ", 1)[0]
+    paths: set[tuple[str, ...]] = set()
+    for line in section.splitlines():
+        if not line.startswith("| `kmsadmin "):
+            continue
+        first = re.split(r"(?<!\\)\|", line)[1]
+        for span in re.findall(r"`(kmsadmin [^`]*)`", first):
+            words: list[list[str]] = []
+            for token in span.split()[1:]:
+                choices = token.split("\\|")
+                if not all(re.fullmatch(r"[a-z][a-z0-9-]*", c) for c in choices):
+                    break  # an argument (HOST, -i ..., [--x]) ends the command words
+                words.append(choices)
+            expanded: list[tuple[str, ...]] = [()]
+            for choices in words:
+                expanded = [(*p, c) for p in expanded for c in choices]
+            # with its prefixes: "dns publishing on|off" names the command "dns publishing"
+            paths.update(path[:n] for path in expanded for n in range(1, len(path) + 1))
+    return paths
+
+
+def cli_command_paths() -> set[tuple[str, ...]]:
+    """Every command a user can run (groups excluded), from the typer app itself."""
+    return {path for path, command in walk(root()) if path and not hasattr(command, "commands")}
+
+
+def test_readme_command_table_matches_the_cli() -> None:
+    """Each command has a README row (a new command needs one), and no row names a command that is gone."""
+    readme = readme_command_paths()
+    cli = cli_command_paths()
+    assert {("lab", "confirmation-id"), ("plan",), ("dns", "check"), ("export", "ansible")} <= cli
+    assert sorted(cli - readme) == [], "commands missing from the README's command table"
+    # prefixes are groups (dns, lab) and longer paths a command's values (publishing on|off)
+    stale = {p for p in readme - cli if not any(p[: len(c)] == c or c[: len(p)] == p for c in cli)}
+    assert sorted(stale) == [], "README rows for commands the CLI does not have"

@@ -204,7 +204,13 @@ def test_readme_commands_leave_a_clean_clone(tmp_path: Path) -> None:
             check=False,
         )
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert (clone / "kmsadmin-demo" / "rollout.html").is_file()
+    # every file the demo writes is named in the README
+    readme = (clone / "README.md").read_text(encoding="utf-8")
+    written = sorted((clone / "kmsadmin-demo").iterdir())
+    assert {"rollout.html", "report.html"} <= {entry.name for entry in written}
+    for entry in written:
+        name = "lab-*/" if entry.is_dir() and entry.name.startswith("lab-") else entry.name
+        assert f"`{name}`" in readme, f"the demo writes {entry.name}; the README does not name it"
     status = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=all"],
         cwd=clone,
