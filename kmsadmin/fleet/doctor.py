@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from kmsadmin.errors import AccessDenied, AuthenticationFailed, ConnectionFailed, HostError, KmsAdminError
 from kmsadmin.fleet.runner import gather_facts
 from kmsadmin.transports import ConnectionOptions, open_session
+from kmsadmin.transports.faults import ProxyFailed
 
 #: Kerberos' default maximum clock skew is 5 minutes; KMS also refuses requests whose timestamp is too far
 #: from the host's clock (0xC004F06C SL_E_VL_INVALID_TIMESTAMP, [ERR]).
@@ -58,30 +59,80 @@ def _tcp(options: ConnectionOptions) -> Check:
     )
 
 
+def sign_in_checks(options: ConnectionOptions, session: object) -> list[Check]:
+    """How the session signed in: the negotiated mechanism, and how the messages were protected."""
+    mechanism = str(getattr(session, "mechanism", "") or options.auth)
+    encrypted = bool(getattr(session, "encrypted", options.https))
+    bound = bool(getattr(session, "channel_binding", False))
+    who = options.user or "(current ticket)"
+    checks = [
+        Check(
+            "auth",
+            True,
+            f"{options.auth} as {who} ({options.transport}): negotiated {_MECHANISMS.get(mechanism, mechanism)}",
+        )
+    ]
+    if options.auth == "negotiate" and mechanism == "ntlm":
+        checks.append(
+            Check(
+                "kerberos",
+                False,
+                "Negotiate fell back to NTLM (Microsoft is phasing NTLM out; domains that restrict it refuse it)",
+                "install kmsadmin[kerberos], sign in as user@REALM (or kinit) and connect by the host's DNS "
+                f"name so its SPN {options.spn} resolves",
+                warning=True,
+            )
+        )
+    if options.https:
+        detail = "TLS" + (" with channel binding (tls-server-end-point)" if bound else "")
+    elif encrypted:
+        detail = f"{_MECHANISMS.get(mechanism, mechanism)} message encryption over HTTP"
+    else:
+        detail = "none: plain HTTP"
+    checks.append(
+        Check(
+            "encryption",
+            options.https or encrypted,
+            detail,
+            "" if options.https or encrypted else "use HTTPS or NTLM/Kerberos with message encryption",
+        )
+    )
+    return checks
+
+
+#: how doctor names what was negotiated
+_MECHANISMS = {
+    "kerberos": "Kerberos",
+    "ntlm": "NTLM",
+    "basic": "Basic",
+    "certificate": "certificate",
+    "credssp": "CredSSP",
+}
+
+
 def diagnose(options: ConnectionOptions) -> list[Check]:
     """Run the checks in order; later checks need the earlier ones to pass."""
     checks = [_tcp(options)]
     if not checks[0].ok:
         return checks
-    encryption = (
-        "TLS"
-        if options.https
-        else ("none (Basic over HTTP)" if options.auth == "basic" else "message encryption over HTTP")
-    )
     session = open_session(options)
     try:
         sent_at = datetime.now(UTC)
         facts = gather_facts(session, options.name, time.monotonic() + options.deadline)
         received_at = datetime.now(UTC)
     except AuthenticationFailed as exc:
+        kind = f" [{exc.meaning}]" if exc.meaning else ""
         checks.append(
             Check(
                 "auth",
                 False,
-                f"{options.auth} as {options.user or '(current user)'}: {exc.message}",
+                f"{options.auth} as {options.user or '(current user)'}: {exc.message}{kind}",
                 exc.remediation or "",
             )
         )
+        return checks
+    except ProxyFailed as exc:
+        checks.append(Check("proxy", False, exc.message, exc.remediation or ""))
         return checks
     except AccessDenied as exc:
         checks.append(
@@ -95,22 +146,20 @@ def diagnose(options: ConnectionOptions) -> list[Check]:
     except KmsAdminError as exc:
         checks.append(Check("winrm", False, str(exc)))
         return checks
+    except Exception as exc:  # an unmapped library error: a failed check, not a traceback
+        checks.append(
+            Check(
+                "winrm",
+                False,
+                f"unexpected {type(exc).__name__}: {str(exc)[:300]}",
+                "run with --debug and report it; the other checks could not run",
+            )
+        )
+        return checks
     finally:
         with contextlib.suppress(Exception):  # closing is best effort after a diagnosis
             session.close()
-    checks.append(
-        Check("auth", True, f"{options.auth} as {options.user or '(current user)'} ({options.transport})")
-    )
-    checks.append(
-        Check(
-            "encryption",
-            options.https or options.auth != "basic",
-            encryption,
-            ""
-            if options.https or options.auth != "basic"
-            else "use HTTPS or NTLM/Kerberos with message encryption",
-        )
-    )
+    checks.extend(sign_in_checks(options, session))
     sec = facts.security
     checks.append(
         Check(

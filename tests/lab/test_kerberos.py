@@ -238,3 +238,27 @@ def test_host_clock_ten_minutes_off(make_lab: LabFactory, realm: Realm, tmp_path
     # within the tolerance: the helper accepts, the host's own acceptor carries on
     answer, session = run(lab, realm, "ontime01", kerberos_ccache=ccache)
     assert answer["host"] == "ontime01" and session.mechanism == "kerberos"  # type: ignore[attr-defined]
+
+
+def test_doctor_names_the_mechanism_and_how_messages_are_protected(
+    make_lab: LabFactory, klab: LabServer, realm: Realm, tmp_path: Path
+) -> None:
+    from kmsadmin.fleet.doctor import sign_in_checks
+
+    ccache = realm.ticket(tmp_path)
+    expected = {
+        "http01": "Kerberos message encryption over HTTP",
+        "tls01": "TLS with channel binding (tls-server-end-point)",
+    }
+    for name, detail in expected.items():
+        _, session = run(klab, realm, name, kerberos_ccache=ccache)
+        checks = {c.name: c for c in sign_in_checks(session.options, session)}  # type: ignore[attr-defined]
+        assert "negotiated Kerberos" in checks["auth"].detail
+        assert checks["encryption"].ok and checks["encryption"].detail == detail
+    # Negotiate that ended on NTLM: doctor warns and says how to get Kerberos
+    lab = make_lab(EndpointConfig("ntlmonly", kerberos_keytab=None))
+    _, session = run(lab, realm, "ntlmonly", auth="negotiate", user=USER, password=PASSWORD)
+    checks = {c.name: c for c in sign_in_checks(session.options, session)}  # type: ignore[attr-defined]
+    assert "negotiated NTLM" in checks["auth"].detail
+    assert checks["encryption"].detail == "NTLM message encryption over HTTP"
+    assert checks["kerberos"].warning and "HTTP/ntlmonly.lab.test" in checks["kerberos"].fix

@@ -239,6 +239,7 @@ def test_without_gssapi_a_kerberos_host_fails_alone(tmp_path: Path) -> None:
         )
         assert "Traceback" not in proc.stdout + proc.stderr
         result = json.loads(report.read_text())
+        doctor = _kmsadmin("doctor", "client002", "-i", str(inventory), "--json", env=env)
     finally:
         _kmsadmin("lab", "down", "--state-dir", str(state), timeout=60)
     by_host = {h["host"]: h for h in result["hosts"]}
@@ -252,6 +253,9 @@ def test_without_gssapi_a_kerberos_host_fails_alone(tmp_path: Path) -> None:
         assert by_host[name]["status"] in ("changed", "waiting"), by_host[name]
     assert proc.returncode == 1
     assert "install kmsadmin[kerberos]" in proc.stdout + proc.stderr
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr
+    auth = {c["check"]: c for c in json.loads(doctor.stdout)["checks"]}["auth"]
+    assert not auth["ok"] and "install kmsadmin[kerberos]" in auth["fix"]
 
 
 def test_lab_up_kerberos_refusing_ntlm_serves_the_site_rollout(tmp_path: Path) -> None:
@@ -286,6 +290,10 @@ def test_lab_up_kerberos_refusing_ntlm_serves_the_site_rollout(tmp_path: Path) -
         )
         result = json.loads(report.read_text())
         assert result["summary"]["failed"] == 0, proc.stdout + proc.stderr
+        doctor = _kmsadmin("doctor", "kms01", "-i", str(inventory), "--json", env=env)
+        checks = {c["check"]: c for c in json.loads(doctor.stdout)["checks"]}
+        assert checks["auth"]["ok"] and "negotiated Kerberos" in checks["auth"]["detail"], checks
+        assert checks["encryption"]["detail"] == "TLS with channel binding (tls-server-end-point)"
         # the same inventory told to use NTLM: refused, with the fix
         doc = yaml.safe_load(inventory.read_text())
         doc["all"]["vars"]["ansible_psrp_auth"] = "ntlm"
@@ -297,8 +305,12 @@ def test_lab_up_kerberos_refusing_ntlm_serves_the_site_rollout(tmp_path: Path) -
         ntlm_inventory = tmp_path / "ntlm.yml"
         ntlm_inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
         proc = _kmsadmin("status", "-i", str(ntlm_inventory), "--json", env=env)
+        doctor = _kmsadmin("doctor", "client001", "-i", str(ntlm_inventory), "--json", env=env)
     finally:
         _kmsadmin("lab", "down", "--state-dir", str(state), timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "refuses NTLM" in proc.stdout + proc.stderr
     assert password not in proc.stdout + proc.stderr
+    assert doctor.returncode == 1 and "Traceback" not in doctor.stderr
+    auth = {c["check"]: c for c in json.loads(doctor.stdout)["checks"]}["auth"]
+    assert not auth["ok"] and "refuses NTLM" in auth["detail"] and "Kerberos" in auth["fix"]
