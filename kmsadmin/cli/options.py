@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -43,11 +44,19 @@ CaBundleOpt = Annotated[
 NoVerifyOpt = Annotated[
     bool, typer.Option("--no-cert-validation", help="do not validate HTTPS certificates (not recommended)")
 ]
+def _positive_seconds(value: float | None) -> float | None:
+    """A deadline is a finite number of seconds above 0 (usage error, exit 2, otherwise)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a number of seconds above 0, not {value:g}")
+    return value
+
+
 DeadlineOpt = Annotated[
     float | None,
     typer.Option(
         help="seconds one host may take: for one step (default 300), "
-        "in a rollout for all its steps (default 900)"
+        "in a rollout for all its steps (default 900)",
+        callback=_positive_seconds,
     ),
 ]
 InsecureBasicOpt = Annotated[

@@ -26,6 +26,26 @@ if TYPE_CHECKING:
     from kmsadmin.fleet.inventory import Inventory
 
 
+def check_report_paths(reports: Mapping[str, Path | None]) -> None:
+    """Refuse report paths that cannot be written before any host is contacted (usage error, exit 2):
+    a directory, or a place under a file or a directory that cannot be written."""
+    from kmsadmin.cli.output import fail
+
+    for kind, path in reports.items():
+        if path is None:
+            continue
+        option = "--junit" if kind == "junit" else f"--report-{kind}"
+        if path.is_dir():
+            fail(f"{option} {path} is a directory; give a file name", 2)
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            fail(f"{option} {path}: {parent} is not a directory", 2)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            fail(f"{option} {path}: {parent} is not writable", 2)
+
+
 def write_reports(
     report: Mapping[str, Any],
     *,
@@ -87,6 +107,7 @@ def run_rollout(
     from kmsadmin.fleet.rollout import rollout, transport_session_factory_for
     from kmsadmin.report import from_rollout
 
+    check_report_paths(reports)
     playbook = load_playbook(playbook_path)
     # group_vars/ and host_vars/ beside the playbook apply too, as with ansible-playbook
     inventory = inventory_opts.load(inventory_path, *vault, playbook_dir=playbook_path.resolve().parent)
@@ -199,6 +220,7 @@ def fleet_status(
     from kmsadmin.fleet.rollout import run_host_safely, secret_values, transport_session_factory_for
     from kmsadmin.report import build_report
 
+    check_report_paths(reports)
     inventory = (
         inventory_path if isinstance(inventory_path, LoadedInventory) else load_inventory(inventory_path)
     )
