@@ -44,6 +44,8 @@ CaBundleOpt = Annotated[
 NoVerifyOpt = Annotated[
     bool, typer.Option("--no-cert-validation", help="do not validate HTTPS certificates (not recommended)")
 ]
+
+
 def _positive_seconds(value: float | None) -> float | None:
     """A deadline is a finite number of seconds above 0 (usage error, exit 2, otherwise)."""
     if value is not None and not (math.isfinite(value) and value > 0):
