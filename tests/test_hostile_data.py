@@ -7,6 +7,7 @@ replaced whole, so a failed write never destroys an old report.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -201,3 +202,63 @@ def test_journal_keeps_any_string_and_never_raises(tmp_path: Path) -> None:
     raw.decode("utf-8")  # valid UTF-8 on disk
     state = read_journal(path)
     assert state.torn == 0 and state.entries[0]["note"] == "a\ud800b\x1b"
+
+
+# --- the inventory reader with arbitrary YAML ---------------------------------------------------------
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(st.characters(exclude_categories=()), max_size=20),
+)
+_KEYS = st.one_of(
+    st.sampled_from(
+        [
+            "all",
+            "hosts",
+            "children",
+            "vars",
+            "ansible_host",
+            "ansible_port",
+            "ansible_user",
+            "ansible_password",
+            "ansible_connection",
+            "ansible_psrp_auth",
+            "ansible_psrp_protocol",
+            "ansible_psrp_message_encryption",
+            "kmsadmin_role",
+            "h1",
+            "g1",
+        ]
+    ),
+    st.text(max_size=10),
+)
+_TREES = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_KEYS, inner, max_size=4)),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=_TREES, raw=st.text(st.characters(exclude_categories=()), max_size=200))
+def test_the_inventory_reader_fails_only_with_its_own_errors(document: Any, raw: str, tmp_path: Path) -> None:
+    import yaml
+
+    from kmsadmin.errors import KmsAdminError
+    from kmsadmin.fleet.inventory import load_inventory
+    from kmsadmin.transports import build_options
+
+    path = tmp_path / "inv.yml"
+    for text in (yaml.safe_dump(document, allow_unicode=True), raw):
+        path.write_bytes(text.encode("utf-8", "surrogatepass"))
+        try:
+            inventory = load_inventory(path)
+        except KmsAdminError:
+            continue
+        # what loads is usable: host names are strings and their vars a mapping
+        assert all(isinstance(h, str) and isinstance(inventory.vars_for(h), dict) for h in inventory.hosts)
+        for host in list(inventory.hosts)[:5]:
+            with contextlib.suppress(KmsAdminError):
+                build_options(host, hostvars=inventory.vars_for(host), env={})
