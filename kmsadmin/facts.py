@@ -189,6 +189,8 @@ class FirewallRuleFacts(_Model):
     name: str
     enabled: bool = False
     profiles: list[str] = Field(default_factory=list)
+    #: remote-address scope (Get-NetFirewallAddressFilter RemoteAddress): "Any", "LocalSubnet", subnets
+    remote_addresses: list[str] = Field(default_factory=lambda: ["Any"])
 
 
 class SecurityFacts(_Model):

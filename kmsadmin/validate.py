@@ -130,6 +130,43 @@ def firewall_profiles(values: Iterable[str] | str) -> tuple[str, ...]:
     return tuple(result)
 
 
+def remote_address(value: str) -> str:
+    """One firewall remote address: an IPv4/IPv6 address or subnet, as ``network/prefix``.
+
+    Set-NetFirewallRule -RemoteAddress accepts an address, a subnet by bit count (``1.2.3.0/24``) or,
+    for IPv4, by mask (``1.2.3.0/255.255.255.0``) ([PSDOCS] NetSecurity/Set-NetFirewallRule.md); both
+    forms come back as ``1.2.3.0/24`` here, so a scope read from a host compares with what was asked.
+    The keywords ``Any`` and ``LocalSubnet`` are kept as Windows spells them.
+    """
+    text = value.strip()
+    for keyword in ("Any", "LocalSubnet"):
+        if text.lower() == keyword.lower():
+            return keyword
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise InvalidInput(
+            "remote address", value, "expected an address or subnet such as 10.0.0.0/8 or 192.168.1.0/24"
+        ) from None
+
+
+def remote_addresses(values: Iterable[str] | str) -> tuple[str, ...]:
+    """Client subnets to allow, e.g. ``10.0.0.0/8,192.168.0.0/16`` (``--allow-from``)."""
+    items = values.split(",") if isinstance(values, str) else list(values)
+    result: list[str] = []
+    for item in items:
+        if not item.strip():
+            continue
+        address = remote_address(item)
+        if address in ("Any", "LocalSubnet"):
+            raise InvalidInput("remote address", item, "give the client subnets (e.g. 10.0.0.0/8)")
+        if address not in result:
+            result.append(address)
+    if not result:
+        raise InvalidInput("remote address", "", "give at least one subnet")
+    return tuple(result)
+
+
 def guid(value: str, *, what: str = "Activation ID") -> str:
     """A GUID such as an Activation ID or Application ID, lower-cased."""
     text = value.strip().strip("{}")

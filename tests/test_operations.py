@@ -41,7 +41,7 @@ def test_setup_host_fresh_server_plans_every_step_in_order() -> None:
     assert not plan.blocked
     assert steps(plan) == ["install-feature", "firewall", "install-host-key", "activate", "kms-host-settings"]
     firewall = plan.steps[1].ref.params
-    assert firewall == {"rule_name": "SPPSVC-In-TCP", "profiles": "Domain,Private"}
+    assert firewall == {"rule_name": "SPPSVC-In-TCP", "profiles": "Domain,Private", "remote_addresses": ""}
     assert plan.steps[2].ref.secrets == {"product_key": HOST_KEY}
     assert "product_key" not in plan.steps[2].ref.params
     assert plan.steps[4].ref.params["dns_publishing"] is False

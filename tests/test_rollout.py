@@ -128,6 +128,9 @@ class FakeFleet:
             windows["license_status"] = 1
         elif step == "install-host-key":
             facts["service"]["is_kms_host"] = True
+        elif step == "firewall":
+            rule = next(r for r in facts["firewall"] if r["name"] == "SPPSVC-In-TCP")
+            rule.update(enabled=True, profiles=["Domain", "Private"])
         data = copy.deepcopy(facts) if step == "facts" else {}
         return {
             "kmsadmin": 1,

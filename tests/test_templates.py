@@ -25,6 +25,7 @@ VALID: dict[str, Any] = {
     "include_tools": True,
     "rule_name": "SPPSVC-In-TCP",
     "profiles": "Domain,Private",
+    "remote_addresses": "10.0.0.0/8,192.168.0.0/16",
     "product_key": "WX4NM-KYWYW-QJJR4-XV3QB-6VM33",
     "application_id": WINDOWS_APP,
     "activation_id": "",

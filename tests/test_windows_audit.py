@@ -262,3 +262,65 @@ def test_capacity_plan_uses_the_build_and_ubr() -> None:
     old = Machine(name="kms1", role="kms_host", os="Windows Server 2022", build=20348, ubr=2227, hotfixes=())
     fit = _fit(old, group)
     assert fit.missing_updates == ["KB5034770"] and "(OS build 20348.2322 or later)" in _builds(fit)
+
+
+# --- 5. firewall scope ---------------------------------------------------------------------------
+
+
+def test_allow_from_subnets_are_validated_and_normalised() -> None:
+    from kmsadmin import validate
+    from kmsadmin.errors import InvalidInput
+
+    # Set-NetFirewallRule -RemoteAddress takes a subnet by bit count or by mask ([PSDOCS] NetSecurity)
+    assert validate.remote_addresses("10.0.0.0/8, 192.168.1.0/255.255.255.0,10.0.0.0/8") == (
+        "10.0.0.0/8",
+        "192.168.1.0/24",
+    )
+    for bad in ("10.0.0.0/33", "LocalSubnet", "kms01", ""):
+        with pytest.raises(InvalidInput):
+            validate.remote_addresses(bad)
+
+
+def test_uncovered_subnets_against_a_rule_scope() -> None:
+    from kmsadmin.operations.setup_host import uncovered
+
+    wanted = ["10.0.0.0/8", "192.168.10.0/24"]
+    assert uncovered(wanted, ["LocalSubnet"]) == wanted  # LocalSubnet depends on the host's interfaces
+    assert uncovered(wanted, ["Any"]) == []
+    assert uncovered(wanted, ["LocalSubnet", "10.0.0.0/255.0.0.0", "192.168.0.0/16"]) == []
+    assert uncovered(wanted, ["10.1.0.0/16", "DNS"]) == wanted
+
+
+def test_setup_host_widens_the_scope_only_by_what_is_missing() -> None:
+    data = json.loads((FIXTURES / "facts" / "server2022-fresh.json").read_text(encoding="utf-8"))
+    data["firewall"] = [
+        {
+            "name": "SPPSVC-In-TCP",
+            "enabled": True,
+            "profiles": ["Domain", "Private"],
+            "remote_addresses": ["LocalSubnet", "10.0.0.0/255.0.0.0"],
+        },
+    ]
+    key = Secret("BCDFG-HJKMP-QRTVW-XY234-6789B")
+    args = SetupHostArgs(host_key=key, allow_from=("10.0.0.0/8", "172.16.0.0/12"))
+    plan = plan_setup_host("kms1", HostFacts.model_validate(data), args)
+    (step,) = [s for s in plan.steps if s.step == "firewall"]
+    assert step.ref.params["remote_addresses"] == "172.16.0.0/12" and "172.16.0.0/12" in step.reason
+    assert plan.details["firewall"][0]["remote_addresses"] == ["LocalSubnet", "10.0.0.0/255.0.0.0"]
+    # without --allow-from, the plan says who cannot reach the host
+    quiet = plan_setup_host("kms1", HostFacts.model_validate(data), SetupHostArgs(host_key=key))
+    assert not [s for s in quiet.steps if s.step == "firewall"]
+    assert any("--allow-from" in note for note in quiet.notes)
+
+
+def test_firewall_cmd_adds_subnets_through_the_environment_and_never_narrows_any() -> None:
+    params = {"rule_name": "SPPSVC-In-TCP", "profiles": "Domain,Private", "remote_addresses": "10.0.0.0/8"}
+    script = render(ScriptRef(step="firewall", params=params, fmt="cmd")).text
+    (line,) = [x for x in script.split("\r\n") if x.startswith("powershell.exe") and "-RemoteAddress" in x]
+    assert "$env:KMSADMIN_REMOTE_ADDRESSES" in line and "10.0.0.0/8" not in line
+    assert "if (-not ($a -contains 'Any'))" in line
+    none = render(ScriptRef(step="firewall", params={**params, "remote_addresses": ""}, fmt="cmd")).text
+    assert "-RemoteAddress" not in none
+    ps1 = render(ScriptRef(step="firewall", params=params)).text
+    assert "-not ($scope -contains 'Any')" in ps1 and "-RemoteAddress ([string[]]($scope + $missing))" in ps1
+    assert pwsh.syntax_errors(ps1) == []

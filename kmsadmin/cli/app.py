@@ -324,6 +324,13 @@ def setup_host(
     activation: Annotated[str, typer.Option(help="online, or phone (prints the Installation ID)")] = "online",
     confirmation_id: Annotated[str | None, typer.Option(help="Confirmation ID for phone activation")] = None,
     firewall_profiles: Annotated[str, typer.Option(help="profiles for SPPSVC-In-TCP")] = "Domain,Private",
+    allow_from: Annotated[
+        str | None,
+        typer.Option(
+            help="client subnets SPPSVC-In-TCP must accept, e.g. 10.0.0.0/8,192.168.0.0/16 "
+            "(Windows ships it limited to the local subnet)"
+        ),
+    ] = None,
     tools: Annotated[
         bool, typer.Option("--tools/--no-tools", help="also install the Volume Activation Tools")
     ] = True,
@@ -384,6 +391,7 @@ def setup_host(
             if renewal_interval is not None
             else None,
             assume_updates=assume_updates,
+            allow_from=validate.remote_addresses(allow_from) if allow_from is not None else (),
         )
         if dry_run:
             _print_scripts([plan_setup_host(name, None, args)], fmt, json_out)

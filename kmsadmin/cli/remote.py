@@ -149,6 +149,8 @@ def _print_one(report: HostReport, *, check: bool) -> None:
         if state.get("is_kms_host"):
             parts.append(f"KMS count {state.get('current_count')}")
         console.print("  " + escape(", ".join(parts)))
+        for line in firewall_lines(state):
+            console.print(f"  {escape(line)}")
     if report.error:
         e = report.error
         label = "[magenta]waiting[/]" if report.status == "waiting" else "[red]error[/]"
@@ -167,6 +169,17 @@ def _print_one(report: HostReport, *, check: bool) -> None:
             err.print(f"    fix: {escape(str(e['remediation']))}")
         if report.status == "waiting":
             err.print(f"    not activated yet: {catalog.waiting_note()}")
+
+
+def firewall_lines(state: Mapping[str, Any]) -> list[str]:
+    """A KMS host's SPPSVC rules: enabled, profiles and remote-address scope (``LocalSubnet`` by default)."""
+    lines = []
+    for rule in state.get("firewall") or []:
+        profiles = ",".join(rule.get("profiles") or []) or "no profile"
+        scope = ",".join(rule.get("remote_addresses") or []) or "none"
+        enabled = "enabled" if rule.get("enabled") else "disabled"
+        lines.append(f"firewall {rule.get('name')}: {enabled}, profiles {profiles}, remote addresses {scope}")
+    return lines
 
 
 def status(
@@ -225,6 +238,9 @@ def status(
         for r in reports:
             if r.error and r.error.get("remediation"):
                 sys.stderr.write(f"{r.host}: fix: {r.error['remediation']}\n")
+    for r in reports:
+        for line in firewall_lines(r.state):
+            sys.stdout.write(f"{r.host}: {line}\n")
     return failed or exit_code(assessed, options)
 
 

@@ -272,6 +272,11 @@ def fleet_status(
     else:
         print_summary(document)
         print_activation(assessed, options)
+        from kmsadmin.cli.remote import firewall_lines
+
+        for r in host_reports:
+            for line in firewall_lines(r.state):
+                sys.stdout.write(f"{r.host}: {line}\n")
         for path in written:
             sys.stdout.write(f"report: {path}\n")
     failed = 1 if any(r.status == "failed" for r in host_reports) else 0

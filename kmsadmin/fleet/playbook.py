@@ -150,6 +150,13 @@ class SetupHostParams(_Strict):
     activation_interval: int | None = None
     renewal_interval: int | None = None
     assume_updates: bool = False
+    #: client subnets SPPSVC-In-TCP must accept (setup-host --allow-from)
+    allow_from: list[str] | str = Field(default_factory=list)
+
+    @field_validator("allow_from")
+    @classmethod
+    def _allow_from(cls, value: list[str] | str) -> list[str]:
+        return list(validate.remote_addresses(value)) if value else []
 
     @field_validator("host_key", mode="before")
     @classmethod
@@ -604,6 +611,7 @@ def build_args(
             activation_interval=params.activation_interval,
             renewal_interval=params.renewal_interval,
             assume_updates=params.assume_updates,
+            allow_from=tuple(params.allow_from),
         )
     if operation == "convert-client":
         if not isinstance(params, ConvertClientParams):

@@ -33,7 +33,13 @@ from kmsadmin.facts import (
 from kmsadmin.operations import Plan, health
 from kmsadmin.operations.adba import AdbaArgs, plan_adba
 from kmsadmin.operations.convert_client import ConvertClientArgs, plan_convert_client
-from kmsadmin.operations.setup_host import KMS_HOST_SETTINGS, SetupHostArgs, plan_setup_host
+from kmsadmin.operations.setup_host import (
+    FIREWALL_RULE,
+    KMS_HOST_SETTINGS,
+    SetupHostArgs,
+    plan_setup_host,
+    uncovered,
+)
 from kmsadmin.render import render
 from kmsadmin.values import RenderedScript, ScriptResult
 
@@ -163,6 +169,8 @@ def summarize_state(facts: HostFacts) -> dict[str, Any]:
         state["oslicense_module"] = True
     if facts.service.is_kms_host:
         state.update(
+            # the rules clients reach the host through, with their effective profiles and scope
+            firewall=[rule.model_dump() for rule in facts.firewall],
             current_count=facts.service.current_count,
             listening_port=facts.service.listening_port,
             dns_publishing=facts.service.dns_publishing,
@@ -230,6 +238,23 @@ def _verify(operation: str, host: str, facts: HostFacts, args: Any) -> None:
                 "verify",
                 "the host does not report itself as a KMS host after set-up",
                 remediation="check the host key and its activation (slmgr /dlv)",
+            )
+        rule = facts.firewall_rule(FIREWALL_RULE)
+        outside = uncovered(args.allow_from, rule.remote_addresses) if rule else list(args.allow_from)
+        if rule is None or not rule.enabled or outside:
+            raise HostError(
+                host,
+                "verify",
+                f"{FIREWALL_RULE} reads back "
+                + (
+                    f"enabled={rule.enabled}, profiles {','.join(rule.profiles)}, remote addresses "
+                    f"{','.join(rule.remote_addresses)}"
+                    if rule
+                    else "missing"
+                )
+                + (f"; not allowed: {', '.join(outside)}" if outside else ""),
+                remediation="check the rule with Get-NetFirewallRule -Name SPPSVC-In-TCP | "
+                "Get-NetFirewallAddressFilter",
             )
         for name in KMS_HOST_SETTINGS:
             wanted = getattr(args, name)

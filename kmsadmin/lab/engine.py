@@ -15,6 +15,7 @@ Steps are idempotent like the real scripts: a step whose target state already ho
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from kmsadmin import catalog
+from kmsadmin import catalog, validate
+from kmsadmin.errors import InvalidInput
 from kmsadmin.lab import kms
 from kmsadmin.lab.api import ScriptOutput, Via
 from kmsadmin.lab.fleet import Fleet, profile_order
@@ -32,8 +34,10 @@ from kmsadmin.lab.model import (
     KMS_VALIDITY_DAYS,
     LICENSED,
     PROFILE_ORDER,
+    SPPSVC_NOSCOPE_RULE,
     SPPSVC_RULE,
     ActivationObject,
+    FirewallRule,
     HostState,
     Product,
     Service,
@@ -377,10 +381,8 @@ def facts_data(host: HostState, now: datetime) -> dict[str, Any]:
             },
         },
         "features": features,
-        # the script reads only the rule Microsoft's setup enables (Get-NetFirewallRule -Name SPPSVC-In-TCP)
-        "firewall": [{"name": rule.name, "enabled": rule.enabled, "profiles": list(rule.profiles)}]
-        if rule
-        else [],
+        # the script reads the rule Microsoft's setup enables and its Domain-profile twin, with scopes
+        "firewall": [_rule_facts(r) for r in (rule, host.rule(SPPSVC_NOSCOPE_RULE)) if r is not None],
         "hotfixes": sorted(set(host.hotfixes)),
         "security": {
             # IsInRole(Administrators) is false for a filtered token (KB 951016)
@@ -428,8 +430,29 @@ def step_install_feature(ctx: Context, params: dict[str, str]) -> StepResult:
     return StepResult(bool(missing), before, after, {"restart_needed": False})
 
 
+def _windows_address(address: str) -> str:
+    """A scope entry as the lab reports it: an IPv4 subnet by network mask (``10.0.0.0/255.0.0.0``),
+    one of the two subnet forms Set-NetFirewallRule -RemoteAddress takes ([PSDOCS] NetSecurity)."""
+    try:
+        network = ipaddress.ip_network(address, strict=False)
+    except ValueError:
+        return address
+    if network.version == 4 and network.prefixlen < 32:
+        return f"{network.network_address}/{network.netmask}"
+    return str(network.network_address) if network.num_addresses == 1 else str(network)
+
+
+def _rule_facts(rule: FirewallRule) -> dict[str, Any]:
+    return {
+        "name": rule.name,
+        "enabled": rule.enabled,
+        "profiles": list(rule.profiles),
+        "remote_addresses": [_windows_address(a) for a in rule.remote_addresses],
+    }
+
+
 def step_firewall(ctx: Context, params: dict[str, str]) -> StepResult:
-    """``firewall``: enable the rule for exactly the given profiles."""
+    """``firewall``: enable the rule for exactly the given profiles; add client subnets to its scope."""
     name = params.get("rule_name") or SPPSVC_RULE
     wanted: set[str] = set()
     for item in (params.get("profiles") or "Domain,Private").split(","):
@@ -448,14 +471,26 @@ def step_firewall(ctx: Context, params: dict[str, str]) -> StepResult:
             f"No MSFT_NetFirewallRule objects found with property 'Name' equal to '{name}'.  "
             "Verify the value of the property and retry.",
         )
-    before = {"enabled": rule.enabled, "profiles": list(rule.profiles)}
+    try:
+        asked = [
+            validate.remote_address(a) for a in (params.get("remote_addresses") or "").split(",") if a.strip()
+        ]
+    except InvalidInput as exc:
+        raise refuse("Input", f"remote_addresses: {exc}") from None
+    before = _rule_facts(rule)
+    del before["name"]
+    scope = [validate.remote_address(a) if "/" in a or a[:1].isdigit() else a for a in rule.remote_addresses]
+    missing = [] if "Any" in scope else [a for a in dict.fromkeys(asked) if a not in scope]
     ordered = profile_order(sorted(wanted))
-    changed = not rule.enabled or sorted(rule.profiles) != sorted(ordered)
+    changed = not rule.enabled or sorted(rule.profiles) != sorted(ordered) or bool(missing)
     if changed:
         ctx.require_elevation("Set-NetFirewallRule")
         rule.enabled = True
         rule.profiles = ordered
-    return StepResult(changed, before, {"enabled": rule.enabled, "profiles": list(rule.profiles)}, None)
+        rule.remote_addresses = [*scope, *missing]
+    after = _rule_facts(rule)
+    del after["name"]
+    return StepResult(changed, before, after, None)
 
 
 # ---------------------------------------------------------------------- keys

@@ -385,11 +385,13 @@ class Fleet:
 
 
 def _firewall_defaults() -> list[FirewallRule]:
-    # Windows defaults (microsoft.md §h): SPPSVC-In-TCP Private+Public, SPPSVC-In-TCP-NoScope Domain,
-    # both Active=FALSE
+    # Windows defaults (microsoft.md §h): SPPSVC-In-TCP Private+Public scoped to LocalSubnet (RA4/RA6),
+    # SPPSVC-In-TCP-NoScope Domain with no remote-address scope, both Active=FALSE
     return [
-        FirewallRule(SPPSVC_RULE, enabled=False, profiles=["Private", "Public"]),
-        FirewallRule(SPPSVC_NOSCOPE_RULE, enabled=False, profiles=["Domain"]),
+        FirewallRule(
+            SPPSVC_RULE, enabled=False, profiles=["Private", "Public"], remote_addresses=["LocalSubnet"]
+        ),
+        FirewallRule(SPPSVC_NOSCOPE_RULE, enabled=False, profiles=["Domain"], remote_addresses=["Any"]),
     ]
 
 

@@ -38,6 +38,7 @@ Phone activation (lab rule)
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 import uuid
 from collections.abc import Callable, Mapping
@@ -54,11 +55,13 @@ from kmsadmin.lab.model import (
     CHANNEL_RETAIL,
     DEFAULT_KMS_PORT,
     KMS_VALIDITY_DAYS,
+    LAB_SUBNET,
     LICENSED,
     OOB_GRACE,
     OOB_GRACE_DAYS,
     ActivationObject,
     Contact,
+    FirewallRule,
     HostState,
     LogEvent,
     Product,
@@ -716,11 +719,30 @@ class Network:
     srv: Callable[[str], list[HostState]]
 
 
-def _firewall_open(kms: HostState) -> bool:
+def _in_scope(rule: FirewallRule, kms: HostState, client: HostState) -> bool:
+    """Whether the client's address is in the rule's remote-address scope (Set-NetFirewallRule
+    -RemoteAddress: Any, LocalSubnet, addresses and subnets; [PSDOCS] NetSecurity)."""
+    local = ipaddress.ip_network(kms.address + "/16" if kms.address else LAB_SUBNET, strict=False)
+    source = ipaddress.ip_address(client.address or local.network_address + 2)
+    for entry in rule.remote_addresses:
+        if entry.lower() == "any" or (entry.lower() == "localsubnet" and source in local):
+            return True
+        try:
+            if source in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue  # another keyword (DNS, DHCP...): never a lab client
+    return False
+
+
+def _firewall_open(kms: HostState, client: HostState) -> bool:
     # the client reaches TCP 1688 only through an enabled SPPSVC rule for the host's network profile
-    # ([HOST25] Set-NetFirewallRule -Name SPPSVC-In-TCP ...; rule defaults in microsoft.md §h)
+    # whose scope holds the client's address ([HOST25] Set-NetFirewallRule -Name SPPSVC-In-TCP ...;
+    # rule defaults in microsoft.md §h: SPPSVC-In-TCP is LocalSubnet only)
     return any(
-        rule.enabled and (kms.network_profile in rule.profiles or "Any" in rule.profiles)
+        rule.enabled
+        and (kms.network_profile in rule.profiles or "Any" in rule.profiles)
+        and _in_scope(rule, kms, client)
         for rule in kms.firewall
         if rule.name.upper().startswith("SPPSVC-IN-TCP")
     )
@@ -769,7 +791,7 @@ def _kms_activate(client: HostState, product: Product, net: Network, now: dateti
     errors: list[LabFailure] = []
     for kms, port in candidates:
         kms_product = kms.kms_host_product(product.application_id)
-        if kms_product is None or not _firewall_open(kms) or port != kms.service.listening_port:
+        if kms_product is None or not _firewall_open(kms, client) or port != kms.service.listening_port:
             # nothing answers on that name and port: "No Key Management Service (KMS) could be
             # contacted" [SLERR] 0xC004F074
             errors.append(

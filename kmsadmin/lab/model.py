@@ -57,6 +57,8 @@ CHANNEL_RETAIL = "Retail"
 #: Private+Public, SPPSVC-In-TCP-NoScope for Domain, both disabled
 SPPSVC_RULE = "SPPSVC-In-TCP"
 SPPSVC_NOSCOPE_RULE = "SPPSVC-In-TCP-NoScope"
+#: the lab LAN: the local subnet of every host without an ``address`` of its own
+LAB_SUBNET = "10.0.0.0/16"
 PROFILE_ORDER = ("Domain", "Private", "Public")
 
 
@@ -113,6 +115,9 @@ class FirewallRule:
     name: str
     enabled: bool = False
     profiles: list[str] = field(default_factory=list)
+    #: remote-address scope (Get-NetFirewallAddressFilter RemoteAddress): "Any", "LocalSubnet",
+    #: subnets as network/prefix
+    remote_addresses: list[str] = field(default_factory=lambda: ["Any"])
 
 
 @dataclass(slots=True)
@@ -298,6 +303,8 @@ class HostState:
     clock_skew_minutes: int = 0
     #: the network profile the lab network has on this host (workgroup machines: Private)
     network_profile: str = "Private"
+    #: the host's IPv4 address; "" = on the lab LAN (LAB_SUBNET), the local subnet of every lab host
+    address: str = ""
     faults: list[str] = field(default_factory=list)
     schema: int = SCHEMA_VERSION
 

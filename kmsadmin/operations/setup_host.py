@@ -8,9 +8,12 @@ activate the CSVLK, then configure the KMS host (slmgr /sprt, /sdns|/cdns, /spri
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from kmsadmin import catalog
+from kmsadmin import catalog, validate
+from kmsadmin.errors import InvalidInput
 from kmsadmin.facts import HostFacts
 from kmsadmin.operations import Plan, PlannedStep, Problem
 from kmsadmin.values import ScriptRef, Secret
@@ -45,6 +48,8 @@ class SetupHostArgs:
     activation_interval: int | None = None
     renewal_interval: int | None = None
     assume_updates: bool = False
+    #: client subnets the firewall rule must accept (``--allow-from``), as network/prefix
+    allow_from: tuple[str, ...] = ()
 
 
 def _preflight(facts: HostFacts, args: SetupHostArgs) -> tuple[list[Problem], list[str], list[str]]:
@@ -118,6 +123,40 @@ def _preflight(facts: HostFacts, args: SetupHostArgs) -> tuple[list[Problem], li
     return problems, notes, required
 
 
+def scope_of(addresses: Iterable[str]) -> list[str]:
+    """A rule's remote-address scope in one spelling (``10.0.0.0/255.0.0.0`` -> ``10.0.0.0/8``);
+    entries that are neither an address nor Any/LocalSubnet (other keywords, ranges) stay as read."""
+    out = []
+    for address in addresses:
+        try:
+            out.append(validate.remote_address(address))
+        except InvalidInput:
+            out.append(address)
+    return out
+
+
+def uncovered(wanted: Iterable[str], addresses: Iterable[str]) -> list[str]:
+    """The subnets of ``wanted`` that the scope does not already accept (``Any``, or a subnet holding it).
+
+    ``LocalSubnet`` counts for nothing here: whether a subnet is local depends on the host's interfaces.
+    """
+    scope = scope_of(addresses)
+    if "Any" in scope:
+        return []
+    networks = []
+    for entry in scope:
+        try:
+            networks.append(ipaddress.ip_network(entry))
+        except ValueError:
+            continue
+    missing = []
+    for item in wanted:
+        network = ipaddress.ip_network(item)
+        if not any(network.version == n.version and network.subnet_of(n) for n in networks):  # type: ignore[arg-type]
+            missing.append(item)
+    return missing
+
+
 def plan_setup_host(host: str, facts: HostFacts | None, args: SetupHostArgs) -> Plan:
     """Plan the set-up; ``facts=None`` lists every step (``--dry-run``)."""
     steps: list[PlannedStep] = []
@@ -145,13 +184,29 @@ def plan_setup_host(host: str, facts: HostFacts | None, args: SetupHostArgs) -> 
 
     profiles = ",".join(args.firewall_profiles)
     rule = facts.firewall_rule(FIREWALL_RULE) if facts else None
+    outside = uncovered(args.allow_from, rule.remote_addresses) if rule else list(args.allow_from)
+    reasons = []
     if rule is None or not rule.enabled or sorted(rule.profiles) != sorted(args.firewall_profiles):
+        reasons.append(f"{FIREWALL_RULE} not enabled for {profiles}")
+    if outside:
+        reasons.append(f"its remote-address scope does not include {', '.join(outside)}")
+    if reasons:
         steps.append(
             PlannedStep(
-                ScriptRef("firewall", {"rule_name": FIREWALL_RULE, "profiles": profiles}),
-                f"{FIREWALL_RULE} not enabled for {profiles}",
+                ScriptRef(
+                    "firewall",
+                    {"rule_name": FIREWALL_RULE, "profiles": profiles, "remote_addresses": ",".join(outside)},
+                ),
+                "; ".join(reasons),
             )
         )
+    if facts is not None:
+        details["firewall"] = [r.model_dump() for r in facts.firewall]
+        if rule is not None and not args.allow_from and "Any" not in scope_of(rule.remote_addresses):
+            notes.append(
+                f"{FIREWALL_RULE} accepts only {', '.join(rule.remote_addresses) or 'no address'}: KMS clients in "
+                "other subnets cannot reach this host; allow them with --allow-from SUBNET[,SUBNET...]"
+            )
 
     host_products = facts.kms_host_products() if facts else []
     key_tail = args.host_key.tail if args.host_key else None

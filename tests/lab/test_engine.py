@@ -131,7 +131,18 @@ def test_facts_match_the_documented_shape(lab: Lab) -> None:
     assert product["license_status_reason"] == "0x00000000"
     assert data["features"] == {"VolumeActivation": None, "RSAT-VA-Tools": None}
     assert data["firewall"] == [
-        {"name": "SPPSVC-In-TCP", "enabled": False, "profiles": ["Private", "Public"]}
+        {
+            "name": "SPPSVC-In-TCP",
+            "enabled": False,
+            "profiles": ["Private", "Public"],
+            "remote_addresses": ["LocalSubnet"],
+        },
+        {
+            "name": "SPPSVC-In-TCP-NoScope",
+            "enabled": False,
+            "profiles": ["Domain"],
+            "remote_addresses": ["Any"],
+        },
     ]
     service = data["service"]
     assert (
@@ -175,8 +186,16 @@ def test_install_feature_and_firewall_are_idempotent(lab: Lab) -> None:
     assert first["data"] == {"restart_needed": False}
     assert lab.run("kms01", "install-feature", include_tools=True)["changed"] is False
     fw = lab.run("kms01", "firewall", rule_name="SPPSVC-In-TCP", profiles="Domain,Private")
-    assert fw["before"] == {"enabled": False, "profiles": ["Private", "Public"]}
-    assert fw["after"] == {"enabled": True, "profiles": ["Domain", "Private"]}
+    assert fw["before"] == {
+        "enabled": False,
+        "profiles": ["Private", "Public"],
+        "remote_addresses": ["LocalSubnet"],
+    }
+    assert fw["after"] == {
+        "enabled": True,
+        "profiles": ["Domain", "Private"],
+        "remote_addresses": ["LocalSubnet"],
+    }
     assert (
         lab.run("kms01", "firewall", rule_name="SPPSVC-In-TCP", profiles="Private,Domain")["changed"] is False
     )
