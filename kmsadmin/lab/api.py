@@ -76,3 +76,8 @@ class EndpointConfig:
     refuse_ntlm: bool = False
     #: seconds the host's clock is off (its Kerberos acceptor runs on that clock; needs faketime)
     clock_skew: int = 0
+    #: WinRM Auth/Certificate: a client certificate from the lab's client CA whose UPN names this host's
+    #: user signs in as that user (HTTPS only)
+    certificate_auth: bool = False
+    #: WinRM Auth/CredSSP: accept CredSSP (HTTPS only); the delegated password must be the user's
+    credssp: bool = False

@@ -397,3 +397,34 @@ class NegotiateAcceptor:
             + _BOUNDARY
             + b"--\r\n"
         )
+
+
+#: The Authorization value of WS-Management certificate authentication ([MS-WSMV] 2.2.9.2; the TLS
+#: handshake carries the certificate).
+CERTIFICATE_AUTH = "http://schemas.dmtf.org/wbem/wsman/1/wsman/secprofile/https/mutual"
+
+
+class CredSspAcceptor:
+    """One CredSSP exchange ([MS-CSSP]) on one TLS connection, by pyspnego's acceptor: TLS inside HTTP,
+    NTLM or Kerberos inside that, then the client delegates its password (TSPasswordCreds)."""
+
+    def __init__(self) -> None:
+        self._ctx: Any = spnego.server(protocol="credssp")
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._ctx.complete)
+
+    def step(self, token: bytes) -> bytes | None:
+        try:
+            out: bytes | None = self._ctx.step(token)
+        except Exception as exc:  # SpnegoError, TLS errors, malformed TSRequest
+            raise AuthFailed(type(exc).__name__) from exc
+        return out
+
+    def delegated(self) -> tuple[str, str, str] | None:
+        """(domain, user, password) the client delegated, once complete."""
+        creds = self._ctx.get_extra_info("client_credential")
+        if creds is None or not hasattr(creds, "password"):
+            return None
+        return str(creds.domain_name or ""), str(creds.username or ""), str(creds.password or "")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hmac
 import logging
 import selectors
 import socket
@@ -40,8 +41,10 @@ from typing import Any, NoReturn, TypeVar
 from kmsadmin.lab import wsman
 from kmsadmin.lab.api import EndpointConfig, ScriptEngine
 from kmsadmin.lab.auth import (
+    CERTIFICATE_AUTH,
     ENCRYPTED_CONTENT_TYPE,
     AuthFailed,
+    CredSspAcceptor,
     KerberosService,
     NegotiateAcceptor,
     NtlmUserStore,
@@ -53,7 +56,7 @@ from kmsadmin.lab.auth import (
 )
 from kmsadmin.lab.hostctx import ConnectionAbort, EngineRunner, HostContext
 from kmsadmin.lab.psrp import PsrpShell
-from kmsadmin.lab.tls import LabCertificate, generate
+from kmsadmin.lab.tls import ClientCa, LabCertificate, client_upn, generate, generate_client_ca
 from kmsadmin.lab.winrs import WinrsShell
 
 log = logging.getLogger("kmsadmin.lab.server")
@@ -129,6 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.host = host
         # Per-connection authentication: NTLM/Negotiate binds to the TCP connection.
         self.acceptor: NegotiateAcceptor | None = None
+        self.credssp: CredSspAcceptor | None = None
         super().__init__(sock, client, None)  # type: ignore[arg-type]
 
     def do_POST(self) -> None:
@@ -190,6 +194,7 @@ class LabServer:
         self._cert: LabCertificate | None = None
         self._ssl: ssl.SSLContext | None = None
         self._channel_bindings: Any = None
+        self._client_ca: ClientCa | None = None
         self._state_dir: Path | None = None
         self._started = False
 
@@ -218,7 +223,8 @@ class LabServer:
             self._state_dir = self._state_dir_arg
             self._state_dir.mkdir(parents=True, exist_ok=True)
         self._cert = generate(self._state_dir, [h.name for h in self._initial])
-        self._ssl = self._cert.server_context()
+        self._client_ca = generate_client_ca(self._state_dir)
+        self._ssl = self._cert.server_context(self._client_ca.cert_path)
         self._channel_bindings = self._cert.channel_bindings()
         self._ntlm = NtlmUserStore.acquire()
         self._selector = selectors.DefaultSelector()
@@ -296,6 +302,10 @@ class LabServer:
         if self._cert is None:
             raise RuntimeError("the lab server is not started")
         return self._cert.ca_path
+
+    def issue_client_certificate(self, upn: str, directory: Path) -> tuple[Path, Path]:
+        """A client certificate from the lab's client CA for ``upn``: (certificate PEM, key PEM)."""
+        return _need(self._client_ca, "client CA").issue(upn, directory)
 
     @property
     def ntlm_user_file(self) -> Path:
@@ -599,8 +609,15 @@ class LabServer:
     def _authenticate(self, h: _Handler) -> bytes:
         """Run this request's auth step; returns the final Negotiate token (b"" for none) or raises."""
         cfg = h.host.config
-        scheme, _, token = h.headers.get("Authorization", "").strip().partition(" ")
+        header = h.headers.get("Authorization", "").strip()
+        if header.lower() == CERTIFICATE_AUTH:
+            self._certificate(h)
+            return b""
+        scheme, _, token = header.partition(" ")
         scheme = scheme.lower()
+        if scheme == "credssp":
+            self._credssp(h, token)
+            return b""
         if scheme == "basic":
             h.acceptor = None
             # Windows does not even offer Basic over HTTP while AllowUnencrypted is false.
@@ -612,7 +629,7 @@ class LabServer:
             return b""
         if scheme in ("negotiate", "ntlm", "kerberos"):
             return self._negotiate(h, token)
-        if h.acceptor is None or not h.acceptor.complete:
+        if (h.acceptor is None or not h.acceptor.complete) and (h.credssp is None or not h.credssp.complete):
             self._refuse(h)
         return b""  # the connection authenticated earlier
 
@@ -657,6 +674,49 @@ class LabServer:
         if h.acceptor.channel_bound:
             h.host.count("channel_bound")
         return out or b""
+
+    def _certificate(self, h: _Handler) -> None:
+        """Certificate authentication: the TLS client certificate's UPN mapped to the host's user."""
+        cfg = h.host.config
+        der = None
+        if cfg.tls and cfg.certificate_auth and isinstance(h.connection, ssl.SSLSocket):
+            der = h.connection.getpeercert(binary_form=True)
+        upn = client_upn(der) if der else None
+        _, user = split_principal(upn or "")
+        if upn is None or user.upper() != cfg.username.upper() or cfg.faults.wrong_credentials:
+            h.host.count("refused")
+            self._refuse(h)
+        h.host.count("certificate")
+
+    def _credssp(self, h: _Handler, token: str) -> None:
+        """One CredSSP leg; answers 401 with the next token until the client delegated its password."""
+        cfg = h.host.config
+        if not (cfg.tls and cfg.credssp):
+            self._refuse(h)
+        if h.credssp is None or h.credssp.complete:
+            h.credssp = CredSspAcceptor()
+        try:
+            out = h.credssp.step(base64.b64decode(token))
+        except (AuthFailed, binascii.Error):
+            h.host.count("refused")
+            h.credssp = None
+            self._refuse(h)
+        if not h.credssp.complete:
+            answer = "CredSSP " + base64.b64encode(out or b"").decode()
+            self._reply(h, 401, b"", extra={"WWW-Authenticate": answer})
+        delegated = h.credssp.delegated()
+        domain = delegated[0] if delegated else ""
+        allowed = (
+            delegated is not None
+            and delegated[1].upper() == cfg.username.upper()
+            and domain.upper() in ("", ".", cfg.name.upper())
+            and hmac.compare_digest(delegated[2].encode(), cfg.password.encode())
+        )
+        if not allowed or cfg.faults.wrong_credentials:
+            h.host.count("refused")
+            h.credssp = None
+            self._refuse(h)
+        h.host.count("credssp")
 
     def _check_clock(self, h: _Handler, token: str) -> None:
         """A host with a skewed clock: its acceptor's verdict on that clock (see :mod:`.skewclock`)."""
@@ -708,6 +768,8 @@ class LabServer:
         schemes = ["Negotiate"]
         if cfg.tls or cfg.allow_unencrypted:
             schemes.append('Basic realm="WSMAN"')
+        if cfg.tls and cfg.credssp:
+            schemes.append("CredSSP")
         self._send(h, 401, b"", www_authenticate=schemes)
 
     def _send(

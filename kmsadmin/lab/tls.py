@@ -32,10 +32,14 @@ class LabCertificate:
     cert_path: Path
     key_path: Path
 
-    def server_context(self) -> ssl.SSLContext:
+    def server_context(self, client_ca: Path | None = None) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.cert_path, self.key_path)
+        if client_ca is not None:
+            # Ask for a client certificate (certificate authentication), never require one.
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+            ctx.load_verify_locations(client_ca)
         return ctx
 
     def channel_bindings(self) -> Any:
@@ -132,3 +136,108 @@ def generate(directory: Path, host_names: Iterable[str]) -> LabCertificate:
         )
     )
     return LabCertificate(ca_path=ca_path, cert_path=cert_path, key_path=key_path)
+
+
+#: szOID_NT_PRINCIPAL_NAME: the UPN in a certificate's subject alternative name (otherName), which
+#: WinRM's client certificate mapping matches ([MS-WSMV]; "Certificate-based authentication" in
+#: learn.microsoft.com/windows/win32/winrm/authentication-for-remote-connections)
+UPN_OID = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCa:
+    """The CA whose certificates the lab's HTTPS listeners accept for certificate authentication."""
+
+    cert_path: Path
+    key_path: Path
+
+    def issue(self, upn: str, directory: Path, name: str | None = None) -> tuple[Path, Path]:
+        """A client certificate (Client Authentication EKU, UPN ``upn``); returns (cert PEM, key PEM)."""
+        ca_cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        ca_key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+            raise TypeError("the lab client CA key is not an EC key")
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        # the UPN as a DER UTF8String inside the otherName
+        raw = upn.encode("utf-8")
+        der = b"\x0c" + _der_length(len(raw)) + raw
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, upn.split("@", 1)[0])]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + _VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.OtherName(UPN_OID, der)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        stem = name or upn.replace("@", "_at_")
+        directory.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return cert_path, key_path
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def generate_client_ca(directory: Path) -> ClientCa:
+    """A CA for client certificates (its key stays in ``directory``, mode 0600)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kmsadmin lab client CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "lab-client-ca.pem", directory / "lab-client-ca.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return ClientCa(cert_path, key_path)
+
+
+def client_upn(der: bytes) -> str | None:
+    """The UPN of a client certificate (DER), or None."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    for other in names.get_values_for_type(x509.OtherName):
+        value = other.value if other.type_id == UPN_OID else b""
+        if len(value) > 2 and value[0] == 0x0C:
+            length = value[1]
+            start = 2
+            if length & 0x80:
+                count = length & 0x7F
+                length = int.from_bytes(value[2 : 2 + count], "big")
+                start = 2 + count
+            return value[start : start + length].decode("utf-8", "replace")
+    return None

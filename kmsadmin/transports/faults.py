@@ -14,6 +14,8 @@ import ssl
 import struct
 import xml.etree.ElementTree as ET
 
+from spnego.exceptions import SpnegoError
+
 from kmsadmin.errors import (
     AccessDenied,
     AuthenticationFailed,
@@ -205,6 +207,21 @@ def _translate_library(
     kerberos = _kerberos_failure(exc, options, step)
     if kerberos is not None:
         return kerberos
+    if "credssp being an available authentication method" in _chain_text(exc):
+        return AuthenticationFailed(
+            options.name,
+            step,
+            f"{options.endpoint} does not offer CredSSP",
+            remediation=(
+                "enable CredSSP on the host (Enable-WSManCredSSP -Role Server, or winrm set "
+                'winrm/config/service/auth @{CredSSP="true"}), or use Kerberos (with delegation if a '
+                "second hop needs it)"
+            ),
+        )
+    if any(isinstance(e, SpnegoError) for e in _chain(exc)):
+        # the host refused the handshake (CredSSP answers a wrong password with an NTSTATUS in its
+        # TSRequest; NTLM inside requests' auth hooks)
+        return _auth_failure(options, step, exc)
     if isinstance(exc, psrp_exc.WSManFaultError):
         context = exc.__context__
         if exc.code is None and isinstance(context, psrp_exc.WinRMTransportError):
@@ -336,6 +353,18 @@ def protocol_error(options: ConnectionOptions, step: str, what: str) -> HostErro
 
 def _tls_failure(options: ConnectionOptions, step: str, exc: BaseException) -> HostError:
     reason = _reason(exc)
+    if options.auth == "certificate" and not _server_certificate_failed(exc, reason):
+        # The host ended the handshake after it asked for the client certificate.
+        return ClientCertificateRejected(
+            options.name,
+            step,
+            f"{options.endpoint} ended the TLS handshake on the client certificate {options.cert_pem}: {reason}",
+            remediation=(
+                "the host does not trust the CA that issued the client certificate: import that CA into the "
+                "host's Trusted Root (and the issuer into its client certificate mapping: New-Item "
+                "WSMan:\\localhost\\ClientCertificate -Issuer <thumbprint> ...), or use a certificate from a CA it trusts"
+            ),
+        )
     verify_failed = "CERTIFICATE_VERIFY_FAILED" in str(exc) or any(
         isinstance(e, ssl.SSLCertVerificationError) for e in _chain(exc)
     )
@@ -358,6 +387,15 @@ def _tls_failure(options: ConnectionOptions, step: str, exc: BaseException) -> H
             f"check that port {options.port} is the WinRM HTTPS listener "
             "(winrm enumerate winrm/config/listener) and that it has a valid certificate bound"
         ),
+    )
+
+
+def _server_certificate_failed(exc: BaseException, reason: str) -> bool:
+    """Whether this side refused the host's certificate (rather than the host refusing ours)."""
+    return (
+        "CERTIFICATE_VERIFY_FAILED" in str(exc)
+        or any(isinstance(e, ssl.SSLCertVerificationError) for e in _chain(exc))
+        or "hostname" in reason.lower()
     )
 
 
