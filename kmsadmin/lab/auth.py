@@ -347,6 +347,12 @@ class NegotiateAcceptor:
             return ""
 
     @property
+    def delegated(self) -> bool:
+        """Whether a Kerberos client delegated (forwarded) its ticket to this host."""
+        inner = getattr(getattr(self._ctx, "_context", None), "_context", None)
+        return self.mechanism == "kerberos" and getattr(inner, "delegated_creds", None) is not None
+
+    @property
     def channel_bound(self) -> bool:
         """Whether a Kerberos client's channel bindings matched this listener's certificate."""
         inner = getattr(self._ctx, "_context", None)

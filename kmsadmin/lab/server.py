@@ -673,6 +673,8 @@ class LabServer:
         h.host.count(mechanism or "ntlm")
         if h.acceptor.channel_bound:
             h.host.count("channel_bound")
+        if h.acceptor.delegated:
+            h.host.count("delegated")
         return out or b""
 
     def _certificate(self, h: _Handler) -> None:

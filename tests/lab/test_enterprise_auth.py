@@ -13,7 +13,7 @@ from kmsadmin.lab.api import EndpointConfig
 from kmsadmin.lab.server import LabServer
 from kmsadmin.lab.tls import generate_client_ca
 from kmsadmin.transports import build_options, open_session
-from kmsadmin.transports.faults import ClientCertificateRejected
+from kmsadmin.transports.faults import ClientCertificateRejected, ProxyFailed
 from kmsadmin.values import RenderedScript
 from tests.lab.conftest import PASSWORD, USER, LabFactory
 
@@ -78,3 +78,27 @@ def test_credssp_delegates_the_password(lab: LabServer) -> None:
     # a host that does not offer CredSSP: refused, with the fix
     with pytest.raises(AuthenticationFailed):
         run(lab, "nocert", auth="credssp", user=USER, password=PASSWORD)
+
+
+def test_a_failing_proxy_is_blamed_on_the_proxy(lab: LabServer) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port where no proxy listens
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    for proxy, text in (
+        (f"http://127.0.0.1:{closed}", "proxy"),
+        ("socks5://127.0.0.1:1080", "kmsadmin[socks]"),
+    ):
+        with pytest.raises(ProxyFailed) as caught:
+            run(
+                lab,
+                "certhost",
+                auth="negotiate",
+                user=USER,
+                password=PASSWORD,
+                proxy=proxy,
+                reconnection_retries=0,
+            )
+        err = caught.value
+        assert proxy in err.message and err.remediation and text in err.remediation

@@ -262,3 +262,11 @@ def test_doctor_names_the_mechanism_and_how_messages_are_protected(
     assert "negotiated NTLM" in checks["auth"].detail
     assert checks["encryption"].detail == "NTLM message encryption over HTTP"
     assert checks["kerberos"].warning and "HTTP/ntlmonly.lab.test" in checks["kerberos"].fix
+
+
+def test_delegation_is_asked_for_only_when_configured(klab: LabServer, realm: Realm, tmp_path: Path) -> None:
+    ccache = realm.ticket(tmp_path)
+    run(klab, realm, "tls01", kerberos_ccache=ccache)
+    assert "delegated" not in klab.auth_stats("tls01")
+    run(klab, realm, "tls01", kerberos_ccache=ccache, kerberos_delegation=True)
+    assert klab.auth_stats("tls01")["delegated"] == 1
