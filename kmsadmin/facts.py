@@ -403,3 +403,76 @@ def parse_kms_events(result: ScriptResult, max_events: int = KMS_EVENT_LIMIT) ->
             f"the host sent {len(log.events)} events, more than the {max_events} asked for",
         )
     return log
+
+
+class SrvRecordFacts(_Model):
+    """One ``_vlmcs._tcp`` SRV answer as the client saw it."""
+
+    target: str | None = Field(default=None, max_length=255)
+    port: int = 0
+    priority: int = 0
+    weight: int = 0
+
+
+class SrvLookupFacts(_Model):
+    """The client's SRV lookup in its lookup domain or DNS domain."""
+
+    name: str | None = Field(default=None, max_length=300)
+    answered: bool = False
+    error: str | None = Field(default=None, max_length=64)
+    records: list[SrvRecordFacts] = Field(default_factory=list, max_length=20)
+
+
+class ReachTarget(_Model):
+    """The KMS host the client would use (or was asked about) and whether TCP reaches it."""
+
+    name: str | None = Field(default=None, max_length=255)
+    port: int = 1688
+    source: str = Field(default="given", max_length=16)
+    resolves: bool | None = None
+    addresses: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list, max_length=8
+    )
+    connects: bool | None = None
+    error: str | None = Field(default=None, max_length=64)
+
+
+class ReachFacts(_Model):
+    """What the ``kms-reach`` step saw from the client."""
+
+    domain: str | None = Field(default=None, max_length=255)
+    timeout_ms: int = 0
+    srv: SrvLookupFacts = Field(default_factory=SrvLookupFacts)
+    target: ReachTarget = Field(default_factory=ReachTarget)
+
+
+#: how long the client waits for the TCP connection to its KMS host
+REACH_TIMEOUT_MS = 3000
+
+
+def kms_reach_ref(
+    kms_host: str = "",
+    kms_port: int | None = None,
+    lookup_domain: str = "",
+    timeout_ms: int = REACH_TIMEOUT_MS,
+) -> ScriptRef:
+    """The read-only ``kms-reach`` step ('' = what the client is configured with)."""
+    return ScriptRef(
+        "kms-reach",
+        params={
+            "kms_host": kms_host,
+            "kms_port": "" if kms_port is None else kms_port,
+            "lookup_domain": lookup_domain,
+            "timeout_ms": timeout_ms,
+        },
+    )
+
+
+def parse_kms_reach(result: ScriptResult) -> ReachFacts:
+    """Parse the ``kms-reach`` step's result."""
+    outcome = parse_outcome(result)
+    raise_for_error(result, outcome)
+    try:
+        return ReachFacts.model_validate(outcome.data)
+    except ValidationError as exc:
+        raise RemoteScriptError(result.host, result.step, f"unreadable reachability: {exc}") from None

@@ -54,6 +54,7 @@ VALID: dict[str, Any] = {
     "activation_object": "Contoso Windows Server 2022",
     "days": 30,
     "max_events": 5000,
+    "timeout_ms": 2000,
 }
 
 HOSTILE = [
@@ -117,7 +118,7 @@ def as_text(value: Any) -> str:
 
 
 def test_readme_table_is_read() -> None:
-    assert len(STEPS) == 22
+    assert len(STEPS) == 23
     assert STEPS["facts"] == []
     assert STEPS["install-host-key"] == ["product_key", "application_id"]
     assert STEPS["kms-host-settings"] == [
@@ -227,7 +228,7 @@ def test_ps1_calls_the_cim_methods_with_error_action_stop(step: str) -> None:
 
 
 def test_ps1_read_only_steps_call_no_methods() -> None:
-    for step in ("facts", "phone-iid", "kms-events"):
+    for step in ("facts", "phone-iid", "kms-events", "kms-reach"):
         script = render(ScriptRef(step=step, params=values_for(step))).text
         assert "Invoke-CimMethod" not in script
         assert "Changed = $false" in script and "$Kms.Changed = $true" not in script

@@ -434,7 +434,12 @@ def convert_client(
         bool, typer.Option("--auto-discover", help="clear pinned host and domain (slmgr /ckms)")
     ] = False,
     key: Annotated[str, typer.Option(help="auto (from the detected edition) or a GVLK")] = "auto",
-    force: Annotated[bool, typer.Option(help="install --key even if it is not a GVLK")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="install --key even if it is not a GVLK; pin --kms-host even if it does not resolve or answer from the client"
+        ),
+    ] = False,
     edition: Annotated[
         str | None, typer.Option(help="edition for --dry-run (see `kmsadmin keys list`)")
     ] = None,

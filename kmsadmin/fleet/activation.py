@@ -73,7 +73,7 @@ def analyse(
         )
         more = extra.get(report.host, {})
         view.events = more.get("events") or report.state.get("kms_events")
-        view.reach = more.get("reach")
+        view.reach = more.get("reach") or report.state.get("kms_reach")
         result.views.append(view)
     result.findings = health.fleet_findings(result.views, expiring_days=expiring_days)
     for report in reports:

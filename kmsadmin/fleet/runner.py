@@ -25,8 +25,10 @@ from kmsadmin.facts import (
     FACTS,
     HostFacts,
     kms_events_ref,
+    kms_reach_ref,
     parse_facts,
     parse_kms_events,
+    parse_kms_reach,
     parse_outcome,
     raise_for_error,
 )
@@ -218,6 +220,51 @@ def read_kms_events(session: Session, deadline_at: float | None = None) -> dict[
         return {"error": str(exc)}
 
 
+def read_kms_reach(session: Session, deadline_at: float | None = None) -> dict[str, Any]:
+    """The client's own view of its KMS host (SRV lookup, TCP connect); a failure is noted, not fatal."""
+    try:
+        result = session.run(render(kms_reach_ref()), deadline=_remaining(deadline_at))
+        return parse_kms_reach(result).model_dump()
+    except KmsAdminError as exc:
+        return {"error": str(exc)}
+
+
+def check_kms_reach(
+    session: Session, host: str, facts: HostFacts, args: ConvertClientArgs, deadline_at: float | None
+) -> None:
+    """Before ``convert-client --kms-host`` pins a host: does it resolve and answer on its port from the
+    client? Refused (nothing changed) unless ``--force``; a host already pinned there is not re-checked."""
+    if args.target != "host" or not args.kms_host or args.force:
+        return
+    pinned = (facts.service.kms_machine or "").lower()
+    if pinned == args.kms_host.lower() and (facts.service.kms_port or 1688) == args.kms_port:
+        return
+    result = session.run(
+        render(kms_reach_ref(args.kms_host, args.kms_port)), deadline=_remaining(deadline_at)
+    )
+    target = parse_kms_reach(result).target
+    shown = f"{args.kms_host}:{args.kms_port}"
+    if target.resolves is False:
+        problem = f"{shown} does not resolve from {host} ({target.error or 'no address'})"
+    elif target.connects is False:
+        problem = (
+            f"{shown} resolves but nothing answers on TCP {args.kms_port} from {host} "
+            f"({target.error or 'no connection'})"
+        )
+    else:
+        return
+    raise PreflightFailed(
+        host,
+        "preflight:kms-reach",
+        f"{problem}: the client would not activate there (0xC004F074)",
+        hresult="0xC004F074",
+        remediation=(
+            "check the name and port (a KMS host listens on TCP 1688 unless set otherwise), DNS, and the "
+            "SPPSVC-In-TCP firewall rule on the KMS host; pass --force to pin it anyway"
+        ),
+    )
+
+
 def make_plan(operation: str, host: str, facts: HostFacts | None, args: Any) -> Plan:
     """Dispatch to the operation's planner."""
     if operation == "setup-host" and isinstance(args, SetupHostArgs):
@@ -336,7 +383,12 @@ def run_host(
             report.state["activation"] = health.host_view(host, facts, read_at=report.read_at).to_dict()
             if facts.service.is_kms_host:
                 report.state["kms_events"] = read_kms_events(session, deadline_at)
+            elif any(p.is_kms_client for p in facts.products):
+                report.state["kms_reach"] = read_kms_reach(session, deadline_at)
             return report
+        if operation == "convert-client" and isinstance(args, ConvertClientArgs):
+            step_name = "preflight:kms-reach"
+            check_kms_reach(session, host, facts, args, deadline_at)
         plan = make_plan(operation, host, facts, args)
         report.plan = plan.to_dict()
         if plan.blocked:

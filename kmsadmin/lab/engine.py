@@ -999,6 +999,61 @@ def step_kms_events(ctx: Context, params: dict[str, str]) -> StepResult:
     return StepResult(data=data)
 
 
+#: WSAECONNREFUSED as a SocketException's HResult, and WSAHOST_NOT_FOUND "No such host is known"
+E_CONNECTION_REFUSED = 0x8000274D
+E_HOST_NOT_FOUND = 0x80004005
+
+
+def step_kms_reach(ctx: Context, params: dict[str, str]) -> StepResult:
+    """``kms-reach``: the client's SRV lookup and a TCP connection to the KMS host it would use."""
+    port = _optional_number(params, "kms_port", 1, 65535) or 0
+    timeout = _optional_number(params, "timeout_ms", 100, 60000)
+    if timeout is None:
+        raise refuse("Input", "timeout_ms is required")
+    service = ctx.host.service
+    domain = params.get("lookup_domain") or service.lookup_domain or ctx.host.security.dns_suffix
+    srv: dict[str, Any] = {"name": f"_vlmcs._tcp.{domain}", "answered": False, "error": None, "records": []}
+    try:
+        found = ctx.fleet.network().srv(domain)
+    except kms.LabFailure as failure:
+        found, srv["error"] = [], failure.hresult_text
+    if not found and srv["error"] is None:
+        # DNS_ERROR_RCODE_NAME_ERROR "DNS name does not exist" [ERR]
+        srv["error"] = "0x8007232B"
+    srv["records"] = [
+        {"target": h.fqdn, "port": h.service.listening_port, "priority": 0, "weight": 0} for h in found[:20]
+    ]
+    srv["answered"] = bool(found)
+    name, source = params.get("kms_host", ""), "given"
+    if not name:
+        name, source = service.kms_machine or "", "pinned"
+        port = port or service.kms_port
+    if not name and found:
+        name, source = found[0].fqdn, "srv"
+        port = port or found[0].service.listening_port
+    port = port or 1688
+    target: dict[str, Any] = {
+        "name": name or None,
+        "port": port,
+        "source": source,
+        "resolves": False,
+        "addresses": [],
+        "connects": False,
+        "error": None,
+    }
+    if name:
+        other = ctx.fleet.find(name)
+        if other is None:
+            target["error"] = f"0x{E_HOST_NOT_FOUND:08X}"
+        else:
+            target["resolves"], target["addresses"] = True, ["127.0.0.1"]
+            target["connects"] = kms.answers(other, port)
+            if not target["connects"]:
+                target["error"] = f"0x{E_CONNECTION_REFUSED:08X}"
+    data = {"domain": domain, "timeout_ms": timeout, "srv": srv, "target": target}
+    return StepResult(data=data)
+
+
 STEPS: dict[str, Handler] = {
     "adba-activate": step_adba_activate,
     "adba-iid": step_adba_iid,
@@ -1020,4 +1075,5 @@ STEPS: dict[str, Handler] = {
     "clear-lookup-domain": step_clear_lookup_domain,
     "host-caching": step_host_caching,
     "kms-events": step_kms_events,
+    "kms-reach": step_kms_reach,
 }

@@ -770,6 +770,12 @@ def _candidates(client: HostState, product: Product, net: Network) -> tuple[list
     return found, f"_vlmcs._tcp.{domain}"
 
 
+def answers(kms: HostState, port: int) -> bool:
+    """Whether a TCP connection to ``kms`` on ``port`` succeeds: a KMS host listening there behind an
+    open SPPSVC firewall rule. Any other machine refuses the connection (nothing listens on it)."""
+    return kms.is_kms_host and _firewall_open(kms) and port == kms.service.listening_port
+
+
 def kms_activate(client: HostState, product: Product, net: Network, now: datetime) -> HostState:
     """One KMS activation request of ``product`` on ``client``; returns the KMS host that activated it.
 

@@ -488,18 +488,52 @@ def _duplicate_cmids(views: Sequence[HostView]) -> list[Finding]:
 def _target_findings(
     view: HostView, kms: HostView | None, kms_index: Mapping[str, HostView]
 ) -> list[Finding]:
-    if kms is not None or not view.pinned or not kms_index:
-        return []
+    """The client's KMS host: pinned outside the fleet, not resolving or not answering from the client
+    (its own ``kms-reach`` view), or no ``_vlmcs._tcp`` answer for a client that relies on DNS."""
+    reach = view.reach if view.reach and not view.reach.get("error") else None
+    target = (reach or {}).get("target") or {}
+    srv = (reach or {}).get("srv") or {}
     names = sorted({v.host for v in kms_index.values()})
-    return [
-        Finding(
-            "kms-target",
-            f"pinned to {view.pinned}, which is not a KMS host of this fleet ({', '.join(names)})",
-            f"pin a KMS host of the fleet (kmsadmin convert-client {view.host} --kms-host NAME), or clear "
-            "the pin to use DNS auto-discovery (slmgr /ckms, kmsadmin convert-client --auto-discover)",
-            (view.host,),
+    fleet = f" ({', '.join(names)})" if names else ""
+    found: list[Finding] = []
+    shown = f"{target.get('name')}:{target.get('port')}" if target.get("name") else view.uses
+    if reach is not None and target.get("name") and target.get("resolves") is False:
+        problem = f"does not resolve from the client ({target.get('error') or 'no address'})"
+    elif reach is not None and target.get("name") and target.get("connects") is False:
+        problem = (
+            f"resolves, but nothing answers on TCP {target.get('port')} from the client "
+            f"({target.get('error') or 'no connection'})"
         )
-    ]
+    elif view.pinned and kms is None and kms_index:
+        problem = "answers, but is not a KMS host of this fleet" if target.get("connects") else ""
+        problem = problem or "is not a KMS host of this fleet"
+    else:
+        problem = ""
+    if problem:
+        how = "pinned to" if view.pinned else "uses"
+        found.append(
+            Finding(
+                "kms-target",
+                f"{how} {shown}, which {problem}{fleet if 'fleet' in problem else ''}",
+                f"pin a KMS host of the fleet (kmsadmin convert-client {view.host} --kms-host NAME), or clear "
+                "the pin to use DNS auto-discovery (slmgr /ckms, kmsadmin convert-client --auto-discover)",
+                (view.host,),
+                "0xC004F074",
+            )
+        )
+    if reach is not None and not view.pinned and srv.get("name") and not srv.get("answered"):
+        found.append(
+            Finding(
+                "srv-lookup",
+                f"the client's lookup of {srv.get('name')} has no answer ({srv.get('error') or 'no record'}); "
+                "it finds no KMS host through DNS",
+                "publish the KMS host's SRV record in that domain (kmsadmin dns record, or DNS publishing on "
+                "the KMS host), set the lookup domain (slmgr /skms-domain), or pin a host (slmgr /skms)",
+                (view.host,),
+                srv.get("error") or "0x8007232B",
+            )
+        )
+    return found
 
 
 def _group_findings(view: HostView, kms: HostView) -> list[Finding]:

@@ -151,8 +151,17 @@ def test_mixed_fleet_status_names_each_problem_with_its_fix(
 
     targets = {f["hosts"][0]: f for f in _findings(doc, "kms-target")}
     assert set(targets) == {DEAD_PIN, NON_KMS_PIN}
-    assert "deadkms.lab.test:1688" in targets[DEAD_PIN]["message"]
-    assert "client001.lab.test:1688" in targets[NON_KMS_PIN]["message"]
+    # the client's own view (kms-reach): the name does not resolve; the live machine refuses TCP 1688
+    assert "deadkms.lab.test:1688, which does not resolve from the client" in targets[DEAD_PIN]["message"]
+    assert (
+        "client001.lab.test:1688, which resolves, but nothing answers on TCP 1688"
+        in (targets[NON_KMS_PIN]["message"])
+    )
+    reach = next(h for h in doc["hosts"] if h["host"] == NON_KMS_PIN)["state"]["kms_reach"]
+    assert reach["target"]["source"] == "pinned" and reach["target"]["connects"] is False
+    healthy_reach = next(h for h in doc["hosts"] if h["host"] == HEALTHY)["state"]["kms_reach"]
+    assert healthy_reach["target"]["connects"] is True
+    assert healthy_reach["target"]["name"] == "kms01.lab.test"
     for host in (DEAD_PIN, NON_KMS_PIN):
         activation = _activation(doc, host)
         assert activation["activated"] is False
@@ -264,3 +273,32 @@ def test_a_kms_host_whose_dns_publishing_fails_is_a_finding(tmp_path: Path, dns_
     found = [f for f in result.findings if f.kind == "dns-publishing"]
     assert len(found) == 1 and found[0].hosts == ("kms01",)
     assert "slmgr /cdns" in found[0].fix and "1 time(s)" in found[0].message
+
+
+def test_convert_client_checks_the_kms_host_from_the_client_before_pinning(
+    served: tuple[Fleet, Path, int],
+) -> None:
+    _, inventory, _ = served
+    dead = kmsadmin(
+        "convert-client", HEALTHY, "-i", str(inventory), "--kms-host", "deadkms.lab.test", "--json"
+    )
+    assert dead.returncode == 1, dead.stdout + dead.stderr
+    report = json.loads(dead.stdout)
+    assert report["status"] == "failed" and report["steps"] == []
+    assert report["error"]["step"] == "preflight:kms-reach"
+    assert "does not resolve from client009" in report["error"]["message"]
+    assert "--force" in report["error"]["remediation"]
+    # a live machine that is no KMS host: resolves, refuses TCP 1688
+    live = kmsadmin(
+        "convert-client", HEALTHY, "-i", str(inventory), "--kms-host", "client001.lab.test", "--json"
+    )
+    assert (
+        live.returncode == 1 and "nothing answers on TCP 1688" in json.loads(live.stdout)["error"]["message"]
+    )
+    # nothing was changed: the client still uses kms01 and is activated
+    after = json.loads(kmsadmin("status", HEALTHY, "-i", str(inventory), "--json").stdout)["hosts"][0]
+    assert after["state"]["kms_machine"] == "kms01.lab.test"
+    assert after["state"]["activation"]["activated"] is True
+    # the right host passes the check
+    good = kmsadmin("convert-client", HEALTHY, "-i", str(inventory), "--kms-host", "kms01.lab.test:1688")
+    assert good.returncode == 0, good.stdout + good.stderr
