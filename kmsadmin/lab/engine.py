@@ -1047,7 +1047,7 @@ def step_kms_reach(ctx: Context, params: dict[str, str]) -> StepResult:
             target["error"] = f"0x{E_HOST_NOT_FOUND:08X}"
         else:
             target["resolves"], target["addresses"] = True, ["127.0.0.1"]
-            target["connects"] = kms.answers(other, port)
+            target["connects"] = kms.answers(other, port, ctx.host)
             if not target["connects"]:
                 target["error"] = f"0x{E_CONNECTION_REFUSED:08X}"
     data = {"domain": domain, "timeout_ms": timeout, "srv": srv, "target": target}

@@ -770,10 +770,10 @@ def _candidates(client: HostState, product: Product, net: Network) -> tuple[list
     return found, f"_vlmcs._tcp.{domain}"
 
 
-def answers(kms: HostState, port: int) -> bool:
-    """Whether a TCP connection to ``kms`` on ``port`` succeeds: a KMS host listening there behind an
-    open SPPSVC firewall rule. Any other machine refuses the connection (nothing listens on it)."""
-    return kms.is_kms_host and _firewall_open(kms) and port == kms.service.listening_port
+def answers(kms: HostState, port: int, client: HostState) -> bool:
+    """Whether a TCP connection from ``client`` to ``kms`` on ``port`` succeeds: a KMS host listening there
+    behind an SPPSVC firewall rule open to the client. Any other machine refuses it (nothing listens)."""
+    return kms.is_kms_host and _firewall_open(kms, client) and port == kms.service.listening_port
 
 
 def kms_activate(client: HostState, product: Product, net: Network, now: datetime) -> HostState:
