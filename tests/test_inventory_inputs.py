@@ -320,3 +320,22 @@ def test_unsupported_ansible_vars_warned_once(tmp_path: Path) -> None:
         f"kmsadmin: warning: inventory variable {name} is not supported by kmsadmin and is ignored"
         for name in ("ansible_become", "ansible_become_user", "ansible_delegate_to")
     )
+
+
+def test_vault_secrets_combine_like_ansible(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    first.write_text("one\n")
+    second = tmp_path / "second"
+    second.write_text("two\n")
+    secrets = load_secrets(
+        [first],
+        ["prod@" + str(second)],
+        env={"ANSIBLE_VAULT_PASSWORD_FILE": str(second), "ANSIBLE_VAULT_IDENTITY_LIST": f"dev@{first}"},
+    )
+    assert [(s.label, s.password) for s in secrets.secrets] == [
+        ("dev", b"one"),
+        ("prod", b"two"),
+        ("default", b"one"),
+        ("default", b"two"),
+    ]
+    assert [s.label for s in secrets.ordered_for("prod")][0] == "prod"

@@ -24,7 +24,7 @@ import getpass
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,24 +139,23 @@ def load_secrets(
     vault_ids: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
 ) -> VaultSecrets:
-    """Vault secrets from CLI options, else from ``ANSIBLE_VAULT_PASSWORD_FILE`` / ``ANSIBLE_VAULT_IDENTITY_LIST``."""
+    """Vault secrets from the CLI options and ``ANSIBLE_VAULT_IDENTITY_LIST`` / ``ANSIBLE_VAULT_PASSWORD_FILE``."""
     environ = os.environ if env is None else env
-    entries: list[tuple[str, str]] = [("default", str(p)) for p in password_files]
-    for item in vault_ids:
+    # as ansible-core: ANSIBLE_VAULT_IDENTITY_LIST, then --vault-id, then --vault-password-file, then
+    # ANSIBLE_VAULT_PASSWORD_FILE, all of them tried
+    entries: list[tuple[str, str]] = []
+    identities = [i.strip() for i in environ.get("ANSIBLE_VAULT_IDENTITY_LIST", "").split(",") if i.strip()]
+    for item in [*identities, *vault_ids]:
         label, sep, source = item.partition("@")
         if not sep:
             label, source = "default", item
-        if not label or not source:
-            raise VaultError(f"--vault-id {item!r}: use LABEL@FILE, FILE or @prompt")
-        entries.append((label, source))
-    if not entries:
-        for item in filter(
-            None, (s.strip() for s in environ.get("ANSIBLE_VAULT_IDENTITY_LIST", "").split(","))
-        ):
-            label, sep, source = item.partition("@")
-            entries.append((label, source) if sep else ("default", item))
-        if environ.get("ANSIBLE_VAULT_PASSWORD_FILE"):
-            entries.append(("default", environ["ANSIBLE_VAULT_PASSWORD_FILE"]))
+        if not source:
+            raise VaultError(f"--vault-id {item!r}: use LABEL@FILE, FILE or LABEL@prompt")
+        entries.append((label or "default", source))
+    entries += [("default", str(p)) for p in password_files]
+    if environ.get("ANSIBLE_VAULT_PASSWORD_FILE"):
+        entries.append(("default", environ["ANSIBLE_VAULT_PASSWORD_FILE"]))
+    entries = list(dict.fromkeys(entries))
     secrets = [
         _prompted(label) if source == "prompt" else _password_from(Path(source).expanduser(), label)
         for label, source in entries
@@ -246,8 +245,3 @@ def decrypt(text: str, secrets: VaultSecrets, where: str) -> str:
                 raise VaultError(f"{where}: the decrypted text is not UTF-8") from None
     tried = ", ".join(s.label for s in secrets.secrets)
     raise VaultError(f"{where}: no vault password given decrypts it (tried: {tried}); wrong password?")
-
-
-def labels(secrets: Iterable[VaultSecret]) -> list[str]:
-    """Labels for messages (never passwords)."""
-    return [s.label for s in secrets]
