@@ -120,3 +120,44 @@ def test_an_unexpected_exception_fails_that_host_only_with_secrets_redacted() ->
     assert report.error is not None and report.error["kind"] == "RuntimeError"
     assert report.error["host"] == "odd" and "a decoder met something new" in report.error["message"]
     assert "Secret-Pw-9" not in report.error["message"] and "[redacted]" in report.error["message"]
+
+
+#: the cases the pypsrp and pywinrm paths (``--transport winrs|pywinrm``, CredSSP, certificates,
+#: proxies) bound through their requests session (kmsadmin.transports.httpcaps); header-level stalls
+#: inside http.client (slowloris headers, endless 100 Continue) are bounded only by the default client
+LIBRARY_CASES = {
+    "content_length_many_gb": ProtocolError,
+    "chunk_size_many_gb": ProtocolError,
+    "large_body_to_eof": ProtocolError,
+    "endless_chunked_body": ProtocolError,
+    "body_dripped_byte_by_byte": HostTimeout,
+    "bad_chunk_size": ProtocolError,
+    "negative_chunk_size": ProtocolError,
+    "truncated_xml_short_content_length": ProtocolError,
+    "wrong_content_length": ProtocolError,
+    "not_xml": ProtocolError,
+    "entity_expansion_bomb": ProtocolError,
+    "redirect": ProtocolError,
+    "silent_server": HostTimeout,
+}
+
+
+@pytest.mark.parametrize("transport", ["winrs", "pywinrm"])
+@pytest.mark.parametrize("name", sorted(LIBRARY_CASES))
+def test_the_library_transports_bound_answers_too(hostile: HostileServer, transport: str, name: str) -> None:
+    host = name.replace("_", "-")
+    hostvars = inventory_hosts(hostile, "admin", "Passw0rd-hostile")[host]
+    options = build_options(host, explicit={"transport": transport}, hostvars=hostvars, env={})
+    script = RenderedScript(step="facts", version=1, fmt="ps1", text="'x'", display="'x'")
+    rss_before = _peak_rss_mb()
+    started = time.monotonic()
+    with open_session(options) as session, pytest.raises(HostError) as caught:
+        session.run(script, deadline=DEADLINE)
+    assert isinstance(caught.value, LIBRARY_CASES[name]), (
+        name,
+        type(caught.value).__name__,
+        str(caught.value),
+    )
+    assert caught.value.host == host
+    assert time.monotonic() - started <= DEADLINE + 2, name
+    assert _peak_rss_mb() - rss_before < 64, name

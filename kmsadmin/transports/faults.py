@@ -200,6 +200,11 @@ def _translate_library(
         )
     if isinstance(exc, requests.exceptions.RetryError):
         return _busy(options, step, "too many busy answers (HTTP 503)")
+    if isinstance(exc, requests.exceptions.TooManyRedirects):
+        return protocol_error(options, step, "an HTTP redirect (kmsadmin does not follow redirects)")
+    broken = _broken_answer(exc)
+    if broken is not None:
+        return protocol_error(options, step, broken)
     if isinstance(exc, requests.exceptions.ConnectionError):
         return _unreachable(options, step, f"cannot connect to {options.endpoint}: {_reason(exc)}")
     if isinstance(exc, psrp_exc.AuthenticationError | winrm_exc.AuthenticationError):
@@ -238,6 +243,28 @@ def _translate_library(
     if isinstance(exc, ET.ParseError | binascii.Error | UnicodeDecodeError | struct.error):
         # pypsrp and pywinrm parse answers with ElementTree and base64 and decode PSRP with struct
         return protocol_error(options, step, f"{type(exc).__name__}: {str(exc)[:200]}")
+    if isinstance(exc, psrp_exc.WinRMError | winrm_exc.WinRMError):
+        # what is left of the libraries' own errors: answers they could not match or decode
+        return protocol_error(options, step, f"{type(exc).__name__}: {str(exc)[:200]}")
+    return None
+
+
+def _broken_answer(exc: BaseException) -> str | None:
+    """What was wrong with an answer whose HTTP framing or encoding urllib3/requests refused, or None."""
+    import http.client
+
+    import requests
+    import urllib3.exceptions as u3
+
+    if isinstance(
+        exc,
+        requests.exceptions.ChunkedEncodingError
+        | requests.exceptions.ContentDecodingError
+        | u3.ProtocolError
+        | u3.DecodeError
+        | http.client.HTTPException,
+    ):
+        return f"a broken HTTP answer ({_reason(exc)})"
     return None
 
 

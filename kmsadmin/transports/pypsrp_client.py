@@ -35,6 +35,7 @@ from kmsadmin.transports.base import (
     retry_pause,
     split_steps,
 )
+from kmsadmin.transports.httpcaps import bound_answers
 from kmsadmin.transports.options import ConnectionOptions
 from kmsadmin.transports.wsman import spnego_credentials
 from kmsadmin.values import RenderedScript
@@ -124,6 +125,7 @@ class BoundedWSMan(WSMan):
         def build_once() -> requests.Session:
             session: requests.Session = build()
             session.trust_env = False
+            bound_answers(session)
             return session
 
         transport._build_session = build_once

@@ -33,6 +33,7 @@ from kmsadmin.transports.base import (
     stdin_payload,
     time_left,
 )
+from kmsadmin.transports.httpcaps import bound_answers
 from kmsadmin.transports.options import ConnectionOptions
 from kmsadmin.values import RenderedScript
 
@@ -83,6 +84,15 @@ class BoundedProtocol(Protocol):
         super().__init__(**kwargs)
         self._limits = (kwargs["read_timeout_sec"], kwargs["operation_timeout_sec"])
         self._options = options
+        transport: Any = self.transport
+        build = transport.build_session
+
+        def build_bounded() -> Any:
+            session = build()
+            bound_answers(transport.session)
+            return session
+
+        transport.build_session = build_bounded
         self.budget: Deadline | None = None
         #: WS-Man requests sent, for tests and logs
         self.requests = 0
