@@ -338,4 +338,4 @@ def test_vault_secrets_combine_like_ansible(tmp_path: Path) -> None:
         ("default", b"one"),
         ("default", b"two"),
     ]
-    assert [s.label for s in secrets.ordered_for("prod")][0] == "prod"
+    assert next(s.label for s in secrets.ordered_for("prod")) == "prod"

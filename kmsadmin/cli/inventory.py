@@ -23,17 +23,21 @@ InventoryOpt = Annotated[
     typer.Option(
         "--inventory",
         "-i",
+        metavar="<path>",
         help="Ansible inventory: INI, YAML, JSON, a directory or a script; repeatable; default ANSIBLE_INVENTORY",
     ),
 ]
 VaultPasswordFileOpt = Annotated[
     list[Path] | None,
     typer.Option(
-        "--vault-password-file", help="Ansible Vault password file (or script); ANSIBLE_VAULT_PASSWORD_FILE"
+        "--vault-password-file",
+        metavar="<path>",
+        help="Ansible Vault password file (or script); ANSIBLE_VAULT_PASSWORD_FILE",
     ),
 ]
 VaultIdOpt = Annotated[
-    list[str] | None, typer.Option("--vault-id", help="Ansible Vault identity: [LABEL@]FILE or LABEL@prompt")
+    list[str] | None,
+    typer.Option("--vault-id", metavar="<id>", help="Ansible Vault identity: [LABEL@]FILE or LABEL@prompt"),
 ]
 
 _warned: set[str] = set()
