@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.labproc import lab_process
 from tests.lab.test_remote_ops import Lab, _kmsadmin
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -22,10 +23,7 @@ AO = "Lab Windows Server 2022"
 
 @pytest.fixture
 def forest_lab(tmp_path: Path) -> Iterator[Lab]:
-    state, inventory = tmp_path / "lab", tmp_path / "inv.yml"
-    proc = _kmsadmin(
-        "lab",
-        "up",
+    options = (
         "--forest",
         "--hosts",
         "10",
@@ -33,15 +31,9 @@ def forest_lab(tmp_path: Path) -> Iterator[Lab]:
         "1",
         "--os-mix",
         "win11-enterprise=5,server2022-standard=5",
-        "--state-dir",
-        str(state),
-        "--inventory-out",
-        str(inventory),
-        "--detach",
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    yield Lab(state, inventory)
-    _kmsadmin("lab", "down", "--state-dir", str(state))
+    with lab_process(tmp_path, *options) as (state, inventory):
+        yield Lab(state, inventory)
 
 
 def _status(lab: Lab, tmp_path: Path, name: str, pattern: str = "clients") -> dict[str, dict[str, object]]:

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kmsadmin.cli.app import app
+from tests.lab.labproc import lab_process
 from tests.lab.test_remote_ops import Lab, _kmsadmin
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -33,10 +34,7 @@ class MakLab(Lab):
 
 @pytest.fixture
 def mak_lab(tmp_path: Path) -> Iterator[MakLab]:
-    state, inventory = tmp_path / "lab", tmp_path / "inv.yml"
-    proc = _kmsadmin(
-        "lab",
-        "up",
+    options = (
         "--hosts",
         "4",
         "--kms-hosts",
@@ -45,15 +43,9 @@ def mak_lab(tmp_path: Path) -> Iterator[MakLab]:
         "win11-pro=3,win10-enterprise=1",
         "--mak-limit",
         "3",
-        "--state-dir",
-        str(state),
-        "--inventory-out",
-        str(inventory),
-        "--detach",
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    yield MakLab(state, inventory)
-    _kmsadmin("lab", "down", "--state-dir", str(state))
+    with lab_process(tmp_path, *options) as (state, inventory):
+        yield MakLab(state, inventory)
 
 
 def _maks(lab: MakLab) -> dict[str, dict[str, object]]:

@@ -1,0 +1,23 @@
+"""A lab started as a user starts it (``kmsadmin lab up --detach``) for one test, and stopped after it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.lab.test_remote_ops import _kmsadmin
+
+
+@contextmanager
+def lab_process(tmp_path: Path, *options: str) -> Iterator[tuple[Path, Path]]:
+    """``lab up OPTIONS --detach`` in ``tmp_path``: yields (state directory, inventory); ``lab down`` after."""
+    state, inventory = tmp_path / "lab", tmp_path / "inv.yml"
+    proc = _kmsadmin(
+        "lab", "up", *options, "--state-dir", str(state), "--inventory-out", str(inventory), "--detach"
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    try:
+        yield state, inventory
+    finally:
+        _kmsadmin("lab", "down", "--state-dir", str(state))
