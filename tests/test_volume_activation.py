@@ -149,3 +149,21 @@ def test_plan_recommends_adba_kms_and_mak_exceptions() -> None:
     )
     assert "MAK for the 1 named exception" in mixed.activation["recommended"]
     assert mixed.to_dict()["activation"] == mixed.activation
+
+
+def test_activation_objects_from_a_hostile_host_print_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from kmsadmin.cli.remote import print_reports
+    from kmsadmin.fleet.runner import HostReport, StepRecord
+
+    hostile = [
+        {"name": "[/]x[bold]", "partial_key": "[red]", "sku_id": None, "dn": "CN=[/]"},
+        "not an object",
+        7,
+    ]
+    for objects in (hostile, "[/]", {"a": 1}):
+        report = HostReport(
+            "dc1", "adba-list", steps=[StepRecord("adba-list", False, 0.1, data={"objects": objects})]
+        )
+        print_reports([report], json_out=False, check=False)
+    out = capsys.readouterr().out
+    assert "activation object [/]x[bold]: key ending [red]" in out and "CN=[/]" in out

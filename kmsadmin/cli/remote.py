@@ -126,11 +126,16 @@ def _print_one(report: HostReport, *, check: bool) -> None:
         if step.error:
             mark = "WAITING" if report.status == "waiting" else "FAILED"
         console.print(f"  {step.step}: {mark} ({step.duration:.2f}s)")
-        for obj in step.data.get("objects") or []:
-            console.print(
-                f"    activation object {obj.get('name')}: key ending {obj.get('partial_key')}, "
+        objects = step.data.get("objects")
+        # the host's answer is untrusted: only a list of objects is shown, field by field as text
+        for obj in objects if isinstance(objects, list) else []:
+            if not isinstance(obj, dict):
+                continue
+            line = (
+                f"activation object {obj.get('name')}: key ending {obj.get('partial_key')}, "
                 f"Activation ID {obj.get('sku_id')}, {obj.get('dn')}"
             )
+            console.print(f"    {escape(line)}")
         if step.data.get("installation_id"):
             console.print(f"    Installation ID: {escape(str(step.data['installation_id']))}")
             console.print(
