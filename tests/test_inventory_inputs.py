@@ -339,3 +339,26 @@ def test_vault_secrets_combine_like_ansible(tmp_path: Path) -> None:
         ("default", b"two"),
     ]
     assert next(s.label for s in secrets.ordered_for("prod")) == "prod"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("sleep 30\n", "did not finish in 2 s"),
+        ("yes '{\"a\": 1}'\n", "printed more than"),
+        ("exec 1>&-; sleep 30\n", "did not finish in 2 s"),
+    ],
+    ids=["hangs", "prints without end", "closes stdout then hangs"],
+)
+def test_a_script_that_hangs_or_floods_is_stopped(
+    body: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kmsadmin.fleet.inventory as inventory_module
+
+    monkeypatch.setattr(inventory_module, "SCRIPT_TIMEOUT", 2.0)
+    monkeypatch.setattr(inventory_module, "MAX_SCRIPT_OUTPUT", 1024 * 1024)
+    _script(tmp_path, body)
+    started = time.monotonic()
+    with pytest.raises(InventoryError, match=expected):
+        load_inventory(tmp_path / "hosts", env={})
+    assert time.monotonic() - started < 10

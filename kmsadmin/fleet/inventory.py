@@ -36,7 +36,6 @@ import json
 import os
 import re
 import string
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -752,30 +751,17 @@ def _read_yaml_source(b: _Builder, doc: Document, vaulted: bool) -> None:
 
 
 def _run_script(path: Path, args: list[str]) -> bytes:
+    from kmsadmin.fleet.programs import ProgramFailed, run_program
+
     command = " ".join([path.name, *args])
     try:
-        done = subprocess.run(
-            [str(path), *args],
-            capture_output=True,
-            timeout=SCRIPT_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        raise InventoryError(
-            f"inventory script {path}: `{command}` did not finish in {SCRIPT_TIMEOUT:.0f} s"
-        ) from None
-    except OSError as exc:
-        raise InventoryError(f"inventory script {path}: cannot run it: {exc.strerror or exc}") from None
-    stderr = done.stderr[-2000:].decode("utf-8", "replace").strip()
+        done = run_program([str(path), *args], timeout=SCRIPT_TIMEOUT, max_output=MAX_SCRIPT_OUTPUT)
+    except ProgramFailed as exc:
+        raise InventoryError(f"inventory script {path}: `{command}` {exc.reason}") from None
     if done.returncode != 0:
         raise InventoryError(
             f"inventory script {path}: `{command}` exited {done.returncode}"
-            + (f"; it said: {stderr}" if stderr else " without a message on stderr")
-        )
-    if len(done.stdout) > MAX_SCRIPT_OUTPUT:
-        raise InventoryError(
-            f"inventory script {path}: `{command}` printed more than {MAX_SCRIPT_OUTPUT} bytes"
+            + (f"; it said: {done.stderr[-2000:]}" if done.stderr else " without a message on stderr")
         )
     return done.stdout
 

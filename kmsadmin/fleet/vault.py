@@ -22,7 +22,6 @@ from __future__ import annotations
 import binascii
 import getpass
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -97,24 +96,17 @@ def _read_bounded(path: Path, limit: int, what: str) -> bytes:
 def _password_from(path: Path, label: str) -> VaultSecret:
     what = "vault password file"
     if path.is_file() and os.access(path, os.X_OK):
+        from kmsadmin.fleet.programs import ProgramFailed, run_program
+
         try:
-            done = subprocess.run(
-                [str(path)],
-                capture_output=True,
-                timeout=SCRIPT_TIMEOUT,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired:
-            raise VaultError(
-                f"vault password script {path} did not finish in {SCRIPT_TIMEOUT:.0f} s"
-            ) from None
-        except OSError as exc:
-            raise VaultError(f"cannot run vault password script {path}: {exc.strerror or exc}") from None
+            done = run_program([str(path)], timeout=SCRIPT_TIMEOUT, max_output=MAX_PASSWORD_BYTES)
+        except ProgramFailed as exc:
+            raise VaultError(f"vault password script {path}: {exc.reason}") from None
         if done.returncode != 0:
-            tail = done.stderr.decode("utf-8", "replace").strip()[-300:]
-            raise VaultError(f"vault password script {path} exited {done.returncode}: {tail or 'no message'}")
-        data = done.stdout[: MAX_PASSWORD_BYTES + 1]
+            raise VaultError(
+                f"vault password script {path} exited {done.returncode}: {done.stderr[-300:] or 'no message'}"
+            )
+        data = done.stdout
     else:
         data = _read_bounded(path, MAX_PASSWORD_BYTES, what)
     if len(data) > MAX_PASSWORD_BYTES:
