@@ -19,7 +19,14 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 def _states(lab: Lab, tmp_path: Path, name: str) -> dict[str, dict[str, object]]:
     report = tmp_path / f"{name}.json"
     code, out, err = lab.run(
-        "status", "clients", "--report-json", str(report), "--report-csv", str(tmp_path / "s.csv")
+        "status",
+        "clients",
+        "--report-json",
+        str(report),
+        "--report-csv",
+        str(tmp_path / "s.csv"),
+        "--report-html",
+        str(tmp_path / "s.html"),
     )
     assert code in (0, 1), out + err
     doc = json.loads(report.read_text())
@@ -44,6 +51,7 @@ def test_kms_clients_show_their_method_and_act_type_restricts_them(start_lab: ob
         assert state["activated_by"] == "kms01.lab.test"
         assert state["activation_type"] == "All"
     assert "KMS,kms01.lab.test" in (tmp_path / "s.csv").read_text()
+    assert "<td>KMS (kms01.lab.test)</td>" in (tmp_path / "s.html").read_text()
     code, out, err = lab.run("status", "client001", "client002")
     assert "activated by: KMS 2" in out, out
 
