@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-EXTERNAL = {"cscript", "net", "reg", "powershell.exe", "dnscmd", "sc", "netsh"}
+EXTERNAL = {"cscript", "net", "reg", "powershell.exe", "dnscmd", "sc", "netsh", "wevtutil"}
 
 
 class CmdError(Exception):
@@ -307,7 +307,21 @@ class Batch:
         else:
             raise CmdError(f"unknown command {name!r}")
 
+    def _set_arithmetic(self, expression: str) -> None:
+        """``set /a NAME=EXPR``: quotes ignored, integers, + - * / % and parentheses, bare names read."""
+        name, eq, expr = self.delayed_expand(expression.replace('"', "")).partition("=")
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name.strip()):
+            raise CmdError(f"cannot parse set /a: {expression!r}")
+        expr = re.sub(r"[A-Za-z_][A-Za-z0-9_]*", lambda m: self._lookup(m.group(0)) or "0", expr)
+        if not re.fullmatch(r"[0-9+\-*/%() \t]*", expr):
+            raise CmdError(f"set /a expression cmd would not compute: {expression!r}")
+        value = int(eval(expr.replace("/", "//"), {"__builtins__": {}}))  # noqa: S307 - digits and operators only
+        self.env[name.strip().upper()] = str(value)
+
     def _set(self, rest: str) -> None:
+        if rest.lower().startswith("/a"):
+            self._set_arithmetic(rest[2:].strip())
+            return
         prompt = False
         if rest.lower().startswith("/p"):
             prompt, rest = True, rest[2:].strip()
