@@ -549,7 +549,8 @@ def _auth_failure(options: ConnectionOptions, step: str, exc: BaseException | No
         )
     mechanism = getattr(exc, "mechanism", "")
     if isinstance(exc, AuthRefused) and exc.host_refused:
-        if mechanism == "ntlm" and (exc.first_leg or options.auth == "negotiate"):
+        if mechanism == "ntlm" and exc.first_leg:
+            # NTLM's first message carries no credential: refusing it refuses NTLM itself
             return _ntlm_refused(options, step)
         if mechanism == "kerberos":
             return KerberosFailed(

@@ -270,3 +270,12 @@ def test_delegation_is_asked_for_only_when_configured(klab: LabServer, realm: Re
     assert "delegated" not in klab.auth_stats("tls01")
     run(klab, realm, "tls01", kerberos_ccache=ccache, kerberos_delegation=True)
     assert klab.auth_stats("tls01")["delegated"] == 1
+
+
+def test_a_wrong_ntlm_password_is_not_reported_as_ntlm_refused(make_lab: LabFactory, realm: Realm) -> None:
+    lab = make_lab(EndpointConfig("ntlmok01"))
+    for auth in ("ntlm", "negotiate"):
+        with pytest.raises(AuthenticationFailed) as caught:
+            run(lab, realm, "ntlmok01", auth=auth, user=USER, password="not-the-password")
+        assert not isinstance(caught.value, NtlmRefused | KerberosFailed), caught.value
+        assert caught.value.remediation and "user/password" in caught.value.remediation
