@@ -22,7 +22,18 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-EXTERNAL = {"cscript", "net", "reg", "powershell.exe", "dnscmd", "sc", "netsh", "wevtutil"}
+EXTERNAL = {
+    "cscript",
+    "net",
+    "reg",
+    "powershell.exe",
+    "dnscmd",
+    "sc",
+    "netsh",
+    "wevtutil",
+    "nslookup",
+    "w32tm",
+}
 
 
 class CmdError(Exception):

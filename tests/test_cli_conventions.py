@@ -76,7 +76,7 @@ def test_every_remote_command_has_the_ten_connection_options_from_one_definition
         ("doctor", "--transport", "bogus", "transport must be one of"),
         ("status", "--auth", "bogus", "auth must be one of"),
         ("convert-client", "--winrm-port", "0", "port must be at least 1"),
-        ("setup-host", "--deadline", "-1", "deadline"),
+        ("setup-host", "--auth", "bogus", "auth must be one of"),
     ],
 )
 def test_connection_options_reach_the_transport_options(
