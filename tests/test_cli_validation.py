@@ -30,6 +30,7 @@ def test_a_deadline_that_is_not_positive_seconds_is_a_usage_error(tmp_path: Path
     playbook.write_text("- name: s\n  hosts: all\n  steps: [status]\n")
     for args in (
         ["status", "-i", str(inventory), "--deadline", value],
+        ["setup-host", "127.0.0.1", "--csvlk", "Windows Server 2022", "--deadline", value],
         ["rollout", str(playbook), "-i", str(inventory), "--deadline", value, "--no-progress"],
     ):
         result = runner.invoke(app, args)

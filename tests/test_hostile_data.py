@@ -197,7 +197,16 @@ def test_journal_keeps_any_string_and_never_raises(tmp_path: Path) -> None:
     path = tmp_path / "run.jsonl"
     with Journal(path) as journal:
         journal.start({"run_id": "r1"})
-        journal.write({"type": "host", "run_id": "r1", "host": "pc1", "status": "ok", "note": "a\ud800b\x1b"})
+        journal.write(
+            {
+                "type": "host",
+                "run_id": "r1",
+                "play": "p",
+                "host": "pc1",
+                "status": "ok",
+                "note": "a\ud800b\x1b",
+            }
+        )
     raw = path.read_bytes()
     raw.decode("utf-8")  # valid UTF-8 on disk
     state = read_journal(path)
