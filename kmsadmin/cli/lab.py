@@ -428,6 +428,13 @@ def _start_kdc(state_dir: Path, fleet: Any) -> tuple[Any, dict[str, str]]:
     principal, and each host's keytab."""
     from kmsadmin.lab.kdc import KdcUnavailable, LabKdc
 
+    try:
+        import gssapi  # noqa: F401  (the hosts' acceptors)
+    except ImportError:
+        raise _fail(
+            "lab up --kerberos needs python-gssapi: install kmsadmin[kerberos] (pip install 'kmsadmin[kerberos]')",
+            4,
+        ) from None
     domain = str(fleet.meta.domain)
     kdc = LabKdc(state_dir / "kerberos", realm=domain.upper(), domain=domain)
     try:

@@ -189,6 +189,29 @@ def _kmsadmin(
     )
 
 
+def without_gssapi(tmp_path: Path) -> dict[str, str]:
+    """An environment where python-gssapi is "not installed": importing it fails as when it is absent."""
+    shadow = tmp_path / "no-gssapi" / "gssapi"
+    shadow.mkdir(parents=True, exist_ok=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'gssapi'\", name='gssapi')\n")
+    return {**os.environ, "PYTHONPATH": str(shadow.parent)}
+
+
+def test_lab_up_kerberos_without_gssapi_says_what_to_install(tmp_path: Path) -> None:
+    up = _kmsadmin(
+        "lab",
+        "up",
+        "--kerberos",
+        "--hosts",
+        "1",
+        "--state-dir",
+        str(tmp_path / "lab"),
+        env=without_gssapi(tmp_path),
+    )
+    assert up.returncode == 4 and "install kmsadmin[kerberos]" in up.stderr + up.stdout
+    assert "Traceback" not in up.stderr
+
+
 def test_without_gssapi_a_kerberos_host_fails_alone(tmp_path: Path) -> None:
     state = tmp_path / "lab"
     inventory = tmp_path / "inventory.yml"
@@ -217,13 +240,7 @@ def test_without_gssapi_a_kerberos_host_fails_alone(tmp_path: Path) -> None:
                         {"ansible_psrp_auth": "ntlm", "ansible_user": USER, "ansible_password": password}
                     )
         inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
-        # python-gssapi "not installed": an import of it fails as it does when the package is absent
-        shadow = tmp_path / "no-gssapi" / "gssapi"
-        shadow.mkdir(parents=True)
-        (shadow / "__init__.py").write_text(
-            'raise ImportError("No module named \'gssapi\'", name="gssapi")\n'
-        )
-        env = {**os.environ, "PYTHONPATH": str(shadow.parent), "KRB5_CONFIG": runtime["krb5_config"]}
+        env = {**without_gssapi(tmp_path), "KRB5_CONFIG": runtime["krb5_config"]}
         report = tmp_path / "report.json"
         playbook = tmp_path / "all-clients.yml"
         playbook.write_text(ALL_CLIENTS.format(kms_hosts=ROOT / "playbooks" / "kms-hosts.yml"))
