@@ -279,3 +279,12 @@ def test_a_wrong_ntlm_password_is_not_reported_as_ntlm_refused(make_lab: LabFact
             run(lab, realm, "ntlmok01", auth=auth, user=USER, password="not-the-password")
         assert not isinstance(caught.value, NtlmRefused | KerberosFailed), caught.value
         assert caught.value.remediation and "user/password" in caught.value.remediation
+
+
+def test_service_override(klab: LabServer, realm: Realm, tmp_path: Path) -> None:
+    ccache = realm.ticket(tmp_path)
+    # WinRM registers WSMAN/<fqdn> besides the HTTP/<fqdn> kmsadmin asks for by default
+    answer, _ = run(klab, realm, "http01", kerberos_ccache=ccache, kerberos_service="WSMAN")
+    assert answer["host"] == "http01"
+    err = expect(KerberosFailed, klab, realm, "http01", kerberos_ccache=ccache, kerberos_service="CIFS")
+    assert "CIFS/http01.lab.test" in err.message
