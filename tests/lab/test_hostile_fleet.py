@@ -95,7 +95,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
         "--hosts",
         "2",
         "--kms-hosts",
-        "0",
+        "1",
         "--state-dir",
         str(state),
         "--inventory-out",
@@ -116,12 +116,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
         _kmsadmin("lab", "down", "--state-dir", str(state), timeout=60)
 
 
-def _check_hosts(report: dict[str, Any], healthy_status: str) -> None:
+def _check_hosts(report: dict[str, Any], healthy_status: str | tuple[str, ...]) -> None:
+    healthy = (healthy_status,) if isinstance(healthy_status, str) else healthy_status
     by_host = {h["host"]: h for h in report["hosts"]}
     assert set(by_host) == set(HEALTHY) | {c.name.replace("_", "-") for c in CASES}
     for name in HEALTHY:
-        assert by_host[name]["status"] == healthy_status, by_host[name]
-        assert by_host[name]["error"] is None
+        assert by_host[name]["status"] in healthy, (by_host[name]["error"], by_host[name]["duration"])
+        assert by_host[name]["error"] is None or by_host[name]["status"] == "waiting"
     for case in CASES:
         host = case.name.replace("_", "-")
         entry = by_host[host]
@@ -139,12 +140,12 @@ def test_status_reports_every_attack_per_host_and_the_healthy_hosts(
     fleet: tuple[Path, Path], tmp_path: Path
 ) -> None:
     healthy, hostile = fleet
-    base_code, base_wall, base_rss = _peak_rss("status", "-i", str(healthy), "--deadline", "5")
+    base_code, base_wall, base_rss = _peak_rss("status", "clients", "-i", str(healthy), "--deadline", "5")
     assert base_code == 0
 
     report = tmp_path / "status.json"
     code, out, err, wall = _measured(
-        "status", "-i", str(hostile), "--deadline", "5", "--report-json", str(report)
+        "status", "clients", "-i", str(hostile), "--deadline", "5", "--report-json", str(report)
     )
     assert code == 1, out + err
     assert "Traceback" not in out + err
@@ -158,7 +159,7 @@ def test_status_reports_every_attack_per_host_and_the_healthy_hosts(
     for case in CASES:  # the terminal output names each failed host
         assert case.name.replace("_", "-") in out + err, case.name
 
-    code, wall, rss = _peak_rss("status", "-i", str(hostile), "--deadline", "5", "--json")
+    code, wall, rss = _peak_rss("status", "clients", "-i", str(hostile), "--deadline", "5", "--json")
     assert code == 1
     assert rss <= MAX_RSS_MB, (rss, base_rss)
     print(
@@ -173,26 +174,41 @@ def test_rollout_reports_every_attack_per_host_and_the_healthy_hosts(
     _, hostile = fleet
     playbook = tmp_path / "attack.yml"
     playbook.write_text(
+        "- name: KMS hosts\n"
+        "  hosts: kms_hosts\n"
+        "  steps:\n"
+        "    - setup-host:\n"
+        "        host_key: {file: {var: kmsadmin_lab_host_key_file}}\n"
+        "        csvlk: {var: kmsadmin_lab_host_key_group}\n"
+        "        activation: online\n"
         "- name: hostile and healthy clients\n"
-        "  hosts: clients\n"
+        "  hosts: clients:!kms_hosts\n"
+        "  max_fail_percentage: 100\n"
         "  steps:\n"
         "    - convert-client:\n"
         "        key: auto\n"
-        "        kms_host: kms01.lab.test\n"
+        "        kms_host: {group: kms_hosts, var: kmsadmin_fqdn}\n"
         "        office: false\n"
     )
     report, journal = tmp_path / "rollout.json", tmp_path / "rollout.jsonl"
-    args = ("rollout", str(playbook), "-i", str(hostile), "--check", "--deadline", "5", "--no-progress")
-    code, out, err, wall = _measured(*args, "--journal", str(journal), "--report-json", str(report))
+    args = ("rollout", str(playbook), "-i", str(hostile), "--deadline", "5", "--no-progress")
+    code, out, err, _ = _measured(*args, "--journal", str(journal), "--report-json", str(report))
     assert code == 1, out + err
     assert "Traceback" not in out + err
     document = json.loads(report.read_text())
-    _check_hosts(document, "pending")
-    assert document["duration"] <= DEADLINE + 2, document["duration"]
+    kms = next(h for h in document["hosts"] if h["host"] == "kms01")
+    assert kms["status"] in ("changed", "ok"), kms["error"]
+    document["hosts"] = [h for h in document["hosts"] if h["host"] != "kms01"]
+    # converted, or waiting for the new KMS host's count (0xC004F038): not failed by the attacks
+    _check_hosts(document, ("changed", "waiting"))
+    # the clients' play is bounded by the deadline whatever the attacks
+    assert document["duration"] - kms["duration"] <= DEADLINE + 2, (document["duration"], kms["duration"])
     journaled = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
     assert {r.get("host") for r in journaled if r.get("host")} >= {c.name.replace("_", "-") for c in CASES}
 
-    code, wall, rss = _peak_rss(*args)
+    code, wall, rss = _peak_rss(*args, "--check")
     assert code == 1
     assert rss <= MAX_RSS_MB, rss
-    print(f"rollout --check: {wall:.1f}s, peak RSS {rss:.0f} MB")
+    print(
+        f"rollout: {document['duration']:.1f}s (KMS host {kms['duration']:.1f}s); --check: {wall:.1f}s, peak RSS {rss:.0f} MB"
+    )
