@@ -141,9 +141,15 @@ def test_mixed_fleet_status_names_each_problem_with_its_fix(
         "not-activated,expiring:30,waiting",
         "--metrics",
         str(metrics),
+        "--report-html",
+        str(tmp_path / "status.html"),
     )
     assert proc.returncode == 1, proc.stderr
     doc = json.loads(proc.stdout)
+    page = (tmp_path / "status.html").read_text()
+    table = page.split('id="finding-table"', 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr>") == len(doc["findings"]) + 1  # header row + one per finding
+    assert "duplicate-cmid" in table and "deadkms.lab.test" in table and "slmgr /rearm" in table
 
     cloned = _findings(doc, "duplicate-cmid")
     assert len(cloned) == 1 and sorted(cloned[0]["hosts"]) == list(CLONED)
@@ -302,3 +308,49 @@ def test_convert_client_checks_the_kms_host_from_the_client_before_pinning(
     # the right host passes the check
     good = kmsadmin("convert-client", HEALTHY, "-i", str(inventory), "--kms-host", "kms01.lab.test:1688")
     assert good.returncode == 0, good.stdout + good.stderr
+
+
+def _status_of_all(fleet: Fleet, sessions: LabSessions) -> Any:
+    reports = [run_host("status", name, None, sessions.factory_for({})) for name in fleet.names()]
+    hostvars = {n: {"kmsadmin_fqdn": fleet.hosts[n].fqdn} for n in fleet.names()}
+    return analyse(reports, hostvars=hostvars)
+
+
+def test_a_kms_host_below_its_threshold_and_an_edition_its_key_cannot_activate(tmp_path: Path) -> None:
+    # three Windows 11 clients cannot bring a KMS host to 25; Windows 11 LTSC 2024 needs the Windows
+    # Server 2025 host key group, which the lab's Server 2022 KMS host does not carry [PLAN24]
+    fleet, inventory_path = make_lab(
+        tmp_path, hosts=4, kms_hosts=1, os_mix="win11-enterprise=3,win11-enterprise-ltsc2024=1"
+    )
+    sessions = LabSessions(LabEngine(fleet))
+    rollout(
+        load_playbook(PLAYBOOKS / "kms-hosts.yml"),
+        load_inventory(inventory_path),
+        session_factory_for=sessions.factory_for,
+        forks=4,
+        retry_delay=0.0,
+        env={},
+    )
+    args = ConvertClientArgs(target="host", kms_host="kms01.lab.test")
+    outcomes = {
+        n: run_host("convert-client", n, args, sessions.factory_for({})) for n in fleet.names("client")
+    }
+    ltsc = next(n for n in fleet.names("client") if "LTSC" in fleet.hosts[n].os.caption)
+    desktops = sorted(n for n in fleet.names("client") if n != ltsc)
+    assert {n: r.status for n, r in outcomes.items()} == {
+        **dict.fromkeys(desktops, "waiting"),
+        ltsc: "failed",
+    }
+    result = _status_of_all(fleet, sessions)
+    kinds = {f.kind: f for f in result.findings}
+
+    below = kinds["below-threshold"]
+    assert below.hosts == ("kms01", *desktops) and below.hresult == "0xC004F038"
+    assert "counted 3 machine(s)" in below.message and "3 client(s) waiting" in below.message
+    assert all("waiting" in result.view(n).states() for n in desktops)  # type: ignore[union-attr]
+
+    mismatch = kinds["edition-not-activatable"]
+    assert mismatch.hosts == (ltsc,) and mismatch.hresult == "0xC004F042"
+    assert "Windows Server 2022" in mismatch.message and "kmsadmin compat" in mismatch.fix
+    view = result.view(ltsc)
+    assert view is not None and view.reasons() == ["0xC004F042"] and "failed" in view.states()
