@@ -231,14 +231,15 @@ def read_kms_reach(session: Session, deadline_at: float | None = None) -> dict[s
 
 def check_kms_reach(
     session: Session, host: str, facts: HostFacts, args: ConvertClientArgs, deadline_at: float | None
-) -> None:
+) -> PreflightFailed | None:
     """Before ``convert-client --kms-host`` pins a host: does it resolve and answer on its port from the
-    client? Refused (nothing changed) unless ``--force``; a host already pinned there is not re-checked."""
+    client? The refusal to raise (nothing changed) unless ``--force``; a host already pinned there is not
+    re-checked."""
     if args.target != "host" or not args.kms_host or args.force:
-        return
+        return None
     pinned = (facts.service.kms_machine or "").lower()
     if pinned == args.kms_host.lower() and (facts.service.kms_port or 1688) == args.kms_port:
-        return
+        return None
     result = session.run(
         render(kms_reach_ref(args.kms_host, args.kms_port)), deadline=_remaining(deadline_at)
     )
@@ -252,8 +253,8 @@ def check_kms_reach(
             f"({target.error or 'no connection'})"
         )
     else:
-        return
-    raise PreflightFailed(
+        return None
+    return PreflightFailed(
         host,
         "preflight:kms-reach",
         f"{problem}: the client would not activate there (0xC004F074)",
@@ -386,11 +387,17 @@ def run_host(
             elif any(p.is_kms_client for p in facts.products):
                 report.state["kms_reach"] = read_kms_reach(session, deadline_at)
             return report
+        unreachable = None
         if operation == "convert-client" and isinstance(args, ConvertClientArgs):
             step_name = "preflight:kms-reach"
-            check_kms_reach(session, host, facts, args, deadline_at)
+            unreachable = check_kms_reach(session, host, facts, args, deadline_at)
+            if unreachable is not None and not check:
+                raise unreachable
         plan = make_plan(operation, host, facts, args)
         report.plan = plan.to_dict()
+        if unreachable is not None:
+            # --check changes nothing: the KMS host may still be set up by an earlier play of the run
+            report.plan.setdefault("notes", []).append(f"{unreachable.message}; {unreachable.remediation}")
         if plan.blocked:
             first = plan.problems[0]
             raise PreflightFailed(

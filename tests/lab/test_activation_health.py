@@ -301,6 +301,13 @@ def test_convert_client_checks_the_kms_host_from_the_client_before_pinning(
     assert (
         live.returncode == 1 and "nothing answers on TCP 1688" in json.loads(live.stdout)["error"]["message"]
     )
+    # --check changes nothing and refuses nothing: the plan carries the finding as a note
+    checked = kmsadmin(
+        "convert-client", HEALTHY, "-i", str(inventory), "--kms-host", "deadkms.lab.test", "--check", "--json"
+    )
+    planned = json.loads(checked.stdout)
+    assert planned["status"] == "pending" and checked.returncode == 3, checked.stdout + checked.stderr
+    assert any("does not resolve from client009" in n for n in planned["plan"]["notes"])
     # nothing was changed: the client still uses kms01 and is activated
     after = json.loads(kmsadmin("status", HEALTHY, "-i", str(inventory), "--json").stdout)["hosts"][0]
     assert after["state"]["kms_machine"] == "kms01.lab.test"
