@@ -39,6 +39,8 @@ lab_app = typer.Typer(
 RUNTIME = "runtime.json"
 LOG = "lab.log"
 START_TIMEOUT = 90.0
+#: more start-up time per host: creating, loading and listening for 10,000 hosts takes minutes on a busy machine
+START_TIMEOUT_PER_HOST = 0.05
 STOP_TIMEOUT = 20.0
 
 StateDir = Annotated[Path, typer.Option("--state-dir", help="directory holding the lab's state")]
@@ -156,7 +158,7 @@ def up(
     if base_port < 0 or base_port > 65535:
         raise _fail("--base-port must be 0..65535", 2)
     if detach and not foreground_child:
-        _detach(state_dir, inventory, sys.argv)
+        _detach(state_dir, inventory, sys.argv, START_TIMEOUT + START_TIMEOUT_PER_HOST * (hosts or 0))
         return
     _serve(
         state_dir,
@@ -186,7 +188,7 @@ def _child_args(argv: list[str]) -> list[str]:
     return [a for a in args if a != "--detach"]
 
 
-def _detach(state_dir: Path, inventory: Path, argv: list[str]) -> None:
+def _detach(state_dir: Path, inventory: Path, argv: list[str], timeout: float = START_TIMEOUT) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     cleaned: list[str] = []
     skip = False
@@ -217,7 +219,7 @@ def _detach(state_dir: Path, inventory: Path, argv: list[str]) -> None:
         child = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
         )
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code = child.poll()
         if code is not None:
@@ -234,7 +236,7 @@ def _detach(state_dir: Path, inventory: Path, argv: list[str]) -> None:
         child.wait(timeout=STOP_TIMEOUT)
     except subprocess.TimeoutExpired:
         child.kill()
-    raise _fail(f"the lab did not start within {START_TIMEOUT:.0f} s; see {state_dir / LOG}", 1)
+    raise _fail(f"the lab did not start within {timeout:.0f} s; see {state_dir / LOG}", 1)
 
 
 def _open_fleet(

@@ -45,7 +45,13 @@ from kmsadmin.lab import wsman
 from kmsadmin.lab.api import ScriptOutput
 from kmsadmin.lab.hostctx import CommandFaults, ConnectionAbort, HostContext, Job
 from kmsadmin.lab.wsman import NAMESPACES, WsmanRequest
-from kmsadmin.transports.base import PSRP_BOOTSTRAP, PSRP_BOOTSTRAP_PARAMETER, STEP_END, step_failed
+from kmsadmin.transports.base import (
+    PSRP_BOOTSTRAP,
+    PSRP_BOOTSTRAP_PARAMETER,
+    STEP_END,
+    batch_scripts,
+    step_failed,
+)
 from kmsadmin.transports.psrpcache import MessageCachePool
 
 _FINISHED = (PSInvocationState.Completed, PSInvocationState.Failed, PSInvocationState.Stopped)
@@ -248,8 +254,10 @@ class PsrpShell:
         if scripts is None:
             pipe._change_state(PSInvocationState.Failed, error=command_not_found(unknown or ""))
             return
-        if is_bootstrap(commands):
-            job = self.ctx.runner.submit(lambda: self._run_batch(scripts))
+        batch = scripts if is_bootstrap(commands) else batch_scripts(scripts[0])
+        if batch is not None:
+            # the bootstrap, or the same loop sent as one script's text (batch_script, e.g. by Ansible)
+            job = self.ctx.runner.submit(lambda: self._run_batch(batch))
         else:
             job = self.ctx.run_script(scripts[0], "psrp")
         job.add_done_callback(lambda j: self._pipeline_done(entry, j, as_lines))

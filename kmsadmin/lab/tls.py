@@ -2,8 +2,9 @@
 
 Generated at start-up with ``cryptography`` (nothing is committed): a CA certificate that clients can trust
 via ``cert_validation=<ca path>`` and a leaf certificate signed by it, with SANs for 127.0.0.1, localhost
-and the lab host names. A separate CA keeps the chain shaped like a real deployment, which also satisfies
-strict verifiers that refuse a self-signed leaf used as its own trust anchor.
+and any host names given (the lab server gives none: its listeners are all addressed as 127.0.0.1). A
+separate CA keeps the chain shaped like a real deployment, which also satisfies strict verifiers that
+refuse a self-signed leaf used as its own trust anchor.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
 import xml.etree.ElementTree as ET
 from abc import ABC, abstractmethod
@@ -216,6 +217,40 @@ PSRP_BOOTSTRAP_PARAMETER = "KmsadminScript"
 #: The output line the PSRP bootstrap writes after each script's output, followed by a space and the
 #: script's run time in milliseconds.
 STEP_END = "#kmsadmin-step-end"
+#: The same batch as one self-contained script, for tools that send a script's text rather than a
+#: command with parameters (an Ansible ``raw`` task): the scripts as a literal array of base64
+#: strings, then the bootstrap's loop. See :func:`batch_script`.
+BATCH_PREFIX = "$KmsadminScript = @("
+_BOOTSTRAP_LOOP = PSRP_BOOTSTRAP.split("\n", 1)[1]
+_BATCH_RE = re.compile(
+    re.escape(BATCH_PREFIX)
+    + r"(?P<items>'[A-Za-z0-9+/=]*'(?:,'[A-Za-z0-9+/=]*')*)\)\n"
+    + re.escape(_BOOTSTRAP_LOOP)
+    # what a caller may append: ansible-core's psrp plugin adds "exit $LASTEXITCODE" to a raw command
+    + r"\s*(?:exit \$LASTEXITCODE\s*)?"
+)
+
+
+def batch_script(scripts: Sequence[str]) -> str:
+    """One PowerShell script that runs ``scripts`` in order as the PSRP bootstrap does (each in its
+    own scope, :data:`STEP_END` after each one's output, stop after the first failed step)."""
+    items = ",".join(f"'{base64.b64encode(s.encode('utf-8')).decode('ascii')}'" for s in scripts)
+    return f"{BATCH_PREFIX}{items})\n{_BOOTSTRAP_LOOP}"
+
+
+def batch_scripts(text: str) -> list[str] | None:
+    """The scripts of a :func:`batch_script` text (None when ``text`` is not exactly one); an item
+    that is not base64 of UTF-8 becomes an empty script (which fails as a script without a header)."""
+    match = _BATCH_RE.fullmatch(text.strip())
+    if match is None:
+        return None
+    scripts: list[str] = []
+    for item in match["items"].split(","):
+        try:
+            scripts.append(base64.b64decode(item.strip("'"), validate=True).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            scripts.append("")
+    return scripts
 
 
 def split_steps(objects: Sequence[str], errors: tuple[str, ...]) -> list[Output]:
