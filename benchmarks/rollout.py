@@ -469,16 +469,21 @@ def main(argv: list[str] | None = None) -> int:
                 args.forks_kmsadmin,
                 work / "export.log",
                 args.hosts,
-                True,
             )
-        for v, build in (("best", best_practice_project), ("floor", floor_project)):
-            if v in variants:  # from an export of the variant's own lab (not measured)
-                source = work / f"project-{v}-export"
-                export_project(
-                    inventories[v], source, args.forks_kmsadmin, work / f"export-{v}.log", args.hosts
-                )
-                projects[v] = work / f"project-{v}"
-                build(source, projects[v])
+
+        def build(v: str) -> None:  # from an export of the variant's own lab (not measured)
+            source = work / f"project-{v}-export"
+            export_project(inventories[v], source, args.forks_kmsadmin, work / f"export-{v}.log", args.hosts)
+            projects[v] = work / f"project-{v}"
+            if v == "best":
+                best_practice_project(source, projects[v])
+            else:
+                floor_project(source, projects[v])
+
+        others = [v for v in ("best", "floor") if v in variants]
+        if others:
+            with ThreadPoolExecutor(len(others)) as pool:
+                list(pool.map(build, others))
 
         for v in variants:
             print(f"measuring {LABELS[v]} ...", flush=True)
