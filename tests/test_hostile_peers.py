@@ -103,7 +103,12 @@ def test_library_decode_errors_are_protocol_errors() -> None:
     from kmsadmin.transports.faults import translate
 
     options = build_options("srv01", explicit={"user": "admin", "password": "x"}, env={})
-    for exc in (ET.ParseError("syntax error"), binascii.Error("Incorrect padding"), struct.error("unpack")):
+    for exc in (
+        ET.ParseError("syntax error"),
+        binascii.Error("Incorrect padding"),
+        struct.error("unpack"),
+        StopIteration(),
+    ):
         error = translate(exc, options, "facts", 10)
         assert isinstance(error, ProtocolError), exc
         assert error.host == "srv01" and error.remediation
@@ -123,9 +128,13 @@ def test_an_unexpected_exception_fails_that_host_only_with_secrets_redacted() ->
 
 
 #: the cases the pypsrp and pywinrm paths (``--transport winrs|pywinrm``, CredSSP, certificates,
-#: proxies) bound through their requests session (kmsadmin.transports.httpcaps); header-level stalls
-#: inside http.client (slowloris headers, endless 100 Continue) are bounded only by the default client
+#: proxies) bound through their requests session (kmsadmin.transports.httpcaps); stalls inside
+#: http.client that no per-read socket timeout catches end when the deadline cuts the connection
 LIBRARY_CASES = {
+    "slowloris_headers": HostTimeout,
+    "endless_100_continue": HostTimeout,
+    "endless_header_list": ProtocolError,
+    "ntlm_without_integrity": ProtocolError,
     "content_length_many_gb": ProtocolError,
     "chunk_size_many_gb": ProtocolError,
     "large_body_to_eof": ProtocolError,
@@ -159,5 +168,62 @@ def test_the_library_transports_bound_answers_too(hostile: HostileServer, transp
         str(caught.value),
     )
     assert caught.value.host == host
+    if LIBRARY_CASES[name] is HostTimeout:
+        assert f"no answer within {DEADLINE:.2g}s (its deadline" in caught.value.message, caught.value.message
     assert time.monotonic() - started <= DEADLINE + 2, name
     assert _peak_rss_mb() - rss_before < 64, name
+
+
+#: the answers that stall inside http.client, where no per-read socket timeout fires
+STALLS = ("slowloris_headers", "endless_100_continue", "body_dripped_byte_by_byte", "silent_server")
+
+
+@pytest.mark.parametrize("name", STALLS)
+def test_the_pypsrp_client_path_is_cut_at_the_deadline(hostile: HostileServer, name: str) -> None:
+    """Certificate authentication runs PSRP over pypsrp's client (as CredSSP and proxies do): a stall
+    inside http.client ends as the host's timeout naming its deadline, not past it."""
+    from kmsadmin.transports.pypsrp_client import PypsrpSession
+
+    host = name.replace("_", "-")
+    hostvars = inventory_hosts(hostile, "admin", "Passw0rd-hostile")[host]
+    leaf = hostile.authority.ca_path.parent / "good"
+    hostvars |= {
+        "ansible_psrp_auth": "certificate",
+        "ansible_psrp_certificate_pem": str(leaf.with_suffix(".crt")),
+        "ansible_psrp_certificate_key_pem": str(leaf.with_suffix(".key")),
+    }
+    options = build_options(host, hostvars=hostvars, env={})
+    script = RenderedScript(step="facts", version=1, fmt="ps1", text="'x'", display="'x'")
+    started = time.monotonic()
+    with open_session(options) as session, pytest.raises(HostTimeout) as caught:
+        assert isinstance(session, PypsrpSession)
+        session.run(script, deadline=DEADLINE)
+    elapsed = time.monotonic() - started
+    assert caught.value.host == host and caught.value.step == "facts"
+    assert f"no answer within {DEADLINE:.2g}s (its deadline" in caught.value.message, caught.value.message
+    assert elapsed <= DEADLINE + 2, (name, elapsed)
+
+
+def test_a_hostile_proxy_is_cut_at_the_deadline(tmp_path: Path) -> None:
+    """A proxy that drips its answer to CONNECT stalls inside http.client's tunnel set-up; the
+    connections urllib3's proxy manager opens are cut at the deadline like direct ones."""
+    from tests import hostile as module
+
+    slowloris = BY_NAME["slowloris_headers"]
+    proxy = module.Case("slow_proxy", slowloris.serve, "HostTimeout", scheme="http")
+    authority = Authority(tmp_path)
+    with HostileServer(authority, (slowloris,)) as server, HostileServer(authority, (proxy,)) as proxies:
+        host = "slowloris-headers"
+        hostvars = inventory_hosts(server, "admin", "Passw0rd-hostile")[host]
+        hostvars["ansible_psrp_proxy"] = f"http://127.0.0.1:{proxies.ports['slow_proxy']}"
+        options = build_options(host, hostvars=hostvars, env={})
+        started = time.monotonic()
+        with open_session(options) as session, pytest.raises(HostTimeout) as caught:
+            session.run(
+                RenderedScript(step="facts", version=1, fmt="ps1", text="1", display="1"), deadline=DEADLINE
+            )
+        elapsed = time.monotonic() - started
+        assert proxies.connections["slow_proxy"] >= 1 and server.connections["slowloris_headers"] == 0
+    assert caught.value.host == host
+    assert f"no answer within {DEADLINE:.2g}s (its deadline" in caught.value.message, caught.value.message
+    assert elapsed <= DEADLINE + 2, elapsed

@@ -243,6 +243,9 @@ def _translate_library(
     if isinstance(exc, ET.ParseError | binascii.Error | UnicodeDecodeError | struct.error):
         # pypsrp and pywinrm parse answers with ElementTree and base64 and decode PSRP with struct
         return protocol_error(options, step, f"{type(exc).__name__}: {str(exc)[:200]}")
+    if isinstance(exc, StopIteration):
+        # pywinrm takes the elements it expects (ShellId, CommandId, RelatesTo) with next()
+        return protocol_error(options, step, "an answer without an element WS-Man requires")
     if isinstance(exc, psrp_exc.WinRMError | winrm_exc.WinRMError):
         # what is left of the libraries' own errors: answers they could not match or decode
         return protocol_error(options, step, f"{type(exc).__name__}: {str(exc)[:200]}")
@@ -265,6 +268,14 @@ def _broken_answer(exc: BaseException) -> str | None:
         | http.client.HTTPException,
     ):
         return f"a broken HTTP answer ({_reason(exc)})"
+    # urllib3 reports a header list over http.client's caps (100 headers, 64 kB a line) or a status
+    # line that is not HTTP as "Connection aborted"; only a host closing the connection is that
+    for cause in _chain(exc):
+        for inner in (cause, *cause.args):
+            if isinstance(inner, http.client.HTTPException) and not isinstance(
+                inner, http.client.RemoteDisconnected
+            ):
+                return f"a broken HTTP answer ({type(inner).__name__}: {str(inner)[:200]})"
     return None
 
 

@@ -34,10 +34,11 @@ from kmsadmin.transports.base import (
     request_limits,
     retry_pause,
     split_steps,
+    time_left,
 )
-from kmsadmin.transports.httpcaps import bound_answers
+from kmsadmin.transports.httpcaps import Connections, bound_answers
 from kmsadmin.transports.options import ConnectionOptions
-from kmsadmin.transports.wsman import spnego_credentials
+from kmsadmin.transports.wsman import NO_ENCRYPTION_CONTEXT, ProtocolViolation, spnego_credentials
 from kmsadmin.values import RenderedScript
 
 
@@ -105,6 +106,7 @@ class BoundedWSMan(WSMan):
 
     def __init__(self, options: ConnectionOptions) -> None:
         super().__init__(options.host, **wsman_kwargs(options))
+        self._connections = Connections()
         self._trust_env_once()
         self._options = options
         #: the deadline the current requests must meet; None: only the configured timeouts
@@ -125,7 +127,7 @@ class BoundedWSMan(WSMan):
         def build_once() -> requests.Session:
             session: requests.Session = build()
             session.trust_env = False
-            bound_answers(session)
+            bound_answers(session, self._connections)
             return session
 
         transport._build_session = build_once
@@ -149,15 +151,35 @@ class BoundedWSMan(WSMan):
         retries_on_read_timeout: int = 0,
     ) -> ET.Element:
         """Send one request; see the class docstring for what differs from pypsrp."""
+        seconds = self._options.deadline if self.budget is None else time_left(self.budget)
+        # the socket reads inside http.client have no deadline of their own: cut them when it passes
+        with self._connections.cut_after(seconds):
+            return self._invoke(action, resource_uri, resource, option_set, selector_set)
+
+    def _invoke(
+        self,
+        action: str,
+        resource_uri: str,
+        resource: ET.Element | None,
+        option_set: OptionSet | None,
+        selector_set: SelectorSet | None,
+    ) -> ET.Element:
         busy = 0
         resets = 0
         while True:
             self._fit_to_budget()
             self.requests += 1
+            transport: Any = self.transport
             try:
                 # The per-call timeout and pypsrp's read-timeout retries (with sleeps of 2 s, 6 s, 14 s...)
                 # are dropped: the step's deadline decides how long to wait, not a fixed retry count.
                 return super().invoke(action, resource_uri, resource, option_set, selector_set, None)
+            except KeyError as err:
+                if transport.encryption is not None or not transport.wrap_required:
+                    raise
+                # pypsrp looks up the security context of the handshake it expected; a host that
+                # answered without authenticating left none to encrypt with
+                raise ProtocolViolation(NO_ENCRYPTION_CONTEXT) from err
             except requests.exceptions.ConnectionError as err:
                 if (
                     action != WSManAction.RECEIVE
@@ -169,7 +191,6 @@ class BoundedWSMan(WSMan):
                 # pypsrp does after read timeouts); the new connection authenticates again and needs a
                 # new message-encryption context.
                 resets += 1
-                transport: Any = self.transport
                 transport.encryption = None
                 log.debug("connection lost during Receive, asking again (%d)", resets)
             except (WSManFaultError, WinRMTransportError) as err:

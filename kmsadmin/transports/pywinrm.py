@@ -33,8 +33,9 @@ from kmsadmin.transports.base import (
     stdin_payload,
     time_left,
 )
-from kmsadmin.transports.httpcaps import bound_answers
+from kmsadmin.transports.httpcaps import Connections, bound_answers
 from kmsadmin.transports.options import ConnectionOptions
+from kmsadmin.transports.wsman import NO_ENCRYPTION_CONTEXT, ProtocolViolation
 from kmsadmin.values import RenderedScript
 
 _SEND_OVERHEAD = 2048
@@ -86,10 +87,11 @@ class BoundedProtocol(Protocol):
         self._options = options
         transport: Any = self.transport
         build = transport.build_session
+        connections = self._connections = Connections()
 
         def build_bounded() -> Any:
             session = build()
-            bound_answers(transport.session)
+            bound_answers(transport.session, connections)
             return session
 
         transport.build_session = build_bounded
@@ -110,12 +112,25 @@ class BoundedProtocol(Protocol):
 
     def send_message(self, message: str) -> bytes:
         """Send one request within the budget, retrying busy answers with backoff."""
+        seconds = self._options.deadline if self.budget is None else time_left(self.budget)
+        # the socket reads inside http.client have no deadline of their own: cut them when it passes
+        with self._connections.cut_after(seconds):
+            return self._send_message(message)
+
+    def _send_message(self, message: str) -> bytes:
         busy = 0
         while True:
             self._fit_to_budget()
             self.requests += 1
             try:
                 return super().send_message(message)
+            except AttributeError as err:
+                auth = getattr(getattr(self.transport, "session", None), "auth", None)
+                if self.transport.encryption is None or getattr(auth, "session_security", True) is not None:
+                    raise
+                # requests_ntlm keeps the keys of a completed handshake; a host that answered
+                # without authenticating left none to encrypt with
+                raise ProtocolViolation(NO_ENCRYPTION_CONTEXT) from err
             except WinRMTransportError as err:
                 pause = retry_pause(self._options, busy, self.budget) if err.code in BUSY_STATUSES else None
                 if pause is None:

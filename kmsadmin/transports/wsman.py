@@ -160,6 +160,13 @@ class ProtocolViolation(WsmanError):
     """The answer broke HTTP, a size cap, XML, base64, PSRP or NTLM: not a working WinRM listener."""
 
 
+#: what a host that skipped or half-did the authentication handshake broke, for message encryption
+NO_ENCRYPTION_CONTEXT = (
+    "the host answered without completing the authentication handshake, so there are no keys to "
+    "encrypt messages with; it did not negotiate message integrity and confidentiality"
+)
+
+
 class HTTPStatusError(WsmanError):
     """An HTTP status that is neither success nor a WS-Man fault."""
 
