@@ -20,10 +20,11 @@ import uuid
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from defusedxml.ElementTree import fromstring as defused_fromstring
 from psrpcore import PSRPEvent, StreamType
 from psrpcore._payload import PSRPMessage, create_message
-from psrpcore.types import PSObject, PSRPMessageType, deserialize, serialize
+from psrpcore.types import EndOfPipelineInput, PSObject, PSRPMessageType, deserialize, serialize
+
+from kmsadmin.transports.base import fromstring_untrusted
 
 _LIMIT = 128
 _SMALL = 2048
@@ -93,25 +94,33 @@ class MessageCachePool:
         )
 
     def _process_message(self, message: PSRPMessage) -> PSRPEvent[Any, Any]:
+        # psrpcore's own version parses with the unguarded ElementTree.fromstring: every message is
+        # read here instead, DTDs refused (errors become the caller's ProtocolViolation).
         kind = message.message_type
-        if kind not in self.deserialize_once and not (
-            kind in self.deserialize_small and len(message.data) <= _SMALL
-        ):
-            event: PSRPEvent[Any, Any] = super()._process_message(message)  # type: ignore[misc]
-            return event
-        key = (kind.value, bytes(message.data))
-        ps_object = _deserialized.get(key)
-        if ps_object is None:
-            ps_object = deserialize(
-                # hostile bytes: DTDs and entities refused (errors become the caller's ProtocolViolation)
-                defused_fromstring(bytes(message.data), forbid_dtd=True),
-                cipher=self._cipher,
-                our_capability=self.our_capability,
-                their_capability=self.their_capability,
-            )
-            _remember(_deserialized, key, ps_object)
+        data = bytes(message.data)
+        ps_object: Any
+        if kind == PSRPMessageType.EndOfPipelineInput:
+            ps_object = EndOfPipelineInput()
+        elif kind == PSRPMessageType.PipelineOutput and not data:
+            ps_object = None
+        elif kind in self.deserialize_once or (kind in self.deserialize_small and len(data) <= _SMALL):
+            key = (kind.value, data)
+            ps_object = _deserialized.get(key)
+            if ps_object is None:
+                ps_object = self._deserialize(data)
+                _remember(_deserialized, key, ps_object)
+        else:
+            ps_object = self._deserialize(data)
         event = PSRPEvent.create(kind, ps_object, message.runspace_pool_id, message.pipeline_id)
         handler = getattr(self, f"_process_{kind.name}", None)
         if handler is not None:
             handler(event)
         return event
+
+    def _deserialize(self, data: bytes) -> Any:
+        return deserialize(
+            fromstring_untrusted(data),
+            cipher=self._cipher,
+            our_capability=self.our_capability,
+            their_capability=self.their_capability,
+        )

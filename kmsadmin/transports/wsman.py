@@ -32,7 +32,6 @@ import spnego
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring as defused_fromstring
 from spnego._ntlm_raw.crypto import ntowfv1
 from spnego.channel_bindings import GssChannelBindings
 from spnego.exceptions import SpnegoError
@@ -42,6 +41,7 @@ from kmsadmin.transports.base import (
     OPERATION_TIMEOUT_FAULT,
     RECEIVE_RESET_RETRIES,
     Deadline,
+    fromstring_untrusted,
     log,
     request_limits,
     retry_pause,
@@ -792,9 +792,10 @@ class WsmanClient:
 
 def parse_xml(data: bytes | str) -> ET.Element:
     """Parse XML from a host with DTDs, entity declarations and external references refused
-    (defusedxml); anything unparsable is a :class:`ProtocolViolation`."""
+    (:func:`~kmsadmin.transports.base.fromstring_untrusted`); anything unparsable is a
+    :class:`ProtocolViolation`."""
     try:
-        root: ET.Element = defused_fromstring(data, forbid_dtd=True)
+        root: ET.Element = fromstring_untrusted(data)
     except DefusedXmlException as exc:
         raise ProtocolViolation(
             f"XML with a DTD or entity declarations ({type(exc).__name__}), which WS-Man never sends"
