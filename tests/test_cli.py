@@ -178,7 +178,6 @@ def test_convert_client_force_installs_an_unlisted_well_formed_key() -> None:
     "args",
     [
         ["setup-host", "kms01;Stop-Computer", "--dry-run"],
-        ["setup-host", "kms01", "--dry-run", "--kms-port", "70000"],
         ["setup-host", "kms01", "--dry-run", "--activation-interval", "14"],
         ["setup-host", "kms01", "--dry-run", "--renewal-interval", "43201"],
         ["setup-host", "kms01", "--dry-run", "--firewall-profiles", "Domain,Evil"],

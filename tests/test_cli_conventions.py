@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click.testing
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -75,7 +76,7 @@ def test_every_remote_command_has_the_ten_connection_options_from_one_definition
     [
         ("doctor", "--transport", "bogus", "transport must be one of"),
         ("status", "--auth", "bogus", "auth must be one of"),
-        ("convert-client", "--winrm-port", "0", "port must be at least 1"),
+        ("convert-client", "--transport", "bogus", "transport must be one of"),
         ("setup-host", "--auth", "bogus", "auth must be one of"),
     ],
 )
@@ -90,6 +91,59 @@ def test_connection_options_reach_the_transport_options(
     )
     assert result.exit_code == 4, result.output
     assert "127.0.0.1" in result.stderr and message in result.stderr
+
+
+def port_options() -> list[tuple[tuple[str, ...], str, Any]]:
+    """Every TCP port option of every command: (command path, option name, click option)."""
+    return [
+        (path, name, option)
+        for path, command in walk(root())
+        for name, option in options_of(command).items()
+        if name == "--port" or name.endswith("-port")
+    ]
+
+
+def test_every_port_option_rejects_out_of_range_values_as_a_usage_error() -> None:
+    """70000, 65536, 0 and -1 stop at parsing with exit 2, naming the option and the range 1-65535
+    (0-65535 where the help says 0 means any free port); 1 and 65535 pass the check."""
+    found = port_options()
+    names = {name for _, name, _ in found}
+    assert {"--winrm-port", "--kms-port", "--port", "--base-port"} <= names
+    assert {(name,) for name in REMOTE_COMMANDS} <= {
+        path for path, name, _ in found if name == "--winrm-port"
+    }
+    command = root()  # built once: one click run per value, not one typer build
+    click_runner = click.testing.CliRunner()
+    for path, name, option in found:
+        low = 0 if "0 = any" in (option.help or "") else 1
+        for value in ("70000", "65536", str(low - 1), "-1"):
+            result = click_runner.invoke(command, [*path, name, value])
+            assert result.exit_code == 2, (path, name, value, result.output)
+            assert f"Invalid value for '{name}'" in result.stderr, (path, name, value)
+            assert f"port number {low}-65535, not {value}" in result.stderr, (path, name, value)
+        for value in (str(max(low, 1)), "65535"):
+            # the command then stops for something else (a missing argument), never for the port
+            result = click_runner.invoke(command, [*path, name, value])
+            assert f"Invalid value for '{name}'" not in result.output, (path, name, value)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "127.0.0.1", "--winrm-port", "70000", "--json"],
+        ["doctor", "127.0.0.1", "--winrm-port", "0"],
+        ["convert-client", "127.0.0.1", "--winrm-port", "-1"],
+        ["setup-host", "127.0.0.1", "--csvlk", "Windows Server 2022", "--kms-port", "65536"],
+    ],
+)
+def test_out_of_range_port_stops_before_any_host_is_contacted(args: list[str]) -> None:
+    """Exit 2 with a usage error and no host report: the command never ran (it used to try the
+    host and report it failed, exit 1 or 4)."""
+    result = runner.invoke(app, args, env={"KMSADMIN_HOST_KEY": "BCDFG-HJKMP-QRTVW-XY234-6789B"})
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert "Invalid value for" in result.stderr and "1-65535" in result.stderr
+    assert "127.0.0.1" not in result.stderr
 
 
 def test_one_forks_default_across_commands() -> None:

@@ -15,7 +15,7 @@ import typer
 
 from kmsadmin.cli import inventory as inventory_opts
 from kmsadmin.cli.inventory import InventoryOpt, VaultIdOpt, VaultPasswordFileOpt
-from kmsadmin.cli.options import Connection, ForksOpt, HelpGroup, connection_options
+from kmsadmin.cli.options import Connection, ForksOpt, HelpGroup, connection_options, port_number
 from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_PENDING, InvalidInput, KmsAdminError
 from kmsadmin.values import DEFAULT_FORKS
 
@@ -335,7 +335,8 @@ def setup_host(
         bool, typer.Option("--tools/--no-tools", help="also install the Volume Activation Tools")
     ] = True,
     kms_port: Annotated[
-        int | None, typer.Option("--kms-port", help="KMS listening port (default 1688)")
+        int | None,
+        typer.Option("--kms-port", help="KMS listening port (default 1688)", callback=port_number),
     ] = None,
     dns_publishing: Annotated[
         bool | None,

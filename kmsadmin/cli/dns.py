@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from kmsadmin.cli.inventory import InventoryOpt, VaultIdOpt, VaultPasswordFileOpt, given
-from kmsadmin.cli.options import ForksOpt, HelpGroup
+from kmsadmin.cli.options import ForksOpt, HelpGroup, port_number
 from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_USAGE, InvalidInput, KmsAdminError
 from kmsadmin.values import DEFAULT_FORKS
 
@@ -286,7 +286,9 @@ def _record_options(action: Action) -> Any:
             str, typer.Argument(help="the DNS domain whose clients use the record, e.g. contoso.com")
         ],
         target: Annotated[str, typer.Option("--target", help="the KMS host's FQDN")],
-        port: Annotated[int, typer.Option("--port", help="the KMS host's listening port")] = 1688,
+        port: Annotated[
+            int, typer.Option("--port", help="the KMS host's listening port", callback=port_number)
+        ] = 1688,
         priority: Annotated[
             int, typer.Option("--priority", help="SRV priority: clients try lower values first")
         ] = 0,

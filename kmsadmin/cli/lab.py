@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kmsadmin.cli.options import HelpGroup
+from kmsadmin.cli.options import HelpGroup, port_range
 
 if TYPE_CHECKING:
     from kmsadmin.lab.fleet import Fleet
@@ -115,7 +115,8 @@ def up(
     detach: Annotated[bool, typer.Option("--detach", help="run in the background and return")] = False,
     tls: Annotated[bool, typer.Option("--tls/--no-tls", help="HTTPS listeners with the lab CA")] = True,
     base_port: Annotated[
-        int, typer.Option("--base-port", help="first listener port (0 = any free ports)")
+        int,
+        typer.Option("--base-port", help="first listener port (0 = any free ports)", callback=port_range(0)),
     ] = 0,
     reset: Annotated[
         bool, typer.Option("--reset", help="discard an existing lab in the state directory")
@@ -155,8 +156,6 @@ def up(
         raise _fail(
             f"a lab is already running from {state_dir} (pid {running}); `kmsadmin lab down` first", 1
         )
-    if base_port < 0 or base_port > 65535:
-        raise _fail("--base-port must be 0..65535", 2)
     if detach and not foreground_child:
         _detach(state_dir, inventory, sys.argv, START_TIMEOUT + START_TIMEOUT_PER_HOST * (hosts or 0))
         return

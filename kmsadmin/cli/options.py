@@ -37,7 +37,29 @@ HttpOpt = Annotated[
     bool | None,
     typer.Option("--https/--http", help="HTTPS (default, 5986) or HTTP with message encryption (5985)"),
 ]
-WinrmPortOpt = Annotated[int | None, typer.Option("--winrm-port", help="WinRM listener port")]
+
+
+def port_range(low: int = 1) -> Callable[[int | None], int | None]:
+    """A check for a TCP port option: a number from ``low`` (1, or 0 where 0 means "any") to 65535.
+
+    Out of range is a usage error (exit 2) naming the option and the range, raised while the command
+    line is parsed: before anything is read, started or contacted.
+    """
+
+    def check(value: int | None) -> int | None:
+        if value is not None and not low <= value <= 65535:
+            raise typer.BadParameter(f"must be a port number {low}-65535, not {value}")
+        return value
+
+    return check
+
+
+#: the check for a port a client connects to (1-65535)
+port_number = port_range(1)
+
+WinrmPortOpt = Annotated[
+    int | None, typer.Option("--winrm-port", help="WinRM listener port", callback=port_number)
+]
 CaBundleOpt = Annotated[
     Path | None, typer.Option(help="CA bundle (PEM) to validate the hosts' HTTPS certificates")
 ]
@@ -172,4 +194,4 @@ class HelpGroup(TyperGroup):
                 formatter.write_dl(rows)
 
 
-__all__ = ["Connection", "ForksOpt", "HelpGroup", "connection_options"]
+__all__ = ["Connection", "ForksOpt", "HelpGroup", "connection_options", "port_number", "port_range"]
