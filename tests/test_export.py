@@ -25,6 +25,7 @@ from kmsadmin.fleet.playbook import load_playbook
 from kmsadmin.lab.fleet import Fleet
 from kmsadmin.lab.inventory import build_inventory
 from kmsadmin.render import parse_header
+from tests.test_inventory_ansible import VAULT_PASSWORD, ansible_env, vault_encrypt, vault_encrypt_file
 
 REPO = Path(__file__).resolve().parents[1]
 PLAYBOOKS = REPO / "playbooks"
@@ -371,3 +372,107 @@ def test_the_inventory_is_created_private(tmp_path: Path, monkeypatch: pytest.Mo
         os.umask(old)
     assert modes["inventory.yml"] == 0o600, "never readable by others, not even before a chmod"
     assert (out / "inventory.yml").stat().st_mode & 0o777 == 0o600
+
+
+def test_vaulted_inventory_values_are_exported_vaulted_and_ansible_decrypts_them(tmp_path: Path) -> None:
+    """Secrets read from Vault stay vaulted (same vault id and password); plain values stay plain."""
+    bin_dir = Path(sys.executable).parent
+    default_pw, prod_pw = tmp_path / "default.pw", tmp_path / "prod.pw"
+    default_pw.write_text(VAULT_PASSWORD + "\n")
+    prod_pw.write_text("prod vault password\n")
+    secrets = {
+        "winrm": "Wsman-Pa55word-from-prod-vault",  # inline !vault with vault id 'prod' (format 1.2)
+        "user": "vaulted-admin-7Q2",  # from a whole vault-encrypted host_vars file (format 1.1)
+        "token": "site-token-XK4-93aa",  # a string of that file too
+    }
+    source = lab_inventory(tmp_path / "src")
+    doc = yaml.safe_load(source.read_text())
+    for group in doc["all"]["children"].values():
+        for hvars in (group.get("hosts") or {}).values():
+            (hvars or {}).pop("ansible_password", None)
+    inv_dir = tmp_path / "inv"
+    (inv_dir / "group_vars" / "all").mkdir(parents=True)
+    (inv_dir / "host_vars").mkdir()
+    (inv_dir / "hosts.yml").write_text(yaml.safe_dump(doc))
+    (inv_dir / "group_vars" / "all" / "vars.yml").write_text(
+        "ansible_password: '{{ vault_winrm_password }}'\nwinrm_note: 'pw {{ vault_winrm_password }}'\n"
+    )
+    (inv_dir / "group_vars" / "all" / "vault.yml").write_text(
+        "vault_winrm_password: !vault |"
+        + vault_encrypt(tmp_path, secrets["winrm"], vault_id="prod", password="prod vault password")
+    )
+    kms_vars = inv_dir / "host_vars" / "kms01.yml"
+    kms_vars.write_text(
+        f"ansible_user: {secrets['user']}\nkmsadmin_site_token: {secrets['token']}\nsite_port: 5986\n"
+    )
+    vault_encrypt_file(tmp_path, kms_vars)  # with VAULT_PASSWORD
+    assert kms_vars.read_text().startswith("$ANSIBLE_VAULT;1.1;AES256")
+
+    out = tmp_path / "project"
+    vault_args = ["--vault-id", f"prod@{prod_pw}", "--vault-password-file", str(default_pw)]
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "kmsadmin", "export", "ansible", str(PLAYBOOKS / "site.yml")),
+            *("-i", str(inv_dir / "hosts.yml"), *vault_args, "-o", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for secret in secrets.values():
+        assert secret not in proc.stdout + proc.stderr
+        for path in out.rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), f"{secret} in plain text in {path}"
+
+    # the raw YAML: vaulted values as !vault (1.2 naming 'prod', 1.1 for the default password),
+    # the values that were plain in the input plain
+    text = (out / "inventory.yml").read_text()
+    assert "$ANSIBLE_VAULT;1.2;AES256;prod" in text and "$ANSIBLE_VAULT;1.1;AES256" in text
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!vault", lambda loader, node: ("VAULT", loader.construct_scalar(node)))
+    written = yaml.load(text, Loader=Loader)["all"]["hosts"]  # noqa: S506 - SafeLoader subclass
+    kms, client = written["kms01"], written["client001"]
+    assert kms["ansible_password"][1].startswith("$ANSIBLE_VAULT;1.2;AES256;prod")
+    assert kms["winrm_note"][1].startswith("$ANSIBLE_VAULT;1.2;AES256;prod"), "templated from a vaulted value"
+    assert kms["ansible_user"][1].startswith("$ANSIBLE_VAULT;1.1;AES256")
+    assert kms["kmsadmin_site_token"][1].startswith("$ANSIBLE_VAULT;1.1;AES256")
+    assert kms["site_port"] == 5986, "a number of a vaulted file stays a number"
+    assert client["ansible_host"] == "127.0.0.1" and client["ansible_connection"] == "psrp"
+    assert client["ansible_user"] == doc["all"]["children"]["clients"]["hosts"]["client001"]["ansible_user"]
+
+    # ansible-core decrypts the exported project's values back to the originals
+    names = ["ansible_password", "winrm_note", "ansible_user", "kmsadmin_site_token", "ansible_host"]
+    tree = tmp_path / "tree"
+    ran = subprocess.run(
+        [
+            *(str(bin_dir / "ansible"), "kms01,client001", "-i", "inventory.yml", *vault_args),
+            "-m",
+            "ansible.builtin.debug",
+            "-a",
+            "msg={{ [" + ", ".join(f"{n} | default(none)" for n in names) + "] }}",
+            "-t",
+            str(tree),
+        ],
+        cwd=out,
+        env=ansible_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    got = {host: json.loads((tree / host).read_text())["msg"] for host in ("kms01", "client001")}
+    assert got["kms01"] == [
+        secrets["winrm"],
+        f"pw {secrets['winrm']}",
+        secrets["user"],
+        secrets["token"],
+        "127.0.0.1",
+    ]
+    assert got["client001"][0] == secrets["winrm"] and got["client001"][2] == client["ansible_user"]

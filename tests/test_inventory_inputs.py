@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from kmsadmin.cli.app import app
 from kmsadmin.fleet.inventory import InventoryError, load_inventory
-from kmsadmin.fleet.vault import VaultSecrets, decrypt, load_secrets
+from kmsadmin.fleet.vault import VaultSecret, VaultSecrets, decrypt, decrypt_with, encrypt, load_secrets
 
 BIN = Path(sys.executable).parent
 PASSWORD = "vault pass for the tests"
@@ -300,6 +300,52 @@ def test_ansible_vault_password_file_env_and_vault_id(tmp_path: Path) -> None:
     secrets = load_secrets(vault_ids=[f"prod@{script}"], env={})
     assert secrets.secrets[0].label == "prod" and secrets.secrets[0].password == PASSWORD.encode()
     assert PASSWORD not in repr(secrets)
+
+
+def test_encrypt_writes_vault_1_1_and_1_2_that_ansible_vault_decrypts(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update({"ANSIBLE_HOME": str(tmp_path / ".ansible-home"), "PYTHONWARNINGS": "ignore"})
+    pw = _pw_file(tmp_path)
+    for label, header in (
+        ("default", "$ANSIBLE_VAULT;1.1;AES256\n"),
+        ("prod", "$ANSIBLE_VAULT;1.2;AES256;prod\n"),
+    ):
+        secret = VaultSecret(label=label, password=PASSWORD.encode(), source=str(pw))
+        text = encrypt("Pässword with 'quotes' 12345", secret)
+        assert text.startswith(header) and all(len(line) <= 80 for line in text.splitlines())
+        assert encrypt("Pässword with 'quotes' 12345", secret) != text, "a fresh salt per value"
+        assert decrypt_with(text, VaultSecrets((secret,)), "x") == ("Pässword with 'quotes' 12345", secret)
+        vaulted = tmp_path / f"{label}.vault"
+        vaulted.write_text(text)
+        ident = ["--vault-id", f"{label}@{pw}"]
+        done = subprocess.run(
+            [str(BIN / "ansible-vault"), "decrypt", *ident, "--output", "-", str(vaulted)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "Pässword with 'quotes' 12345"
+
+
+def test_the_inventory_remembers_which_texts_came_from_vault(tmp_path: Path) -> None:
+    pw = _pw_file(tmp_path)
+    (tmp_path / "inv").mkdir()
+    (tmp_path / "inv" / "hosts").write_text("[w]\nw1 ansible_user=ini-vaulted-user ansible_port=5986\n")
+    (tmp_path / "inv" / "plain.yml").write_text("all:\n  hosts:\n    w2:\n      ansible_user: plain-user\n")
+    secret = VaultSecret(label="default", password=PASSWORD.encode(), source=str(pw))
+    (tmp_path / "inv" / "hosts").write_text(encrypt((tmp_path / "inv" / "hosts").read_text(), secret))
+    (tmp_path / "inv" / "group_vars").mkdir()
+    lines = encrypt_string(tmp_path, "inline-secret")
+    (tmp_path / "inv" / "group_vars" / "all.yml").write_text(
+        "p: !vault |\n" + "".join(f"  {line}\n" for line in lines) + "q: '{{ p }}'\n"
+    )
+    inv = load_inventory(tmp_path / "inv", vault=load_secrets([pw], env={}), env={})
+    assert inv.hosts["w1"]["ansible_user"] == "ini-vaulted-user" and inv.hosts["w2"]["q"] == "inline-secret"
+    assert set(inv.vaulted) == {"ini-vaulted-user", "inline-secret"}, "not plain-user, not the port"
+    assert inv.templated == {"w1": frozenset({"q"}), "w2": frozenset({"q"})}
 
 
 def test_unsupported_ansible_vars_warned_once(tmp_path: Path) -> None:

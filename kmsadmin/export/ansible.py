@@ -4,7 +4,8 @@ Layout of the project directory::
 
     site.yml            the plays, in order: same name, hosts pattern, serial, max_fail_percentage,
                         any_errors_fatal; gather_facts: false
-    inventory.yml       a copy of the inventory (an ansible-inventory --list JSON is written as YAML)
+    inventory.yml       a copy of the inventory (an ansible-inventory --list JSON is written as YAML);
+                        a value read from Ansible Vault is written as a ``!vault`` value again
     ansible.cfg         inventory = inventory.yml, no host key checking, explicit gathering
     host_vars/HOST.yml  kmsadmin_export: for each play, the host's scripts in order (file names)
     scripts/*.ps1       the rendered scripts, content-addressed (hosts with equal scripts share a file)
@@ -25,6 +26,13 @@ script text in memory. The task has ``no_log: true``, so neither its arguments n
 printed or logged. The key is never in the project directory. Caveat (from ansible-core's psrp
 connection plugin): at ``-vvv`` and above the plugin prints each command's text ("PSRP: EXEC"),
 whatever ``no_log`` says, so the key would be shown; run this project below ``-vvv``.
+
+Vault. When the inventory is written with its vars merged per host, every value whose text was read
+from Ansible Vault (a ``!vault`` value, or a string of a vault-encrypted vars file) is written as an
+inline ``!vault`` value, encrypted again (:func:`kmsadmin.fleet.vault.encrypt`) with the password and
+vault id it was decrypted with; so is a plain value equal to such a text, and a templated value
+(``'{{ vault_password }}'``) that contains one. Other values stay as they were. Ansible needs the same
+``--vault-id`` / ``--vault-password-file`` to run the project.
 
 Failures. The rollout never stops for a failed host unless a play has ``max_fail_percentage`` or
 ``any_errors_fatal``; Ansible stops the whole playbook when every host of a ``serial`` batch fails
@@ -49,7 +57,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +73,9 @@ from kmsadmin.export.plan import (
     PlayExport,
     script_name,
 )
+from kmsadmin.fleet.inventory import Inventory
 from kmsadmin.fleet.playbook import EnvRef, FileRef, SetupHostParams, VarRef
+from kmsadmin.fleet.vault import VaultSecret, encrypt
 from kmsadmin.operations.setup_host import KMS_HOST_SETTINGS
 
 MARKER = ".kmsadmin-export"
@@ -385,8 +395,67 @@ def build_host_vars(export: ExportPlan) -> dict[str, dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------ writing
+class _Vault(str):
+    """Vault text to write as an inline ``!vault`` value."""
+
+    __slots__ = ()
+
+
+class _Dumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that also writes :class:`_Vault` values as ``!vault |`` blocks."""
+
+
+_Dumper.add_representer(_Vault, lambda dumper, text: dumper.represent_scalar("!vault", str(text), style="|"))
+
+
 def _dump(value: Any) -> str:
-    return yaml.safe_dump(value, sort_keys=False, default_flow_style=False, width=100_000, allow_unicode=True)
+    return yaml.dump(
+        value, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100_000, allow_unicode=True
+    )
+
+
+class _Revaulter:
+    """Writes the texts read from Vault (or templated from one) of host vars as :class:`_Vault` values.
+
+    Equal texts under one secret share one envelope (one PBKDF2 per distinct value, not per host: a
+    group's vaulted password merged into 10,000 hosts is encrypted once).
+    """
+
+    def __init__(self, vaulted: Mapping[str, VaultSecret]) -> None:
+        self.vaulted = vaulted
+        self.done: dict[tuple[str, str, bytes], _Vault] = {}
+
+    def secret_of(self, text: str, templated: bool) -> VaultSecret | None:
+        """The secret to vault ``text`` with: a text read from Vault, or templated from one; else None."""
+        if text in self.vaulted:
+            return self.vaulted[text]
+        if templated:
+            for secret_text, secret in self.vaulted.items():
+                if secret_text in text:
+                    return secret
+        return None
+
+    def value(self, value: Any, templated: bool) -> Any:
+        if isinstance(value, str):
+            secret = self.secret_of(value, templated)
+            if secret is None:
+                return value
+            key = (value, secret.label, secret.password)
+            if key not in self.done:
+                self.done[key] = _Vault(encrypt(value, secret))
+            return self.done[key]
+        if isinstance(value, dict):
+            return {k: self.value(v, templated) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.value(v, templated) for v in value]
+        return value
+
+    def host_vars(self, inv: Inventory, host: str) -> dict[str, Any]:
+        values = dict(inv.hosts[host])
+        if not self.vaulted:
+            return values
+        templated = inv.templated.get(host, frozenset())
+        return {k: self.value(v, k in templated) for k, v in values.items()}
 
 
 def _inventory_text(export: ExportPlan) -> tuple[str, bool]:
@@ -420,7 +489,8 @@ def _inventory_text(export: ExportPlan) -> tuple[str, bool]:
         if children:
             entry["children"] = dict.fromkeys(inv.children.get(group, ()))
         groups[group] = entry or None
-    hosts = {h: dict(v) for h, v in inv.hosts.items()}
+    revault = _Revaulter(inv.vaulted)
+    hosts = {h: revault.host_vars(inv, h) for h in inv.hosts}
     data = {"all": {"hosts": hosts, "children": groups}}
     return (
         "# converted by kmsadmin export ansible from the inventory (vars merged per host)\n" + _dump(data),

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from kmsadmin import validate
 from kmsadmin.errors import EXIT_USAGE, ConfigError, InvalidInput
-from kmsadmin.fleet.vault import VaultSecrets, decrypt, is_vaulted
+from kmsadmin.fleet.vault import VaultSecret, VaultSecrets, decrypt_with, is_vaulted
 from kmsadmin.fleet.yamlsource import (
     VAULT_TAG,
     Document,
@@ -145,6 +145,11 @@ class Inventory:
     sources: tuple[Path, ...] = ()
     #: ``ansible_*`` variables some host sets that kmsadmin does not use (warned about once per run)
     unsupported: tuple[str, ...] = ()
+    #: every text read from Ansible Vault (a ``!vault`` value, a string of a vault-encrypted file) →
+    #: the vault secret that decrypted it (an export writes such values vaulted again)
+    vaulted: Mapping[str, VaultSecret] = field(default_factory=dict, repr=False, compare=False)
+    #: host → its vars whose value was templated (``{{ ... }}``), when any text came from Vault
+    templated: Mapping[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
 
     def select(self, pattern: str) -> list[str]:
         """Hosts matching an Ansible host pattern (``--limit`` / ``hosts:``), in pattern order."""
@@ -181,6 +186,14 @@ class _Builder:
         self.vars_dirs: list[Path] = []
         self.play_dir: Path | None = None
         self.priorities: dict[str, int] = {}
+        #: texts read from Vault → the secret that decrypted them
+        self.vaulted: dict[str, VaultSecret] = {}
+
+    def remember_vaulted(self, value: Any, secret: VaultSecret) -> None:
+        """Note every (non-empty) string in ``value`` as read from Vault with ``secret``."""
+        for text in _strings(value):
+            if text:
+                self.vaulted.setdefault(text, secret)
 
     def count_file(self, path: Path) -> None:
         self.files_read += 1
@@ -267,6 +280,14 @@ class _Builder:
             host: tuple(g.name for g in groups if g.name not in ("all", "ungrouped"))
             for host, groups in host_groups.items()
         }
+        templated: dict[str, frozenset[str]] = {}
+        if self.vaulted:
+            from kmsadmin.render import is_template
+
+            for host, values in merged.items():
+                names = frozenset(k for k, v in values.items() if _has_template(v, is_template))
+                if names:
+                    templated[host] = names
         merged = self._templated(merged, members, memberships)
         unsupported: set[str] = set()
         for host, values in merged.items():
@@ -281,6 +302,8 @@ class _Builder:
             memberships=memberships,
             sources=sources,
             unsupported=tuple(sorted(unsupported)),
+            vaulted=self.vaulted,
+            templated=templated,
         )
 
     def _templated(
@@ -413,6 +436,21 @@ class _Builder:
             raise InventoryError(f"{self._where(host)}host '{host}': {name}: {message}") from None
 
 
+def _strings(value: Any) -> list[str]:
+    """The strings of a value read from YAML (mapping values and list items, recursively; not keys)."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, str):
+            found.append(current)
+        elif isinstance(current, dict):
+            stack.extend(current.values())
+        elif isinstance(current, list):
+            stack.extend(current)
+    return found
+
+
 def _has_template(value: Any, is_template: Callable[[Any], bool]) -> bool:
     if isinstance(value, str):
         return is_template(value)
@@ -484,19 +522,23 @@ def _dir_vars_files(directory: Path) -> list[Path]:
     return found
 
 
-def _read_text(builder: _Builder, path: Path, what: str) -> str:
+def _read_text(builder: _Builder, path: Path, what: str) -> tuple[str, VaultSecret | None]:
+    """A file's text, decrypted when the whole file is vault-encrypted (with the secret that did it)."""
     builder.count_file(path)
     text = decode_text(read_bounded(path, what=what), path, what)
     if is_vaulted(text):
-        text = decrypt(text, builder.secrets, f"{path} (a vault-encrypted file)")
-    return text
+        return decrypt_with(text, builder.secrets, f"{path} (a vault-encrypted file)")
+    return text, None
 
 
 def _unvault(builder: _Builder, doc: Document) -> None:
     """Replace every ``!vault`` value of ``doc`` by its plain text, in place; errors name file, line, variable."""
 
     def plain(item: Vaulted, name: str) -> str:
-        return decrypt(item.text, builder.secrets, f"{doc.path.name} line {item.line}: variable '{name}'")
+        where = f"{doc.path.name} line {item.line}: variable '{name}'"
+        text, secret = decrypt_with(item.text, builder.secrets, where)
+        builder.remember_vaulted(text, secret)
+        return text
 
     def walk(value: Any, name: str) -> Any:
         if isinstance(value, Vaulted):
@@ -520,10 +562,12 @@ def _unvault(builder: _Builder, doc: Document) -> None:
 
 
 def _read_vars_file(builder: _Builder, path: Path) -> dict[str, Any]:
-    text = _read_text(builder, path, "vars file")
+    text, secret = _read_text(builder, path, "vars file")
     doc = parse_text(text, path, vault=True)
     if VAULT_TAG in text:
         _unvault(builder, doc)
+    if secret is not None:
+        builder.remember_vaulted(doc.value, secret)
     if doc.value is None:
         return {}
     if not isinstance(doc.value, dict):
@@ -812,6 +856,14 @@ def _is_script(path: Path) -> bool:
         return False
 
 
+def _builder_values(b: _Builder) -> list[Any]:
+    """Every var value collected so far (host and group vars)."""
+    return [
+        *(v for hv in b.host_vars.values() for v in hv.values()),
+        *(v for g in b.groups.values() for v in g.vars.values()),
+    ]
+
+
 def _ignored(name: str) -> bool:
     return name.startswith(".") or name in _IGNORED_NAMES or name.endswith(IGNORED_EXTENSIONS)
 
@@ -822,21 +874,30 @@ def _read_file(b: _Builder, path: Path) -> None:
     if path.is_file() and _is_script(path):
         _read_script(b, path)
         return
-    text = _read_text(b, path, "inventory")
+    text, secret = _read_text(b, path, "inventory")
     ext = path.suffix.lower()
+    doc: Document | None = None
     if ext in YAML_EXTENSIONS and ext != "":
-        _read_yaml_source(b, parse_text(text, path, vault=True), VAULT_TAG in text)
-        return
-    if ext == "":
+        doc = parse_text(text, path, vault=True)
+    elif ext == "":
         try:
             doc = parse_text(text, path, vault=True)
         except ConfigError:
             doc = None
-        if doc is not None and isinstance(doc.value, Mapping):
-            _read_yaml_source(b, doc, VAULT_TAG in text)
-            return
-        if doc is not None and doc.value is None and not text.strip("\n\r\t #-"):
-            return
+        if doc is not None and not isinstance(doc.value, Mapping):
+            if doc.value is None and not text.strip("\n\r\t #-"):
+                return
+            doc = None
+    if doc is not None:
+        _read_yaml_source(b, doc, VAULT_TAG in text)
+        if secret is not None:
+            b.remember_vaulted(doc.value, secret)
+        return
+    if secret is not None:
+        # a vault-encrypted INI file: its values, read on their own first, are texts from Vault
+        alone = _Builder(b.secrets)
+        read_ini(alone, path, text)
+        b.remember_vaulted(_builder_values(alone), secret)
     read_ini(b, path, text)
 
 

@@ -14,6 +14,9 @@ Passwords come from ``--vault-password-file`` / ``--vault-id [label@]file`` / ``
 output is the password; otherwise the file's text, stripped, is the password. A value is tried with the
 secret whose label matches its vault id first, then with every other secret.
 
+:func:`encrypt` writes the same formats (1.1 for the ``default`` label, 1.2 with the label otherwise), so
+an export keeps a vaulted value vaulted with the password it was read with.
+
 Nothing here prints or logs a password or a decrypted value.
 """
 
@@ -218,6 +221,11 @@ def _decrypt_with(password: bytes, salt: bytes, digest: bytes, ciphertext: bytes
 
 def decrypt(text: str, secrets: VaultSecrets, where: str) -> str:
     """The plain text of vault ``text``; :class:`VaultError` naming ``where`` when it cannot be read."""
+    return decrypt_with(text, secrets, where)[0]
+
+
+def decrypt_with(text: str, secrets: VaultSecrets, where: str) -> tuple[str, VaultSecret]:
+    """(plain text, the secret that decrypted it) of vault ``text``; :class:`VaultError` naming ``where``."""
     if len(text) > MAX_VAULT_TEXT:
         raise VaultError(f"{where}: the vault text is larger than {MAX_VAULT_TEXT} bytes")
     try:
@@ -232,8 +240,43 @@ def decrypt(text: str, secrets: VaultSecrets, where: str) -> str:
         plain = _decrypt_with(secret.password, salt, digest, ciphertext)
         if plain is not None:
             try:
-                return plain.decode("utf-8")
+                return plain.decode("utf-8"), secret
             except UnicodeDecodeError:
                 raise VaultError(f"{where}: the decrypted text is not UTF-8") from None
     tried = ", ".join(s.label for s in secrets.secrets)
     raise VaultError(f"{where}: no vault password given decrypts it (tried: {tried}); wrong password?")
+
+
+#: bytes of random salt per encrypted value (as ansible-core writes)
+_SALT_BYTES = 32
+#: width of the hex lines of the envelope (as ansible-core writes)
+_LINE = 80
+
+
+def encrypt(plain: str, secret: VaultSecret) -> str:
+    """Vault text of ``plain`` under ``secret``: format 1.2 naming its label, 1.1 for ``default``.
+
+    A fresh random salt per value (so equal values encrypt differently), keys and layout as
+    :func:`decrypt_with` reads them; the result is what ``ansible-vault encrypt_string`` prints after
+    ``!vault |``, without the indentation.
+    """
+    from cryptography.hazmat.primitives import hashes, hmac, padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    salt = os.urandom(_SALT_BYTES)
+    key, hmac_key, counter = _keys(secret.password, salt)
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(plain.encode("utf-8")) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor()
+    ciphertext = encryptor.update(padded) + encryptor.finalize()
+    signer = hmac.HMAC(hmac_key, hashes.SHA256())
+    signer.update(ciphertext)
+    inner = b"\n".join(binascii.hexlify(part) for part in (salt, signer.finalize(), ciphertext))
+    body = binascii.hexlify(inner).decode("ascii")
+    if secret.label == "default":
+        header = f"{HEADER};1.1;AES256"
+    else:
+        if not secret.label or any(c in secret.label for c in ";\r\n") or not secret.label.isprintable():
+            raise VaultError(f"vault id {secret.label!r} cannot name a vault value (no ';' or line breaks)")
+        header = f"{HEADER};1.2;AES256;{secret.label}"
+    return "\n".join([header, *(body[i : i + _LINE] for i in range(0, len(body), _LINE))]) + "\n"
