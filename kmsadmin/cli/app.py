@@ -612,8 +612,9 @@ def status(
     Fleet findings follow: duplicate Client Machine IDs, editions the KMS host cannot activate, KMS hosts
     below their threshold, clock skew, expiring activations. --fail-on sets the exit code for cron and CI.
 
-    With -i INVENTORY the selected hosts (default: all) are read in parallel and the same reports as
-    a rollout can be written.
+    The hosts are read in parallel, at most --forks at once, each within its --deadline. With
+    -i INVENTORY the selected hosts (default: all) are read and the same reports as a rollout can be
+    written.
     """
     from kmsadmin.cli import remote
     from kmsadmin.cli.activation import HealthOptions
@@ -642,7 +643,9 @@ def status(
     except KmsAdminError as exc:
         fail(exc)
     raise typer.Exit(
-        remote.status(names, explicit=explicit, hostvars=hostvars, json_out=json_out, health=health)
+        remote.status(
+            names, explicit=explicit, hostvars=hostvars, json_out=json_out, health=health, forks=forks
+        )
     )
 
 

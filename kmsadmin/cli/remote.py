@@ -5,37 +5,26 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_OK, EXIT_PENDING, KmsAdminError
-from kmsadmin.fleet.runner import HostReport, SessionFactory, run_host
+from kmsadmin.fleet.runner import HostReport
 from kmsadmin.values import DEFAULT_FORKS
 
-
-def session_factory(
-    explicit: Mapping[str, object], hostvars: Mapping[str, Mapping[str, object]]
-) -> SessionFactory:
-    """Build each host's connection options (CLI > inventory vars > environment) and open a session."""
-    from kmsadmin.transports import build_options, open_session
-
-    def factory(host: str) -> Any:
-        return open_session(build_options(host, explicit, hostvars.get(host, {})))
-
-    return factory
+if TYPE_CHECKING:
+    from kmsadmin.transports.options import ConnectionOptions
 
 
-def check_options(
+def _connection_options(
     hosts: Sequence[str], explicit: Mapping[str, object], hostvars: Mapping[str, Mapping[str, object]]
-) -> float:
-    """Validate every host's options before contacting any host (exit 4 on a bad combination)."""
+) -> dict[str, ConnectionOptions]:
+    """Each host's connection options (CLI > inventory vars > environment), all built and checked
+    before any host is contacted (a :class:`ConfigError` names the host and the fix: exit 4)."""
     from kmsadmin.transports import build_options
 
-    deadline = 0.0
-    for host in hosts:
-        deadline = max(deadline, build_options(host, explicit, hostvars.get(host, {})).deadline)
-    return deadline
+    return {host: build_options(host, explicit, hostvars.get(host, {})) for host in hosts}
 
 
 def _run_all(
@@ -46,19 +35,35 @@ def _run_all(
     explicit: Mapping[str, object],
     hostvars: Mapping[str, Mapping[str, object]],
     check: bool,
+    forks: int = DEFAULT_FORKS,
 ) -> list[HostReport]:
-    """Check every host's options first (exit 4 before contacting anyone), then run in parallel."""
+    """Check every host's options first (exit 4 before contacting anyone), then run at most ``forks``
+    hosts at once, each within its own deadline; one host's failure (even an unexpected error) is
+    that host's report and never stops the others."""
     from kmsadmin.cli.output import fail
+    from kmsadmin.fleet.rollout import run_host_safely, secret_values
+    from kmsadmin.transports import open_session
 
     try:
-        deadline = check_options(hosts, explicit, hostvars)
+        options = _connection_options(hosts, explicit, hostvars)
     except KmsAdminError as exc:
         fail(exc)
-    factory = session_factory(explicit, hostvars)
-    with ThreadPoolExecutor(max_workers=min(DEFAULT_FORKS, max(1, len(hosts)))) as pool:
-        return list(
-            pool.map(lambda h: run_host(operation, h, args, factory, check=check, deadline=deadline), hosts)
+
+    def one(host: str) -> HostReport:
+        password = options[host].password
+        secrets = secret_values(hostvars.get(host, {}), args) + ((password.value,) if password else ())
+        return run_host_safely(
+            operation,
+            host,
+            args,
+            lambda _: open_session(options[host]),
+            secrets,
+            check=check,
+            deadline=options[host].deadline,
         )
+
+    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
+        return list(pool.map(one, hosts))
 
 
 def run_operation(
@@ -194,13 +199,17 @@ def status(
     hostvars: Mapping[str, Mapping[str, object]] | None = None,
     json_out: bool = False,
     health: Any = None,
+    forks: int = DEFAULT_FORKS,
 ) -> int:
-    """Read-only licensing status of each host (``health``: ``--only``, ``--fail-on``, ``--metrics``)."""
+    """Read-only licensing status of each host (``health``: ``--only``, ``--fail-on``, ``--metrics``),
+    at most ``forks`` hosts at once."""
     from kmsadmin.cli.activation import HealthOptions, assess, exit_code, print_activation, selected
     from kmsadmin.cli.output import emit_json, table
 
     options = health if health is not None else HealthOptions()
-    reports = _run_all("status", hosts, None, explicit=explicit, hostvars=hostvars or {}, check=False)
+    reports = _run_all(
+        "status", hosts, None, explicit=explicit, hostvars=hostvars or {}, check=False, forks=forks
+    )
     assessed = assess(reports, options, hostvars=hostvars)
     failed = EXIT_HOST_FAILED if any(r.status == "failed" for r in reports) else EXIT_OK
     if json_out:

@@ -473,9 +473,9 @@ def backoff(attempt: int, base: float, rng: random.Random) -> float:
     return ceiling * rng.uniform(0.5, 1.0)
 
 
-def secret_values(host_vars: Mapping[str, Any]) -> tuple[str, ...]:
-    """The password-like host vars of one host, for redaction."""
-    return tuple(_secret_values(None, host_vars))
+def secret_values(host_vars: Mapping[str, Any], args: Any = None) -> tuple[str, ...]:
+    """The password-like host vars of one host (and the Secrets of a step's ``args``), for redaction."""
+    return tuple(_secret_values(args, host_vars))
 
 
 def _redact(text: str, secrets: tuple[str, ...]) -> str:
