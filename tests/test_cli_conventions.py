@@ -71,6 +71,72 @@ def test_every_remote_command_has_the_ten_connection_options_from_one_definition
         assert options == reference, path
 
 
+INVENTORY_OPTIONS = ["--inventory", "--vault-password-file", "--vault-id"]
+CLI_SOURCES = Path(__file__).resolve().parents[1] / "kmsadmin" / "cli"
+
+
+def test_every_inventory_command_has_the_three_inventory_options_together_from_one_definition() -> None:
+    """-i/--inventory, --vault-password-file and --vault-id: on every command that takes an inventory,
+    side by side in this order, with the same names, help and defaults; declared once."""
+    with_inventory = {
+        path: command
+        for path, command in walk(root())
+        if path and set(INVENTORY_OPTIONS) & options_of(command).keys()
+    }
+    assert {
+        ("setup-host",),
+        ("convert-client",),
+        ("status",),
+        ("rollout",),
+        ("doctor",),
+        ("plan",),
+        ("dns", "check"),
+        ("dns", "record", "add"),
+        ("dns", "record", "remove"),
+        ("dns", "publishing"),
+        ("dns", "publish-list"),
+        ("export", "ansible"),
+        ("adba", "activate"),
+        ("adba", "list"),
+        ("adba", "delete"),
+    } <= with_inventory.keys()
+    reference = None
+    for path, command in with_inventory.items():
+        options = [p for p in command.params if p.param_type_name == "option"]
+        names = [p.opts[0] for p in options]
+        start = names.index("--inventory")
+        assert names[start : start + 3] == INVENTORY_OPTIONS, path
+        triple = [
+            (tuple(p.opts), p.help, p.default, p.metavar, p.multiple) for p in options[start : start + 3]
+        ]
+        reference = reference or triple
+        assert triple == reference, path
+    # one declaration: the commands use @inventory_options, never the options themselves
+    for source in CLI_SOURCES.glob("*.py"):
+        if source.name != "inventory.py":
+            text = source.read_text(encoding="utf-8")
+            assert "VaultPasswordFileOpt" not in text and '"--vault-password-file"' not in text, source
+
+
+def test_building_the_command_tree_imports_no_library_beyond_typer() -> None:
+    """kmsadmin --help stays fast: the option definitions load nothing heavy (lazy imports)."""
+    code = (
+        "import sys, typer\n"
+        "from kmsadmin.cli.app import app\n"
+        "typer.main.get_command(app)\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    ours = {m for m in loaded if m.startswith("kmsadmin.") and m != "kmsadmin.cli"}
+    assert ours <= {"kmsadmin.errors", "kmsadmin.values"} | {m for m in ours if m.startswith("kmsadmin.cli.")}
+    assert "kmsadmin.cli.inventory" in ours
+    heavy = ("pypsrp", "psrpcore", "spnego", "jinja2", "yaml", "pydantic", "cryptography", "requests", "rich")
+    assert [m for m in loaded if m.split(".")[0] in heavy] == []
+    assert not {"kmsadmin.cli.rollout", "kmsadmin.cli.remote", "kmsadmin.fleet"} & ours
+
+
 @pytest.mark.parametrize(
     ("command", "flag", "value", "message"),
     [

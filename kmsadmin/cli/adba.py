@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kmsadmin.cli.inventory import InventoryOpt, VaultIdOpt, VaultPasswordFileOpt
+from kmsadmin.cli.inventory import NO_INVENTORY, InventoryOptions, inventory_options
 from kmsadmin.cli.options import Connection, HelpGroup, connection_options
 from kmsadmin.errors import InvalidInput, KmsAdminError
 
@@ -31,7 +31,7 @@ DryRunOpt = Annotated[
 
 def _run(
     host: str,
-    inventory: tuple[list[Path] | None, list[Path] | None, list[str] | None],
+    inventory: InventoryOptions,
     args: Any,
     connection: Connection,
     json_out: bool,
@@ -47,7 +47,7 @@ def _run(
         if dry_run:
             _print_scripts([plan_adba(host, None, args)], "ps1", json_out)
             return
-        names, hostvars = _hosts_and_vars([host], *inventory)
+        names, hostvars = _hosts_and_vars([host], inventory)
         if len(names) != 1:
             raise InvalidInput(
                 "host", host, f"matches {len(names)} hosts; kmsadmin adba runs on one domain member"
@@ -62,6 +62,7 @@ def _run(
 
 @adba_app.command("activate")
 @connection_options
+@inventory_options
 def activate(
     host: HostArg,
     host_key_file: Annotated[
@@ -74,9 +75,7 @@ def activate(
     confirmation_id: Annotated[str | None, typer.Option(help="Confirmation ID for phone activation")] = None,
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
-    inventory: InventoryOpt = None,
-    vault_password_file: VaultPasswordFileOpt = None,
-    vault_id: VaultIdOpt = None,
+    inventory: InventoryOptions = NO_INVENTORY,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Activate the forest with a KMS host key: create an activation object, online or by phone."""
@@ -101,18 +100,17 @@ def activate(
             raise InvalidInput("KMS host key", "", "give --host-key-file FILE or set KMSADMIN_HOST_KEY")
     except KmsAdminError as exc:
         fail(exc)
-    _run(host, (inventory, vault_password_file, vault_id), args, connection, json_out, dry_run)
+    _run(host, inventory, args, connection, json_out, dry_run)
 
 
 @adba_app.command("list")
 @connection_options
+@inventory_options
 def list_objects(
     host: HostArg,
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
-    inventory: InventoryOpt = None,
-    vault_password_file: VaultPasswordFileOpt = None,
-    vault_id: VaultIdOpt = None,
+    inventory: InventoryOptions = NO_INVENTORY,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
     """List the forest's activation objects (slmgr /ao-list)."""
@@ -120,7 +118,7 @@ def list_objects(
 
     _run(
         host,
-        (inventory, vault_password_file, vault_id),
+        inventory,
         AdbaArgs(action="list"),
         connection,
         json_out,
@@ -130,14 +128,13 @@ def list_objects(
 
 @adba_app.command("delete")
 @connection_options
+@inventory_options
 def delete(
     host: HostArg,
     activation_object: Annotated[str, typer.Argument(help="the object: its name, CN=name, or its DN")],
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
-    inventory: InventoryOpt = None,
-    vault_password_file: VaultPasswordFileOpt = None,
-    vault_id: VaultIdOpt = None,
+    inventory: InventoryOptions = NO_INVENTORY,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Delete one activation object (slmgr /del-ao); its clients fall back to KMS at their next check."""
@@ -149,4 +146,4 @@ def delete(
         args = AdbaArgs(action="delete", activation_object=validate.activation_object(activation_object))
     except KmsAdminError as exc:
         fail(exc)
-    _run(host, (inventory, vault_password_file, vault_id), args, connection, json_out, dry_run)
+    _run(host, inventory, args, connection, json_out, dry_run)

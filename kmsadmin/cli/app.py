@@ -13,8 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kmsadmin.cli import inventory as inventory_opts
-from kmsadmin.cli.inventory import InventoryOpt, VaultIdOpt, VaultPasswordFileOpt
+from kmsadmin.cli.inventory import NO_INVENTORY, InventoryOptions, inventory_options
 from kmsadmin.cli.options import Connection, ForksOpt, HelpGroup, connection_options, port_number
 from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_PENDING, InvalidInput, KmsAdminError
 from kmsadmin.values import DEFAULT_FORKS
@@ -287,10 +286,7 @@ def _validate_format(fmt: str) -> None:
 
 
 def _hosts_and_vars(
-    hosts: list[str],
-    inventory: list[Path] | None,
-    vault_password_file: list[Path] | None = None,
-    vault_id: list[str] | None = None,
+    hosts: list[str], inventory: InventoryOptions
 ) -> tuple[list[str], dict[str, dict[str, object]]]:
     """Expand inventory patterns (with -i or ANSIBLE_INVENTORY) and collect each host's vars.
 
@@ -298,11 +294,11 @@ def _hosts_and_vars(
     """
     from kmsadmin import validate
 
-    if not inventory_opts.given(inventory):
+    if not inventory.given():
         return [validate.hostname(h) for h in hosts], {}
     from kmsadmin.fleet.limit import select_each
 
-    inv = inventory_opts.load(inventory, vault_password_file, vault_id)
+    inv = inventory.load()
     names = select_each(inv, hosts or ["all"])
     return names, {n: dict(inv.vars_for(n)) for n in names}
 
@@ -310,6 +306,7 @@ def _hosts_and_vars(
 # ------------------------------------------------------------------------------------------ setup-host
 @app.command("setup-host")
 @connection_options
+@inventory_options
 def setup_host(
     host: Annotated[str, typer.Argument(help="the KMS host to set up (name or address)")],
     host_key_file: Annotated[
@@ -360,9 +357,7 @@ def setup_host(
     dry_run: DryRunOpt = False,
     check: CheckOpt = False,
     json_out: JsonOpt = False,
-    inventory: InventoryOpt = None,
-    vault_password_file: VaultPasswordFileOpt = None,
-    vault_id: VaultIdOpt = None,
+    inventory: InventoryOptions = NO_INVENTORY,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Make HOST a KMS host: preflight, role, firewall, host key, activation, settings, verify."""
@@ -372,7 +367,7 @@ def setup_host(
 
     try:
         _validate_format(fmt)
-        name = host if inventory_opts.given(inventory) else validate.hostname(host)
+        name = host if inventory.given() else validate.hostname(host)
         if activation not in ("online", "phone"):
             raise InvalidInput("activation", activation, "must be online or phone")
         args = SetupHostArgs(
@@ -397,7 +392,7 @@ def setup_host(
         if dry_run:
             _print_scripts([plan_setup_host(name, None, args)], fmt, json_out)
             return
-        names, hostvars = _hosts_and_vars([name], inventory, vault_password_file, vault_id)
+        names, hostvars = _hosts_and_vars([name], inventory)
         if len(names) != 1:
             raise InvalidInput("host", host, f"matches {len(names)} hosts; setup-host takes one KMS host")
         group_var = hostvars.get(names[0], {}).get("kmsadmin_csvlk_group") or hostvars.get(names[0], {}).get(
@@ -425,6 +420,7 @@ def _csvlk(value: str | None) -> str | None:
 # -------------------------------------------------------------------------------------- convert-client
 @app.command("convert-client")
 @connection_options
+@inventory_options
 def convert_client(
     hosts: Annotated[list[str], typer.Argument(help="machines to convert")],
     kms_host: Annotated[
@@ -466,9 +462,7 @@ def convert_client(
     dry_run: DryRunOpt = False,
     check: CheckOpt = False,
     json_out: JsonOpt = False,
-    inventory: InventoryOpt = None,
-    vault_password_file: VaultPasswordFileOpt = None,
-    vault_id: VaultIdOpt = None,
+    inventory: InventoryOptions = NO_INVENTORY,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
     """Make HOSTS KMS clients: detect the edition, install its GVLK, point at KMS, activate, verify."""
@@ -478,7 +472,7 @@ def convert_client(
 
     try:
         _validate_format(fmt)
-        names, hostvars = _hosts_and_vars(hosts, inventory, vault_password_file, vault_id)
+        names, hostvars = _hosts_and_vars(hosts, inventory)
         if sum(bool(x) for x in (kms_host, lookup_domain, auto_discover)) > 1:
             raise InvalidInput(
                 "KMS target", "", "give only one of --kms-host, --lookup-domain, --auto-discover"
@@ -579,11 +573,10 @@ JunitOpt = Annotated[Path | None, typer.Option("--junit", help="write a JUnit XM
 
 @app.command()
 @connection_options
+@inventory_options
 def status(
     hosts: Annotated[list[str] | None, typer.Argument(help="hosts, or inventory patterns with -i")] = None,
-    inventory: InventoryOpt = None,
-    vault_password_file: VaultPasswordFileOpt = None,
-    vault_id: VaultIdOpt = None,
+    inventory: InventoryOptions = NO_INVENTORY,
     json_out: JsonOpt = False,
     forks: ForksOpt = DEFAULT_FORKS,
     report_json: ReportJsonOpt = None,
@@ -621,15 +614,15 @@ def status(
     from kmsadmin.cli.output import fail
 
     try:
-        if not hosts and not inventory_opts.given(inventory):
+        if not hosts and not inventory.given():
             raise InvalidInput("hosts", "", "name at least one host, or give -i INVENTORY")
         health = HealthOptions.parse(only, fail_on, metrics)
         explicit = connection.explicit()
-        if inventory_opts.given(inventory):
+        if inventory.given():
             from kmsadmin.cli.rollout import fleet_status
 
             code = fleet_status(
-                inventory_opts.load(inventory, vault_password_file, vault_id),
+                inventory.load(),
                 ":".join(hosts or ["all"]),
                 explicit=explicit,
                 forks=forks,
@@ -639,7 +632,7 @@ def status(
                 health=health,
             )
             raise typer.Exit(code)
-        names, hostvars = _hosts_and_vars(list(hosts or []), None)
+        names, hostvars = _hosts_and_vars(list(hosts or []), NO_INVENTORY)
     except KmsAdminError as exc:
         fail(exc)
     raise typer.Exit(
@@ -652,11 +645,10 @@ def status(
 # ------------------------------------------------------------------------------------------ rollout
 @app.command()
 @connection_options
+@inventory_options
 def rollout(
     playbook: Annotated[Path, typer.Argument(help="playbook (see playbooks/ for ready ones)")],
-    inventory: InventoryOpt = None,
-    vault_password_file: VaultPasswordFileOpt = None,
-    vault_id: VaultIdOpt = None,
+    inventory: InventoryOptions = NO_INVENTORY,
     forks: ForksOpt = DEFAULT_FORKS,
     limit: Annotated[
         str | None, typer.Option("--limit", "-l", help="Ansible host pattern to narrow the run")
@@ -686,7 +678,6 @@ def rollout(
         code, _ = run_rollout(
             playbook,
             inventory,
-            vault=(vault_password_file, vault_id),
             explicit=explicit,
             forks=forks,
             limit=limit,
@@ -724,11 +715,10 @@ def demo(
 
 @app.command()
 @connection_options
+@inventory_options
 def doctor(
     host: Annotated[str, typer.Argument(help="the host to diagnose")],
-    inventory: InventoryOpt = None,
-    vault_password_file: VaultPasswordFileOpt = None,
-    vault_id: VaultIdOpt = None,
+    inventory: InventoryOptions = NO_INVENTORY,
     json_out: JsonOpt = False,
     connection: Connection = _NO_CONNECTION,
 ) -> None:
@@ -737,7 +727,7 @@ def doctor(
     from kmsadmin.cli.output import fail
 
     try:
-        names, hostvars = _hosts_and_vars([host], inventory, vault_password_file, vault_id)
+        names, hostvars = _hosts_and_vars([host], inventory)
         if len(names) != 1:
             raise InvalidInput("host", host, f"matches {len(names)} hosts; doctor takes one")
         explicit = connection.explicit()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from kmsadmin.cli.inventory import InventoryOpt, VaultIdOpt, VaultPasswordFileOpt, given
+from kmsadmin.cli.inventory import NO_INVENTORY, InventoryOptions, inventory_options
 from kmsadmin.cli.options import ForksOpt, HelpGroup, port_number
 from kmsadmin.errors import EXIT_HOST_FAILED, EXIT_USAGE, InvalidInput, KmsAdminError
 from kmsadmin.values import DEFAULT_FORKS
@@ -39,7 +39,6 @@ record_app = typer.Typer(
 dns_app.add_typer(record_app, name="record")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text.")]
-InventoryArgs = tuple[list[Path] | None, list[Path] | None, list[str] | None]
 ServerOpt = Annotated[
     str | None,
     typer.Option("--server", help="DNS server to ask / update: IP[:PORT] (default: the system resolver)"),
@@ -52,14 +51,6 @@ def _fail(exc: KmsAdminError | str, code: int | None = None) -> NoReturn:
     from kmsadmin.cli.output import fail
 
     fail(exc, code)
-
-
-def _load_inventory(
-    path: list[Path] | None, vault_password_file: list[Path] | None, vault_id: list[str] | None
-) -> Inventory:
-    from kmsadmin.cli import inventory as inventory_opts
-
-    return inventory_opts.load(path, vault_password_file, vault_id)
 
 
 def _view(inventory: Inventory, source: str) -> FleetView:
@@ -109,14 +100,13 @@ def _print_runs(runs: list[StepRun], json_out: bool, what: str) -> int:
 
 # -------------------------------------------------------------------------------------------- check
 @dns_app.command("check")
+@inventory_options
 def check(
     domain: Annotated[
         str, typer.Argument(help="the DNS domain clients look KMS hosts up in, e.g. contoso.com")
     ],
     server: ServerOpt = None,
-    inventory: InventoryOpt = None,
-    vault_password_file: VaultPasswordFileOpt = None,
-    vault_id: VaultIdOpt = None,
+    inventory: InventoryOptions = NO_INVENTORY,
     json_out: JsonOpt = False,
 ) -> None:
     """Check _vlmcs._tcp.DOMAIN: missing, stale, duplicate, wrong-port and wrong-zone records (exit 1 on findings)."""
@@ -128,11 +118,8 @@ def check(
         name = validate.domain(domain)
         client = DnsClient(parse_server(server) if server else None)
         view = (
-            _view(
-                _load_inventory(inventory, vault_password_file, vault_id),
-                ", ".join(map(str, inventory or [])),
-            )
-            if given(inventory)
+            _view(inventory.load(), ", ".join(map(str, inventory.inventory or [])))
+            if inventory.given()
             else None
         )
     except KmsAdminError as exc:
@@ -187,7 +174,7 @@ def _record_command(
     tsig_key_file: Path | None,
     dns_server: str | None,
     kms_hosts_group: str | None,
-    inventory: InventoryArgs,
+    inventory: InventoryOptions,
     json_out: bool,
 ) -> None:
     from kmsadmin.dns.records import SrvRecord, bind_lines, nsupdate_script, relative_name
@@ -263,7 +250,7 @@ def _via_winrm(
     zone: str | None,
     dns_server: str | None,
     kms_hosts_group: str | None,
-    inventory: InventoryArgs,
+    inventory: InventoryOptions,
 ) -> StepRun:
     from kmsadmin import validate
     from kmsadmin.dns.remote import run_step, srv_record_ref, winrm_session
@@ -273,14 +260,15 @@ def _via_winrm(
     name = validate.hostname(dns_server)
     ref = srv_record_ref(record, action, zone=zone, kms_hosts_group=kms_hosts_group)
     hostvars: dict[str, Any] = {}
-    if given(inventory[0]):
-        loaded = _load_inventory(*inventory)
+    if inventory.given():
+        loaded = inventory.load()
         if name in loaded.hosts:
             hostvars = dict(loaded.vars_for(name))
     return run_step(name, hostvars, ref, winrm_session())
 
 
 def _record_options(action: Action) -> Any:
+    @inventory_options
     def command(
         domain: Annotated[
             str, typer.Argument(help="the DNS domain whose clients use the record, e.g. contoso.com")
@@ -322,9 +310,7 @@ def _record_options(action: Action) -> Any:
                 "--kms-hosts-group", help="grant this security group Full Control on the record (--via winrm)"
             ),
         ] = None,
-        inventory: InventoryOpt = None,
-        vault_password_file: VaultPasswordFileOpt = None,
-        vault_id: VaultIdOpt = None,
+        inventory: InventoryOptions = NO_INVENTORY,
         json_out: JsonOpt = False,
     ) -> None:
         _record_command(
@@ -342,7 +328,7 @@ def _record_options(action: Action) -> Any:
             tsig_key_file,
             dns_server,
             kms_hosts_group,
-            (inventory, vault_password_file, vault_id),
+            inventory,
             json_out,
         )
 
@@ -360,11 +346,10 @@ record_app.command("remove")(_record_options("remove"))
 
 # ---------------------------------------------------------------------------------------- publishing
 @dns_app.command("publishing")
+@inventory_options
 def publishing(
     state: Annotated[str, typer.Argument(help="on or off")],
-    inventory: InventoryOpt = None,
-    vault_password_file: VaultPasswordFileOpt = None,
-    vault_id: VaultIdOpt = None,
+    inventory: InventoryOptions = NO_INVENTORY,
     limit: LimitOpt = None,
     forks: ForksOpt = DEFAULT_FORKS,
     json_out: JsonOpt = False,
@@ -375,7 +360,7 @@ def publishing(
     try:
         if state not in ("on", "off"):
             raise InvalidInput("state", state, "must be on or off")
-        hosts = _kms_hosts(_load_inventory(inventory, vault_password_file, vault_id), limit)
+        hosts = _kms_hosts(inventory.load(), limit)
     except KmsAdminError as exc:
         _fail(exc)
     runs = run_on_hosts(hosts, publishing_ref(state == "on"), winrm_session(), forks=forks)
@@ -383,10 +368,9 @@ def publishing(
 
 
 @dns_app.command("publish-list")
+@inventory_options
 def publish_list(
-    inventory: InventoryOpt = None,
-    vault_password_file: VaultPasswordFileOpt = None,
-    vault_id: VaultIdOpt = None,
+    inventory: InventoryOptions = NO_INVENTORY,
     domains: Annotated[
         str | None,
         typer.Option("--domains", help="DNS domains to publish in, e.g. contoso.com,branch.contoso.com"),
@@ -403,7 +387,7 @@ def publish_list(
 
     try:
         ref = publish_list_ref(split_domains(domains or ""), clear=clear)
-        hosts = _kms_hosts(_load_inventory(inventory, vault_password_file, vault_id), limit)
+        hosts = _kms_hosts(inventory.load(), limit)
     except KmsAdminError as exc:
         _fail(exc)
     runs = run_on_hosts(hosts, ref, winrm_session(), forks=forks)
@@ -411,10 +395,9 @@ def publish_list(
 
 
 # ---------------------------------------------------------------------------------------------- plan
+@inventory_options
 def plan_command(
-    inventory: InventoryOpt = None,
-    vault_password_file: VaultPasswordFileOpt = None,
-    vault_id: VaultIdOpt = None,
+    inventory: InventoryOptions = NO_INVENTORY,
     gather: Annotated[
         bool, typer.Option("--gather", help="read each host's facts over WinRM instead of inventory vars")
     ] = False,
@@ -425,7 +408,7 @@ def plan_command(
     from kmsadmin.operations.capacity import machine_from_vars, plan_capacity
 
     try:
-        loaded = _load_inventory(inventory, vault_password_file, vault_id)
+        loaded = inventory.load()
         if gather:
             machines = _gather(loaded, forks)
         else:

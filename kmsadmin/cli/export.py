@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from kmsadmin.cli.inventory import InventoryOpt, VaultIdOpt, VaultPasswordFileOpt
+from kmsadmin.cli.inventory import NO_INVENTORY, InventoryOptions, inventory_options
 from kmsadmin.cli.options import ForksOpt, HelpGroup
 from kmsadmin.values import DEFAULT_FORKS
 
@@ -29,14 +29,13 @@ def _group() -> None:
 
 
 @export_app.command("ansible")
+@inventory_options
 def ansible(
     playbook: Annotated[Path, typer.Argument(help="kmsadmin playbook (see playbooks/)")],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="project directory to write (empty or an earlier export)")
     ],
-    inventory: InventoryOpt = None,
-    vault_password_file: VaultPasswordFileOpt = None,
-    vault_id: VaultIdOpt = None,
+    inventory: InventoryOptions = NO_INVENTORY,
     limit: Annotated[
         str | None, typer.Option("--limit", "-l", help="Ansible host pattern: export only these hosts")
     ] = None,
@@ -54,7 +53,6 @@ def ansible(
     The host key is never written: the project reads it when it runs, from the references the playbook
     gives. Run the result with `ansible-playbook site.yml` inside DIR.
     """
-    from kmsadmin.cli import inventory as inventory_opts
     from kmsadmin.cli.output import emit_json, fail
     from kmsadmin.errors import KmsAdminError
     from kmsadmin.export.ansible import write_project
@@ -65,9 +63,7 @@ def ansible(
         fail(f"--forks must be at least 1, not {forks}", 2)
     try:
         book = load_playbook(playbook)
-        inv = inventory_opts.load(
-            inventory, vault_password_file, vault_id, playbook_dir=playbook.resolve().parent
-        )
+        inv = inventory.load(playbook_dir=playbook.resolve().parent)
         gatherer = gatherer_for(inv, forks) if gather else None
         plan = plan_export(book, inv, limit=limit, gather=gatherer)
         summary = write_project(plan, out.resolve(), source=str(playbook))

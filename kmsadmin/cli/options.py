@@ -2,7 +2,8 @@
 
 Every command that connects to hosts takes the same eleven connection options: decorate it with
 :func:`connection_options` and give it a ``connection: Connection`` parameter instead of repeating
-them. ``--forks`` has one definition and one default (:data:`kmsadmin.values.DEFAULT_FORKS`).
+them (:func:`option_group` does it; :func:`kmsadmin.cli.inventory.inventory_options` gives the
+inventory options the same way). ``--forks`` has one definition and one default (:data:`kmsadmin.values.DEFAULT_FORKS`).
 """
 
 from __future__ import annotations
@@ -156,27 +157,49 @@ _CONNECTION_PARAMS: tuple[tuple[str, Any, Any], ...] = (
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: one option of a group: (parameter name, annotation, default)
+OptionParam = tuple[str, Any, Any]
+
+
+def option_group(
+    parameter: str, build: Callable[..., Any], options: tuple[OptionParam, ...]
+) -> Callable[[F], F]:
+    """A decorator giving a command the ``options`` (in this order, where its ``parameter`` stands in
+    its signature, so --help lists them there) and passing them to it as ``parameter=build(**values)``.
+
+    The command declares only ``parameter`` (with a placeholder default); typer sees the options.
+    """
+    names = [name for name, _, _ in options]
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func, eval_str=True)
+        if parameter not in signature.parameters:
+            raise TypeError(f"{func.__name__} needs a '{parameter}' parameter")
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names if name in kwargs}
+            return func(*args, **{parameter: build(**values)}, **kwargs)
+
+        params: list[inspect.Parameter] = []
+        for param in signature.parameters.values():
+            if param.name != parameter:
+                params.append(param)
+                continue
+            params += [
+                inspect.Parameter(name, param.kind, annotation=annotation, default=default)
+                for name, annotation, default in options
+            ]
+        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
 
 def connection_options(func: F) -> F:
     """Give a command the eleven connection options; it receives them as ``connection: Connection``."""
-    signature = inspect.signature(func, eval_str=True)
-    if "connection" not in signature.parameters:
-        raise TypeError(f"{func.__name__} needs a 'connection: Connection' parameter")
-    names = [name for name, _, _ in _CONNECTION_PARAMS]
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        connection = Connection(**{name: kwargs.pop(name) for name in names if name in kwargs})
-        return func(*args, connection=connection, **kwargs)
-
-    params = [p for p in signature.parameters.values() if p.name != "connection"]
-    params += [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-        for name, annotation, default in _CONNECTION_PARAMS
-    ]
-    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    return wrapper  # type: ignore[return-value]
+    return option_group("connection", Connection, _CONNECTION_PARAMS)(func)
 
 
 class HelpGroup(TyperGroup):
@@ -194,4 +217,12 @@ class HelpGroup(TyperGroup):
                 formatter.write_dl(rows)
 
 
-__all__ = ["Connection", "ForksOpt", "HelpGroup", "connection_options", "port_number", "port_range"]
+__all__ = [
+    "Connection",
+    "ForksOpt",
+    "HelpGroup",
+    "connection_options",
+    "option_group",
+    "port_number",
+    "port_range",
+]

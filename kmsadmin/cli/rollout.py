@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from kmsadmin.cli.inventory import InventoryOptions
 from kmsadmin.errors import EXIT_INTERRUPTED, KmsAdminError
 
 if TYPE_CHECKING:
@@ -85,9 +86,8 @@ def print_summary(report: Mapping[str, Any]) -> None:
 
 def run_rollout(
     playbook_path: Path,
-    inventory_path: Path | list[Path] | None,
+    inventory_options: InventoryOptions,
     *,
-    vault: tuple[list[Path] | None, list[str] | None] = (None, None),
     explicit: Mapping[str, object],
     forks: int,
     limit: str | None,
@@ -100,7 +100,6 @@ def run_rollout(
     quiet: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     """Load, run, report. Returns (exit code, report document)."""
-    from kmsadmin.cli import inventory as inventory_opts
     from kmsadmin.cli.progress import RolloutProgress, choose_mode
     from kmsadmin.fleet.journal import Journal, resume_state
     from kmsadmin.fleet.playbook import load_playbook
@@ -110,7 +109,7 @@ def run_rollout(
     check_report_paths(reports)
     playbook = load_playbook(playbook_path)
     # group_vars/ and host_vars/ beside the playbook apply too, as with ansible-playbook
-    inventory = inventory_opts.load(inventory_path, *vault, playbook_dir=playbook_path.resolve().parent)
+    inventory = inventory_options.load(playbook_dir=playbook_path.resolve().parent)
     journal = Journal(journal_path) if journal_path else None
     if resume and journal_path is not None:
         # refused here if it cannot be trusted; what was left out of it is said before any host runs
@@ -330,7 +329,7 @@ def demo(out_dir: Path, clients: int, kms_hosts: int, keep_lab: bool) -> int:
         first_reports = {"json": out_dir / "rollout.json", "html": out_dir / "rollout.html"}
         code, document = run_rollout(
             playbook,
-            inventory,
+            InventoryOptions([inventory]),
             explicit={},
             forks=64,
             limit=None,
@@ -351,7 +350,7 @@ def demo(out_dir: Path, clients: int, kms_hosts: int, keep_lab: bool) -> int:
             )
             code, document = run_rollout(
                 playbook,
-                inventory,
+                InventoryOptions([inventory]),
                 explicit={},
                 forks=64,
                 limit=None,
