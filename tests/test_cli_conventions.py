@@ -222,6 +222,21 @@ def test_one_forks_default_across_commands() -> None:
     assert {path: opt.default for path, opt in forks.items()} == dict.fromkeys(forks, DEFAULT_FORKS)
 
 
+def test_forks_below_1_is_a_usage_error_on_every_command() -> None:
+    """--forks 0 would run nothing and -1 is no count: exit 2 naming the option, before anything runs."""
+    command = root()
+    click_runner = click.testing.CliRunner()
+    paths = [path for path, sub in walk(command) if "--forks" in options_of(sub)]
+    assert {("rollout",), ("status",), ("plan",), ("export", "ansible")} <= set(paths)
+    for path in paths:
+        for value in ("0", "-1"):
+            result = click_runner.invoke(command, [*path, "--forks", value])
+            assert result.exit_code == 2, (path, value, result.output)
+            assert f"Invalid value for '--forks' / '-f': must be at least 1, not {value}" in result.stderr
+        result = click_runner.invoke(command, [*path, "--forks", "1"])
+        assert "Invalid value for '--forks'" not in result.output, path
+
+
 def test_version() -> None:
     from importlib.metadata import version
 

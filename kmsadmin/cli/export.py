@@ -59,8 +59,6 @@ def ansible(
     from kmsadmin.export.plan import gatherer_for, plan_export
     from kmsadmin.fleet.playbook import load_playbook
 
-    if forks < 1:
-        fail(f"--forks must be at least 1, not {forks}", 2)
     try:
         book = load_playbook(playbook)
         inv = inventory.load(playbook_dir=playbook.resolve().parent)

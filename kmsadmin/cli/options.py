@@ -21,7 +21,17 @@ from typing import Annotated, Any, TypeVar
 import typer
 from typer.core import TyperGroup
 
-ForksOpt = Annotated[int, typer.Option("--forks", "-f", help="hosts worked on at once")]
+
+def _at_least_one(value: int) -> int:
+    """``--forks`` is 1 or more (usage error, exit 2, otherwise: 0 would run nothing)."""
+    if value < 1:
+        raise typer.BadParameter(f"must be at least 1, not {value}")
+    return value
+
+
+ForksOpt = Annotated[
+    int, typer.Option("--forks", "-f", help="hosts worked on at once", callback=_at_least_one)
+]
 
 UserOpt = Annotated[
     str | None, typer.Option("--user", "-u", help="WinRM user (DOMAIN\\user or .\\user); or KMSADMIN_USER")
