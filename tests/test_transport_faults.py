@@ -258,3 +258,92 @@ def test_kerberos_library_errors_by_their_krb5_text() -> None:
         30,
     )
     assert isinstance(err, KerberosFailed) and "HTTP/srv01.corp.test" in err.message
+
+
+def test_the_kerberos_reason_is_cleaned_bounded_and_never_holds_the_password() -> None:
+    from kmsadmin.transports.faults import MAX_KERBEROS_REASON, kerberos_reason
+
+    gss = (
+        "SpnegoError (4294967295): Major (851968): Unspecified GSS failure.  Minor code may provide more "
+        "information, Minor (2529638919): Server HTTP/srv01@CORP.TEST not found in Kerberos database, "
+        "Context: Processing security token"
+    )
+    assert kerberos_reason(gss, OPTIONS) == "Server HTTP/srv01@CORP.TEST not found in Kerberos database"
+    assert (
+        kerberos_reason("Decrypt integrity check failed -1765328353", OPTIONS)
+        == "Decrypt integrity check failed"
+    )
+    hostile = "Minor (1): bad\r\n\x1b[31mthing pw-Secret-1 " + "x" * 1000
+    cleaned = kerberos_reason(hostile, OPTIONS)
+    assert "pw-Secret-1" not in cleaned and "\x1b" not in cleaned and "\n" not in cleaned
+    assert cleaned.startswith("bad [31mthing *** x") and len(cleaned) == MAX_KERBEROS_REASON
+
+
+def test_negotiate_errors_keep_why_kerberos_was_dropped() -> None:
+    from kmsadmin.transports.faults import KerberosFailed, NtlmRefused
+    from kmsadmin.transports.wsman import AuthRefused
+
+    negotiate = build_options(
+        "srv01",
+        explicit={"auth": "negotiate"},
+        env={"KMSADMIN_USER": "ops@CORP.TEST", "KMSADMIN_PASSWORD": "pw-Secret-1"},
+    )
+    skew = "SpnegoError (1): Major (851968): x, Minor (2529637899): Clock skew too great, Context: y"
+    blocked = translate(
+        AuthRefused("refused", mechanism="ntlm", first_leg=True, kerberos_reason=skew), negotiate, "facts", 1
+    )
+    assert isinstance(blocked, NtlmRefused) and "because Kerberos failed" in blocked.message
+    assert "KRB5KRB_AP_ERR_SKEW: Clock skew too great" in blocked.message
+    assert blocked.remediation is not None and "w32tm /resync" in blocked.remediation
+    odd = "Minor (5): Some new Kerberos trouble"
+    refused = translate(AuthRefused("refused", mechanism="ntlm", kerberos_reason=odd), negotiate, "facts", 1)
+    assert isinstance(refused, AuthenticationFailed) and not isinstance(refused, NtlmRefused)
+    assert "(negotiate, with NTLM; Kerberos failed: Some new Kerberos trouble)" in refused.message
+    assert (
+        refused.remediation is not None and "kinit" in refused.remediation and "clocks" in refused.remediation
+    )
+    # Kerberos alone, failing before the host was asked, for a reason no known case names
+    alone = AuthRefused("cannot start kerberos authentication", mechanism="kerberos", host_refused=False)
+    alone.__cause__ = ValueError("Minor (9): An unheard-of GSS problem, Context: z")
+    failed = translate(alone, negotiate, "facts", 1)
+    assert isinstance(failed, KerberosFailed) and failed.message.endswith("An unheard-of GSS problem")
+    for error in (blocked, refused, failed):
+        assert "pw-Secret-1" not in str(error)
+
+
+def test_collecting_why_kerberos_was_dropped_logs_nothing_more(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import threading
+
+    from kmsadmin.transports.wsman import SPNEGO_NEGOTIATE_LOG, kerberos_drops
+
+    logger = logging.getLogger(SPNEGO_NEGOTIATE_LOG)
+    message = "Failed to create context for SPNEGO protocol %s: %s"
+    caplog.set_level(logging.INFO)
+    other: list[list[str]] = []
+    with kerberos_drops() as mine:
+        logger.debug(message, "kerberos", "Minor (1): no ticket")
+        logger.debug(message, "ntlm", "not this one")
+        # another thread's handshake collects its own
+        worker = threading.Thread(target=lambda: other.append(_collect(logger, message)))
+        worker.start()
+        worker.join()
+    logger.debug(message, "kerberos", "after the block: not collected")
+    assert mine == ["Minor (1): no ticket"] and other == [["Minor (1): elsewhere"]]
+    assert not [r for r in caplog.records if r.name == SPNEGO_NEGOTIATE_LOG], "DEBUG records stay hidden"
+    # an application that turns pyspnego's logging on on purpose still sees it
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="spnego")
+    logger.debug("SPNEGO step input: %s", "x")
+    assert [r.getMessage() for r in caplog.records] == ["SPNEGO step input: x"]
+
+
+def _collect(logger: object, message: str) -> list[str]:
+    import logging
+
+    from kmsadmin.transports.wsman import kerberos_drops
+
+    assert isinstance(logger, logging.Logger)
+    with kerberos_drops() as bucket:
+        logger.debug(message, "kerberos", "Minor (1): elsewhere")
+    return bucket

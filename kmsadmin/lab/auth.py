@@ -223,6 +223,22 @@ def reject_token(token: bytes, *, spnego_wrapped: bool) -> bytes:
     return bytes(NegTokenResp(neg_state=NegState.reject, response_token=token).pack())
 
 
+def _offers_only_ntlm(token: bytes) -> bool:
+    """Whether ``token`` is a SPNEGO NegTokenInit that offers NTLM and no Kerberos mechanism."""
+    from spnego._spnego import NegTokenInit, unpack_token
+
+    try:
+        parsed = unpack_token(token)
+    except Exception:  # not SPNEGO (raw Kerberos/NTLM) or malformed: the acceptor decides
+        return False
+    if not isinstance(parsed, NegTokenInit):
+        return False
+    offered = list(parsed.mech_types or [])
+    return GSSMech.ntlm.value in offered and not any(
+        oid in offered for oid in (GSSMech.kerberos.value, GSSMech._ms_kerberos.value)
+    )
+
+
 def is_spnego(token: bytes) -> bool:
     """Whether ``token`` is SPNEGO (an initial token or a NegTokenResp) rather than raw Kerberos/NTLM."""
     return _is_spnego(token)
@@ -314,6 +330,7 @@ class NegotiateAcceptor:
         channel_bindings: Any = None,
     ) -> None:
         self.refuse_ntlm = refuse_ntlm
+        self._ntlm_only: Any = None
         if kerberos is None and not refuse_ntlm:
             self._ctx: Any = spnego.server(protocol="negotiate")
             return
@@ -329,6 +346,13 @@ class NegotiateAcceptor:
             ntlm._is_wrapped = True
             contexts[GSSMech.ntlm] = ntlm
         self._ctx = spnego.server(protocol="negotiate", _negotiate_contexts=contexts)
+        #: pyspnego answers from its first given context whatever the client offers: a client offering
+        #: only NTLM (Negotiate after its Kerberos failed) gets an acceptor holding NTLM alone
+        self._ntlm_only = (
+            spnego.server(protocol="negotiate", _negotiate_contexts={GSSMech.ntlm: contexts[GSSMech.ntlm]})
+            if len(contexts) > 1
+            else None
+        )
 
     @property
     def complete(self) -> bool:
@@ -362,6 +386,10 @@ class NegotiateAcceptor:
     def step(self, token: bytes) -> bytes | None:
         if self.refuse_ntlm and token.startswith(NTLM_SIGNATURE):
             raise AuthFailed("NTLM refused")
+        if self._ntlm_only is not None:
+            if _offers_only_ntlm(token):
+                self._ctx = self._ntlm_only
+            self._ntlm_only = None
         try:
             out: bytes | None = self._ctx.step(token)
         except Exception as exc:  # SpnegoError, GSSError, or a token no mechanism here accepts

@@ -490,25 +490,89 @@ def _missing_library(exc: BaseException, options: ConnectionOptions, step: str) 
     )
 
 
-def _kerberos_failure(exc: BaseException, options: ConnectionOptions, step: str) -> KerberosFailed | None:
-    """A Kerberos error anywhere in the chain, as the case of :data:`_KERBEROS_CASES` it matches."""
-    text = _chain_text(exc)
+def _kerberos_case(text: str, options: ConnectionOptions) -> tuple[str, str | None, str, str] | None:
+    """(Kerberos error name, HRESULT, what happened, fix) of the case of :data:`_KERBEROS_CASES`
+    that ``text`` (lower case) matches, or None."""
+    spn = options.spn
+    user = options.user or "the current ticket's user"
     for markers, name, hresult, message, fix in _KERBEROS_CASES:
         if any(re.search(marker, text) for marker in markers):
-            spn = options.spn
-            user = options.user or "the current ticket's user"
-            return KerberosFailed(
-                options.name,
-                step,
-                f"Kerberos sign-in to {options.endpoint} failed: {message.format(spn=spn, user=user)}",
-                hresult=hresult,
-                meaning=name,
-                remediation=fix.format(spn=spn, user=user),
-            )
+            return name, hresult, message.format(spn=spn, user=user), fix.format(spn=spn, user=user)
     return None
 
 
-def _ntlm_refused(options: ConnectionOptions, step: str) -> HostError:
+def _kerberos_failure(exc: BaseException, options: ConnectionOptions, step: str) -> KerberosFailed | None:
+    """A Kerberos error anywhere in the chain, as the case of :data:`_KERBEROS_CASES` it matches."""
+    case = _kerberos_case(_chain_text(exc), options)
+    if case is None:
+        return None
+    name, hresult, message, fix = case
+    return KerberosFailed(
+        options.name,
+        step,
+        f"Kerberos sign-in to {options.endpoint} failed: {message}",
+        hresult=hresult,
+        meaning=name,
+        remediation=fix,
+    )
+
+
+#: the longest Kerberos reason an error message quotes
+MAX_KERBEROS_REASON = 240
+#: pyspnego's wrapping ("SpnegoError (7): ", "Major (458752): ...,") and GSSAPI's boilerplate
+_GSS_MINOR = re.compile(r"Minor \(\d+\):\s*(.*?)(?:, Context: .*)?$", re.S)
+_GSS_NOISE = re.compile(r"SpnegoError \(-?\d+\):\s*|, Context: [^,]*$")
+
+
+def kerberos_reason(raw: str, options: ConnectionOptions) -> str:
+    """pyspnego/GSSAPI's words for why Kerberos failed, as one short line: MIT krb5's message (the GSS
+    minor status) without the GSSAPI boilerplate or krb5's numeric code, control characters removed,
+    at most :data:`MAX_KERBEROS_REASON` characters, and never the password."""
+    minor = _GSS_MINOR.search(raw)
+    text = minor.group(1) if minor else _GSS_NOISE.sub("", raw)
+    text = re.sub(r"\s+-?\d{6,}$", "", text.strip())  # krb5's com_err code ("... failed -1765328353")
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    password = options.password.value if options.password is not None else ""
+    if password and len(password) >= 3:
+        text = text.replace(password, "***")
+    if len(text) > MAX_KERBEROS_REASON:
+        text = text[: MAX_KERBEROS_REASON - 1] + "…"
+    return text or "no reason given"
+
+
+def _dropped_kerberos(exc: BaseException | None, options: ConnectionOptions) -> tuple[str, str] | None:
+    """(what to add to the message, the fix) when Negotiate dropped Kerberos before ``exc``, else None."""
+    raw = getattr(exc, "kerberos_reason", "")
+    if not raw:
+        return None
+    reason = kerberos_reason(raw, options)
+    case = _kerberos_case(raw.lower(), options)
+    if case is None:
+        return f"Kerberos failed: {reason}", _kerberos_fix(options)
+    name, _, message, fix = case
+    return f"Kerberos failed: {message} ({name}: {reason})", fix
+
+
+def _kerberos_fix(options: ConnectionOptions) -> str:
+    """What makes Kerberos work, when its error names no single cause."""
+    return (
+        "have a ticket (kinit user@REALM) or give user@REALM and password, connect by the host's DNS name "
+        f"so the SPN {options.spn} exists (not an IP address; ansible_psrp_negotiate_hostname_override "
+        "otherwise), reach a KDC of the realm (krb5.conf) and keep the clocks within 5 minutes"
+    )
+
+
+def _ntlm_refused(options: ConnectionOptions, step: str, dropped: tuple[str, str] | None = None) -> HostError:
+    if dropped is not None:
+        # Negotiate tried Kerberos first: its reason is the fix
+        return NtlmRefused(
+            options.name,
+            step,
+            f"{options.endpoint} refuses NTLM (its domain restricts NTLM), and {options.auth} "
+            f"authentication as {options.user or 'the current user'} fell back to NTLM because {dropped[0]}",
+            meaning="STATUS_NTLM_BLOCKED",
+            remediation=f"sign in with Kerberos: {dropped[1]}",
+        )
     try:
         import gssapi  # noqa: F401
     except ImportError:
@@ -559,10 +623,11 @@ def _auth_failure(options: ConnectionOptions, step: str, exc: BaseException | No
             ),
         )
     mechanism = getattr(exc, "mechanism", "")
+    dropped = _dropped_kerberos(exc, options)
     if isinstance(exc, AuthRefused) and exc.host_refused:
         if mechanism == "ntlm" and exc.first_leg:
             # NTLM's first message carries no credential: refusing it refuses NTLM itself
-            return _ntlm_refused(options, step)
+            return _ntlm_refused(options, step, dropped)
         if mechanism == "kerberos":
             return KerberosFailed(
                 options.name,
@@ -576,16 +641,26 @@ def _auth_failure(options: ConnectionOptions, step: str, exc: BaseException | No
                     "account is not an administrator of the host"
                 ),
             )
+    if isinstance(exc, AuthRefused) and not exc.host_refused and mechanism == "kerberos":
+        # the client could not even build its Kerberos token, for a reason no case above names
+        return KerberosFailed(
+            options.name,
+            step,
+            f"Kerberos sign-in to {options.endpoint} failed before the host was asked: "
+            f"{kerberos_reason(exc.kerberos_reason or str(exc.__cause__ or exc), options)}",
+            remediation=_kerberos_fix(options),
+        )
+    fix = (
+        "check user/password; for a local account use .\\user or the host name as domain "
+        "(HOST\\user); domain accounts as DOMAIN\\user or user@domain.fqdn; "
+        "Basic auth works only for local accounts and must be enabled on the host"
+    )
     return AuthenticationFailed(
         options.name,
         step,
         f"{options.endpoint} refused the credentials of {options.user or 'the current ticket'} "
-        f"({options.auth})",
-        remediation=(
-            "check user/password; for a local account use .\\user or the host name as domain "
-            "(HOST\\user); domain accounts as DOMAIN\\user or user@domain.fqdn; "
-            "Basic auth works only for local accounts and must be enabled on the host"
-        ),
+        f"({options.auth}" + (f", with NTLM; {dropped[0]})" if dropped else ")"),
+        remediation=f"{fix}; {dropped[1]}" if dropped else fix,
     )
 
 

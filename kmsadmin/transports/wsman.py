@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
+import logging
 import re
 import socket
 import ssl
@@ -25,6 +27,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from html import escape
 from typing import Any
 
@@ -136,15 +139,23 @@ class AuthRefused(WsmanError):
     ``mechanism`` is what the handshake was using (``kerberos``, ``ntlm``); ``first_leg`` is True when
     the host refused the very first token, before any challenge (how a host that refuses NTLM answers
     an NTLM negotiate message); ``host_refused`` is False when the client failed before the host said no.
+    ``kerberos_reason`` is why Negotiate dropped Kerberos (pyspnego/GSSAPI's words, uncleaned), or "".
     """
 
     def __init__(
-        self, message: str, *, mechanism: str = "", first_leg: bool = False, host_refused: bool = True
+        self,
+        message: str,
+        *,
+        mechanism: str = "",
+        first_leg: bool = False,
+        host_refused: bool = True,
+        kerberos_reason: str = "",
     ) -> None:
         super().__init__(message)
         self.mechanism = mechanism
         self.first_leg = first_leg
         self.host_refused = host_refused
+        self.kerberos_reason = kerberos_reason
 
 
 class UnencryptedRefused(WsmanError):
@@ -569,7 +580,23 @@ class WsmanClient:
         return status, answer, data
 
     def _handshake(self, envelope: bytes, read_timeout: float) -> tuple[int, dict[str, str], bytes] | None:
-        """Authenticate the connection; returns the answer when the envelope rode on the last leg."""
+        """Authenticate the connection; returns the answer when the envelope rode on the last leg.
+
+        Under Negotiate, a refusal carries why Kerberos was dropped (``AuthRefused.kerberos_reason``).
+        """
+        if self._options.auth != "negotiate":
+            return self._handshake_legs(envelope, read_timeout)
+        with kerberos_drops() as dropped:
+            try:
+                return self._handshake_legs(envelope, read_timeout)
+            except AuthRefused as exc:
+                if dropped and not exc.kerberos_reason:
+                    exc.kerberos_reason = dropped[-1]
+                raise
+
+    def _handshake_legs(
+        self, envelope: bytes, read_timeout: float
+    ) -> tuple[int, dict[str, str], bytes] | None:
         opts = self._options
         protocol = opts.auth
         context_req = spnego.ContextReq.default
@@ -818,6 +845,60 @@ def _auth_token(header: str) -> bytes | None:
         return base64.b64decode(found.group(1), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ProtocolViolation("an authentication token that is not base64") from exc
+
+
+#: the logger pyspnego's Negotiate names a dropped mechanism's error on (at DEBUG level only)
+SPNEGO_NEGOTIATE_LOG = "spnego._negotiate"
+_drops = threading.local()
+_drops_lock = threading.Lock()
+
+
+class _KerberosDrops(logging.Filter):
+    """Keeps why pyspnego's Negotiate dropped Kerberos, for the thread whose handshake collects it.
+
+    Negotiate builds its mechanism list by trying Kerberos, then NTLM; a Kerberos failure (no ticket,
+    an unknown SPN, no KDC, clock skew) is only logged at DEBUG ("Failed to create context for SPNEGO
+    protocol kerberos: ...") before NTLM goes on alone. The logger is set to DEBUG so that record
+    exists; this filter lets through only what the logger let through before (its own level if one was
+    set, else its parents'), so nothing more is logged than without it.
+    """
+
+    def __init__(self, own_level: int) -> None:
+        super().__init__()
+        self.own_level = own_level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        bucket = getattr(_drops, "reasons", None)
+        args = record.args
+        if (
+            bucket is not None
+            and isinstance(args, tuple)
+            and len(args) == 2
+            and args[0] == "kerberos"
+            and str(record.msg).startswith("Failed to create")
+        ):
+            bucket.append(str(args[1])[:4000])
+        threshold = (
+            self.own_level or logging.getLogger(SPNEGO_NEGOTIATE_LOG.rpartition(".")[0]).getEffectiveLevel()
+        )
+        return record.levelno >= threshold
+
+
+@contextlib.contextmanager
+def kerberos_drops() -> Iterator[list[str]]:
+    """Collect, in this thread, why Negotiate dropped Kerberos while the block runs (newest last)."""
+    logger = logging.getLogger(SPNEGO_NEGOTIATE_LOG)
+    with _drops_lock:
+        if not any(isinstance(f, _KerberosDrops) for f in logger.filters):
+            logger.addFilter(_KerberosDrops(logger.level))
+            logger.setLevel(logging.DEBUG)
+    bucket: list[str] = []
+    previous = getattr(_drops, "reasons", None)
+    _drops.reasons = bucket
+    try:
+        yield bucket
+    finally:
+        _drops.reasons = previous
 
 
 def _step(context: Any, token: bytes, refused: str, mechanism: str = "") -> bytes | None:
