@@ -8,6 +8,7 @@ syntax here; tests/lab/test_export_ansible.py runs the project against a lab.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -476,3 +477,126 @@ def test_vaulted_inventory_values_are_exported_vaulted_and_ansible_decrypts_them
         "127.0.0.1",
     ]
     assert got["client001"][0] == secrets["winrm"] and got["client001"][2] == client["ansible_user"]
+
+
+def _ansible_decrypted(value: Any, tmp: Path, vault_args: list[str]) -> Any:
+    """ansible-inventory's ``{"__ansible_vault": ...}`` values decrypted by the real ansible-vault."""
+    if isinstance(value, dict) and set(value) == {"__ansible_vault"}:
+        sealed = tmp / f".sealed-{abs(hash(value['__ansible_vault']))}"
+        sealed.write_text(value["__ansible_vault"])
+        opened = subprocess.run(
+            [str(Path(sys.executable).parent / "ansible-vault"), "decrypt", *vault_args, "--output", "-"],
+            input=sealed.read_text(),
+            env=ansible_env(tmp),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return opened.stdout
+    if isinstance(value, dict):
+        return {k: _ansible_decrypted(v, tmp, vault_args) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ansible_decrypted(v, tmp, vault_args) for v in value]
+    return value
+
+
+def test_playbook_adjacent_vars_reach_the_project_as_ansible_merges_them(tmp_path: Path) -> None:
+    """One YAML inventory, nothing beside it; group_vars/host_vars beside the playbook override it.
+
+    ansible-inventory on the exported project merges the same vars per host as kmsadmin's loader did
+    for the export (vaulted values vaulted in the project, decrypted by ansible-vault to the same text).
+    """
+    bin_dir = Path(sys.executable).parent
+    source = lab_inventory(tmp_path / "src")
+    doc = yaml.safe_load(source.read_text())
+    children = doc["all"]["children"]
+    for group in children.values():
+        for hvars in (group.get("hosts") or {}).values():
+            for name in ("ansible_user", "ansible_password"):
+                (hvars or {}).pop(name, None)
+    doc["all"]["vars"] = {"ansible_user": "inv-user", "ansible_password": "inv-password", "site": "inv"}
+    children["kms_hosts"]["hosts"]["kms01"]["ansible_user"] = "kms-inv-user"  # host var: beats group_vars
+    inv_dir = tmp_path / "inv"
+    inv_dir.mkdir()
+    inventory = inv_dir / "hosts.yml"
+    inventory.write_text(yaml.safe_dump(doc))
+
+    book = tmp_path / "book"
+    shutil.copytree(PLAYBOOKS, book)
+    plain = plan_export(load_playbook(book / "site.yml"), load_inventory(inventory, playbook_dir=book))
+    assert write_project(plain, tmp_path / "plain")["inventory"] == "copied", "nothing beside: a copy"
+    (book / "group_vars" / "clients").mkdir(parents=True)
+    (book / "host_vars").mkdir()
+    (book / "group_vars" / "all.yml").write_text("ansible_user: play-user\nsite: play\n")
+    client_secret = "client-Pa55-from-play-vault"
+    (book / "group_vars" / "clients" / "vars.yml").write_text(
+        "ansible_password: '{{ vault_client_password }}'\n"
+    )
+    (book / "group_vars" / "clients" / "vault.yml").write_text(
+        "vault_client_password: !vault |" + vault_encrypt(tmp_path, client_secret)
+    )
+    (book / "host_vars" / "client001.yml").write_text("ansible_port: 5999\n")
+    (book / "host_vars" / "kms01.yml").write_text("kmsadmin_fqdn: kms.play.test\nsite: kms01-play\n")
+    assert not any((inv_dir / d).exists() for d in ("group_vars", "host_vars"))
+
+    pw = tmp_path / "vault.pw"
+    pw.write_text(VAULT_PASSWORD + "\n")
+    vault_args = ["--vault-password-file", str(pw)]
+    out = tmp_path / "project"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "kmsadmin", "export", "ansible", str(book / "site.yml")),
+            *("-i", str(inventory), *vault_args, "-o", str(out), "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["inventory"] != "copied"
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert client_secret.encode() not in path.read_bytes(), (
+                f"the vaulted secret in plain text in {path}"
+            )
+
+    # what kmsadmin's loader computed for this run (the export loads it the same way)
+    from kmsadmin.fleet.vault import load_secrets
+
+    ours = load_inventory(inventory, vault=load_secrets([pw], [], env={}), playbook_dir=book.resolve())
+    expected = json.loads(json.dumps({h: dict(v) for h, v in ours.hosts.items()}))
+    assert expected["client001"]["ansible_port"] == 5999, "playbook host_vars beat inventory host vars"
+    assert expected["client002"]["ansible_port"] == 5985
+    assert expected["client001"]["ansible_user"] == "play-user", (
+        "playbook group_vars beat inventory group vars"
+    )
+    assert expected["client001"]["ansible_password"] == client_secret
+    assert expected["kms01"]["ansible_user"] == "kms-inv-user", "inventory host vars beat playbook group_vars"
+    assert expected["kms01"]["ansible_password"] == "inv-password"
+    assert expected["kms01"]["kmsadmin_fqdn"] == "kms.play.test"
+    assert expected["kms01"]["site"] == "kms01-play" and expected["client003"]["site"] == "play"
+
+    listed = subprocess.run(
+        [str(bin_dir / "ansible-inventory"), "-i", "inventory.yml", *vault_args, "--list", "--vars"],
+        cwd=out,
+        env=ansible_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    hostvars = json.loads(listed.stdout)["_meta"]["hostvars"]
+    assert hostvars["client001"]["ansible_password"].keys() == {"__ansible_vault"}, "still vaulted"
+    assert hostvars["kms01"]["ansible_password"] == "inv-password", "plain stays plain"
+    got = {
+        host: {
+            k: v
+            for k, v in _ansible_decrypted(values, tmp_path, vault_args).items()
+            if k != "kmsadmin_export"
+        }
+        for host, values in hostvars.items()
+    }
+    assert got == expected

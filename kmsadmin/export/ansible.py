@@ -4,8 +4,10 @@ Layout of the project directory::
 
     site.yml            the plays, in order: same name, hosts pattern, serial, max_fail_percentage,
                         any_errors_fatal; gather_facts: false
-    inventory.yml       a copy of the inventory (an ansible-inventory --list JSON is written as YAML);
-                        a value read from Ansible Vault is written as a ``!vault`` value again
+    inventory.yml       a copy of the inventory when its one YAML file alone gave every variable;
+                        otherwise (JSON, INI, several sources, Vault, group_vars/host_vars beside
+                        the inventory or the playbook) each host with the vars kmsadmin merged for
+                        it; a value read from Ansible Vault is written as a ``!vault`` value again
     ansible.cfg         inventory = inventory.yml, no host key checking, explicit gathering
     host_vars/HOST.yml  kmsadmin_export: for each play, the host's scripts in order (file names)
     scripts/*.ps1       the rendered scripts, content-addressed (hosts with equal scripts share a file)
@@ -462,10 +464,12 @@ def _inventory_text(export: ExportPlan) -> tuple[str, bool]:
     """The inventory to write and whether it is the original file's text."""
     path = export.inventory.path
     # the original text is copied only when it alone is the inventory: one YAML file, no vault,
-    # no group_vars/host_vars beside it (otherwise the merged vars are written)
+    # no group_vars/host_vars beside it, none beside the playbook either (the project is one
+    # directory: Ansible would not see those); otherwise the merged vars are written
     if (
         path is not None
         and len(export.inventory.sources) <= 1
+        and not export.inventory.vars_files
         and path.is_file()
         and path.suffix.lower() in (".yml", ".yaml")
         and not (path.parent / "group_vars").exists()

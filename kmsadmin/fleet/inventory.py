@@ -150,6 +150,8 @@ class Inventory:
     vaulted: Mapping[str, VaultSecret] = field(default_factory=dict, repr=False, compare=False)
     #: host → its vars whose value was templated (``{{ ... }}``), when any text came from Vault
     templated: Mapping[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
+    #: every ``group_vars/`` and ``host_vars/`` file read (beside a source or the playbook), in order
+    vars_files: tuple[Path, ...] = ()
 
     def select(self, pattern: str) -> list[str]:
         """Hosts matching an Ansible host pattern (``--limit`` / ``hosts:``), in pattern order."""
@@ -188,6 +190,8 @@ class _Builder:
         self.priorities: dict[str, int] = {}
         #: texts read from Vault → the secret that decrypted them
         self.vaulted: dict[str, VaultSecret] = {}
+        #: group_vars/ and host_vars/ files read
+        self.vars_files: list[Path] = []
 
     def remember_vaulted(self, value: Any, secret: VaultSecret) -> None:
         """Note every (non-empty) string in ``value`` as read from Vault with ``secret``."""
@@ -304,6 +308,7 @@ class _Builder:
             unsupported=tuple(sorted(unsupported)),
             vaulted=self.vaulted,
             templated=templated,
+            vars_files=tuple(self.vars_files),
         )
 
     def _templated(
@@ -503,6 +508,7 @@ class _VarsFiles:
                 files = _dir_vars_files(found) if found.is_dir() else [found]
                 for path in files:
                     values.update(_read_vars_file(self.builder, path))
+                    self.builder.vars_files.append(path)
                 break
         self.cache[key] = values
         return values
