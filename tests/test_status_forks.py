@@ -137,3 +137,27 @@ def test_each_host_has_its_own_deadline_and_one_failure_never_stops_the_others(
     given = [d for ds in sessions.deadlines.values() for d in ds]
     assert given and all(d is not None and 0 < d <= 7 for d in given)
     assert {o.deadline for o in sessions.opened} == {7.0}
+
+
+def test_report_paths_are_checked_before_any_host_is_contacted(
+    sessions: CountingSessions, tmp_path: Path
+) -> None:
+    hosts = [f"client{i:03d}" for i in range(1, CLIENTS + 1)]
+    (tmp_path / "file").write_text("")
+    for option, path in (("--report-json", tmp_path), ("--junit", tmp_path / "file" / "r.xml")):
+        result = runner.invoke(app, ["status", *hosts, "--user", ".\\labadmin", option, str(path)])
+        assert result.exit_code == 2, result.output
+        assert option in result.stderr
+    assert sessions.opened == []
+
+
+def test_reports_hold_every_host_read(sessions: CountingSessions, tmp_path: Path) -> None:
+    """The document is the one status -i writes (kind status, each host's state, the fleet findings)."""
+    report = tmp_path / "out" / "status.json"
+    code, reports, err = status("--forks", "3", "--report-json", str(report))
+    assert code == 0, err
+    document = json.loads(report.read_text())
+    assert document["kind"] == "status" and document["summary"]["ok"] == CLIENTS
+    assert [h["host"] for h in document["hosts"]] == [r["host"] for r in reports]
+    assert all(h["state"]["edition"] for h in document["hosts"])
+    assert isinstance(document["findings"], list)

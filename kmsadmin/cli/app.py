@@ -606,8 +606,8 @@ def status(
     below their threshold, clock skew, expiring activations. --fail-on sets the exit code for cron and CI.
 
     The hosts are read in parallel, at most --forks at once, each within its --deadline. With
-    -i INVENTORY the selected hosts (default: all) are read and the same reports as a rollout can be
-    written.
+    -i INVENTORY the selected hosts (default: all) are read. The same reports as a rollout can be
+    written (--report-json, --report-html, --report-csv, --junit), with or without -i.
     """
     from kmsadmin.cli import remote
     from kmsadmin.cli.activation import HealthOptions
@@ -637,7 +637,13 @@ def status(
         fail(exc)
     raise typer.Exit(
         remote.status(
-            names, explicit=explicit, hostvars=hostvars, json_out=json_out, health=health, forks=forks
+            names,
+            explicit=explicit,
+            hostvars=hostvars,
+            json_out=json_out,
+            health=health,
+            forks=forks,
+            report_paths={"json": report_json, "html": report_html, "csv": report_csv, "junit": junit},
         )
     )
 

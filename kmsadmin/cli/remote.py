@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -200,17 +201,31 @@ def status(
     json_out: bool = False,
     health: Any = None,
     forks: int = DEFAULT_FORKS,
+    report_paths: Mapping[str, Path | None] | None = None,
 ) -> int:
     """Read-only licensing status of each host (``health``: ``--only``, ``--fail-on``, ``--metrics``),
-    at most ``forks`` hosts at once."""
+    at most ``forks`` hosts at once. ``report_paths`` (``json``, ``html``, ``csv``, ``junit``: a path
+    or None) are checked before any host is contacted and written as ``status -i`` writes them."""
+    from datetime import UTC, datetime
+
     from kmsadmin.cli.activation import HealthOptions, assess, exit_code, print_activation, selected
     from kmsadmin.cli.output import emit_json, table
+    from kmsadmin.cli.rollout import check_report_paths, status_document, write_reports
 
+    paths = dict(report_paths or {})
+    check_report_paths(paths)
     options = health if health is not None else HealthOptions()
+    started = datetime.now(UTC)
     reports = _run_all(
         "status", hosts, None, explicit=explicit, hostvars=hostvars or {}, check=False, forks=forks
     )
     assessed = assess(reports, options, hostvars=hostvars)
+    written: list[Path] = []
+    if any(path is not None for path in paths.values()):
+        document = status_document(
+            reports, assessed, hostvars=hostvars or {}, started=started, inventory=None
+        )
+        written = write_reports(document, paths)
     failed = EXIT_HOST_FAILED if any(r.status == "failed" for r in reports) else EXIT_OK
     if json_out:
         chosen = {v.host for v in selected(assessed, options)}
@@ -255,6 +270,8 @@ def status(
     for r in reports:
         for line in firewall_lines(r.state):
             sys.stdout.write(f"{r.host}: {line}\n")
+    for path in written:
+        sys.stdout.write(f"report: {path}\n")
     return failed or exit_code(assessed, options)
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,10 @@ from kmsadmin.cli.inventory import InventoryOptions
 from kmsadmin.errors import EXIT_INTERRUPTED, KmsAdminError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from kmsadmin.fleet.inventory import Inventory
+    from kmsadmin.fleet.runner import HostReport
 
 
 def check_report_paths(reports: Mapping[str, Path | None]) -> None:
@@ -47,23 +50,17 @@ def check_report_paths(reports: Mapping[str, Path | None]) -> None:
             fail(f"{option} {path}: {parent} is not writable", 2)
 
 
-def write_reports(
-    report: Mapping[str, Any],
-    *,
-    json_path: Path | None,
-    html_path: Path | None,
-    csv_path: Path | None,
-    junit_path: Path | None,
-) -> list[Path]:
-    """Write each requested report format; return the paths written."""
+def write_reports(report: Mapping[str, Any], paths: Mapping[str, Path | None]) -> list[Path]:
+    """Write each requested report format (``paths``: ``json``, ``html``, ``csv``, ``junit`` to a path
+    or None); return the paths written."""
     from kmsadmin import report as reports
 
     written: list[Path] = []
     for path, writer in (
-        (json_path, reports.write_json),
-        (html_path, reports.write_html),
-        (csv_path, reports.write_csv),
-        (junit_path, reports.write_junit),
+        (paths.get("json"), reports.write_json),
+        (paths.get("html"), reports.write_html),
+        (paths.get("csv"), reports.write_csv),
+        (paths.get("junit"), reports.write_junit),
     ):
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,13 +151,7 @@ def run_rollout(
         if in_main:
             signal.signal(signal.SIGINT, previous)
     document = dict(from_rollout(result))
-    written = write_reports(
-        document,
-        json_path=reports.get("json"),
-        html_path=reports.get("html"),
-        csv_path=reports.get("csv"),
-        junit_path=reports.get("junit"),
-    )
+    written = write_reports(document, reports)
     if not quiet:
         print_summary(document)
         for path in written:
@@ -217,7 +208,6 @@ def fleet_status(
     from kmsadmin.fleet.inventory import load_inventory
     from kmsadmin.fleet.limit import select_each
     from kmsadmin.fleet.rollout import run_host_safely, secret_values, transport_session_factory_for
-    from kmsadmin.report import build_report
 
     check_report_paths(reports)
     inventory = (
@@ -239,30 +229,16 @@ def fleet_status(
     from kmsadmin.cli.activation import HealthOptions, assess, exit_code, print_activation, selected
 
     options = health if health is not None else HealthOptions()
-    assessed = assess(host_reports, options, hostvars={n: inventory.vars_for(n) for n in names})
-    entries = []
-    for r in host_reports:
-        entry = r.to_dict()
-        entry["role"] = inventory.vars_for(r.host).get("kmsadmin_role")
-        entries.append(entry)
-    document = dict(
-        build_report(
-            "status",
-            entries,
-            started=started,
-            finished=datetime.now(UTC),
-            inventory=", ".join(str(p) for p in inventory.sources) or None,
-        )
+    hostvars = {n: inventory.vars_for(n) for n in names}
+    assessed = assess(host_reports, options, hostvars=hostvars)
+    document = status_document(
+        host_reports,
+        assessed,
+        hostvars=hostvars,
+        started=started,
+        inventory=", ".join(str(p) for p in inventory.sources) or None,
     )
-    document["findings"] = [f.to_dict() for f in assessed.findings]
-    document["summary"]["findings"] = assessed.to_dict()["by_kind"]
-    written = write_reports(
-        document,
-        json_path=reports.get("json"),
-        html_path=reports.get("html"),
-        csv_path=reports.get("csv"),
-        junit_path=reports.get("junit"),
-    )
+    written = write_reports(document, reports)
     if json_out:
         if options.only:
             chosen = {v.host for v in selected(assessed, options)}
@@ -280,6 +256,33 @@ def fleet_status(
             sys.stdout.write(f"report: {path}\n")
     failed = 1 if any(r.status == "failed" for r in host_reports) else 0
     return failed or exit_code(assessed, options)
+
+
+def status_document(
+    host_reports: Sequence[HostReport],
+    assessed: Any,
+    *,
+    hostvars: Mapping[str, Mapping[str, object]],
+    started: datetime,
+    inventory: str | None,
+) -> dict[str, Any]:
+    """The status report document (``kmsadmin status``, with or without -i): each host's report with
+    its inventory role, and the fleet findings of ``assessed`` (:func:`kmsadmin.cli.activation.assess`)."""
+    from datetime import UTC, datetime
+
+    from kmsadmin.report import build_report
+
+    entries = []
+    for r in host_reports:
+        entry = r.to_dict()
+        entry["role"] = hostvars.get(r.host, {}).get("kmsadmin_role")
+        entries.append(entry)
+    document = dict(
+        build_report("status", entries, started=started, finished=datetime.now(UTC), inventory=inventory)
+    )
+    document["findings"] = [f.to_dict() for f in assessed.findings]
+    document["summary"]["findings"] = assessed.to_dict()["by_kind"]
+    return document
 
 
 def _counts_line(document: Mapping[str, Any]) -> str:
@@ -394,4 +397,4 @@ def exit_interrupted() -> None:
     raise typer.Exit(EXIT_INTERRUPTED)
 
 
-__all__ = ["KmsAdminError", "demo", "fleet_status", "run_rollout", "write_reports"]
+__all__ = ["KmsAdminError", "demo", "fleet_status", "run_rollout", "status_document", "write_reports"]
