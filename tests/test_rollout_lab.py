@@ -35,7 +35,13 @@ class LabSessions:
     def __init__(self, engine: LabEngine) -> None:
         self.engine = engine
         self.calls: Counter[tuple[str, str]] = Counter()
+        #: the steps of each pipeline a host was sent, in order
+        self.pipelines: dict[str, list[tuple[str, ...]]] = {}
         self.lock = threading.Lock()
+
+    def _sent(self, host: str, steps: tuple[str, ...]) -> None:
+        with self.lock:
+            self.pipelines.setdefault(host, []).append(steps)
 
     def factory_for(self, host_vars: Mapping[str, Any]) -> Callable[[str], Session]:
         sessions = self
@@ -45,6 +51,10 @@ class LabSessions:
                 self.host = host
 
             def run(self, script: RenderedScript, *, deadline: float | None = None) -> ScriptResult:
+                sessions._sent(self.host, (script.step,))
+                return self._run(script)
+
+            def _run(self, script: RenderedScript) -> ScriptResult:
                 with sessions.lock:
                     sessions.calls[(self.host, script.step)] += 1
                 out = sessions.engine.run_script(self.host, script.text, via="psrp")
@@ -53,9 +63,10 @@ class LabSessions:
             def run_many(
                 self, scripts: Sequence[RenderedScript], *, deadline: float | None = None
             ) -> list[ScriptResult]:
+                sessions._sent(self.host, tuple(s.step for s in scripts))
                 results: list[ScriptResult] = []
                 for script in scripts:
-                    results.append(self.run(script, deadline=deadline))
+                    results.append(self._run(script))
                     if step_failed(results[-1].stdout):
                         break
                 return results
@@ -152,3 +163,26 @@ def test_real_transport_options_build_for_every_lab_host_before_any_connection(t
     factory_for = transport_session_factory_for(env={})
     for host, host_vars in inventory.hosts.items():
         assert callable(factory_for({**host_vars, "inventory_hostname": host}))
+
+
+def test_a_converted_client_costs_two_pipelines_with_the_reach_check_read_with_the_facts(
+    tmp_path: Path,
+) -> None:
+    fleet, inventory_path = make_lab(tmp_path, hosts=3, kms_hosts=1, os_mix="win11-enterprise=3")
+    inventory = load_inventory(inventory_path)
+    sessions = LabSessions(LabEngine(fleet))
+    run = rollout(
+        load_playbook(PLAYBOOKS / "site.yml"),
+        inventory,
+        session_factory_for=sessions.factory_for,
+        forks=2,
+        retry_delay=0.0,
+        env={},
+    )
+    clients = [h for h in run.hosts if h.play == "KMS clients"]
+    assert clients and all(h.status in {"changed", "waiting"} for h in clients)
+    for host in clients:
+        first, second = sessions.pipelines[host.host]
+        # read-only first: the facts and the check that the KMS host answers from this client
+        assert first == ("facts", "kms-reach")
+        assert "set-kms-host" in second and second[-1] == "facts"

@@ -43,7 +43,7 @@ from kmsadmin.operations.setup_host import (
     uncovered,
 )
 from kmsadmin.render import render
-from kmsadmin.values import RenderedScript, ScriptResult
+from kmsadmin.values import RenderedScript, ScriptRef, ScriptResult
 
 log = logging.getLogger("kmsadmin.fleet")
 
@@ -229,20 +229,34 @@ def read_kms_reach(session: Session, deadline_at: float | None = None) -> dict[s
         return {"error": str(exc)}
 
 
+def _reach_ref(operation: str, args: Any) -> ScriptRef | None:
+    """The ``kms-reach`` step a ``convert-client --kms-host`` run checks before pinning, or None."""
+    if operation != "convert-client" or not isinstance(args, ConvertClientArgs):
+        return None
+    if args.target != "host" or not args.kms_host or args.force:
+        return None
+    return kms_reach_ref(args.kms_host, args.kms_port)
+
+
 def check_kms_reach(
-    session: Session, host: str, facts: HostFacts, args: ConvertClientArgs, deadline_at: float | None
+    session: Session,
+    host: str,
+    facts: HostFacts,
+    args: ConvertClientArgs,
+    deadline_at: float | None,
+    result: ScriptResult | None = None,
 ) -> PreflightFailed | None:
     """Before ``convert-client --kms-host`` pins a host: does it resolve and answer on its port from the
     client? The refusal to raise (nothing changed) unless ``--force``; a host already pinned there is not
-    re-checked."""
-    if args.target != "host" or not args.kms_host or args.force:
+    re-checked. ``result`` is the step's answer when it was read with the facts (otherwise it runs now)."""
+    ref = _reach_ref("convert-client", args)
+    if ref is None or not args.kms_host:
         return None
     pinned = (facts.service.kms_machine or "").lower()
     if pinned == args.kms_host.lower() and (facts.service.kms_port or 1688) == args.kms_port:
         return None
-    result = session.run(
-        render(kms_reach_ref(args.kms_host, args.kms_port)), deadline=_remaining(deadline_at)
-    )
+    if result is None:
+        result = session.run(render(ref), deadline=_remaining(deadline_at))
     target = parse_kms_reach(result).target
     shown = f"{args.kms_host}:{args.kms_port}"
     if target.resolves is False:
@@ -377,7 +391,15 @@ def run_host(
     try:
         session = session_factory(host)
         step_name = "facts"
-        facts = gather_facts(session, host, deadline_at)
+        reach = _reach_ref(operation, args)
+        reach_result: ScriptResult | None = None
+        if reach is None:
+            facts = gather_facts(session, host, deadline_at)
+        else:
+            # The reachability check is read-only too: it travels with the facts read, in one pipeline.
+            read = session.run_many([render(FACTS), render(reach)], deadline=_remaining(deadline_at))
+            facts = parse_facts(read[0])
+            reach_result = read[1] if len(read) > 1 else None
         if operation == "status":
             report.facts, report.read_at = facts, datetime.now(UTC)
             report.state = summarize_state(facts)
@@ -390,7 +412,7 @@ def run_host(
         unreachable = None
         if operation == "convert-client" and isinstance(args, ConvertClientArgs):
             step_name = "preflight:kms-reach"
-            unreachable = check_kms_reach(session, host, facts, args, deadline_at)
+            unreachable = check_kms_reach(session, host, facts, args, deadline_at, reach_result)
             if unreachable is not None and not check:
                 raise unreachable
         plan = make_plan(operation, host, facts, args)
