@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _thread
 import copy
+import gc
 import itertools
 import json
 import re
@@ -27,6 +28,7 @@ from kmsadmin.fleet.inventory import Inventory, load_inventory
 from kmsadmin.fleet.journal import Journal, read_journal
 from kmsadmin.fleet.playbook import Playbook, load_playbook
 from kmsadmin.fleet.rollout import (
+    YOUNG_COLLECTION_THRESHOLD,
     BatchStarted,
     Event,
     HostFinished,
@@ -862,3 +864,24 @@ def test_resume_reruns_waiting_hosts(tmp_path: Path) -> None:
     # the configuration steps were already in place: the second run only activated
     assert fleet.calls[("pc002", "install-gvlk")] == 1
     assert read_journal(path).done() == {("clients", h) for h in inv.groups["clients"]}
+
+
+def test_the_garbage_collector_is_tuned_for_the_run_only_and_restored_even_when_stopped(
+    tmp_path: Path,
+) -> None:
+    inv, fleet = inventory(tmp_path, 1, 4)
+    before = gc.get_threshold()
+    frozen_before = gc.get_freeze_count()
+    seen: list[tuple[int, int]] = []
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, HostFinished) and not seen:
+            seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+            _thread.interrupt_main()
+
+    result = go(clients_play(tmp_path), inv, fleet, forks=1, on_event=on_event)
+    assert result.interrupted and seen
+    # during the run: young collections less often, what the run was given out of the collector's reach
+    threshold, frozen = seen[0]
+    assert threshold >= YOUNG_COLLECTION_THRESHOLD and frozen > frozen_before
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen_before
