@@ -161,3 +161,62 @@ def test_reports_hold_every_host_read(sessions: CountingSessions, tmp_path: Path
     assert [h["host"] for h in document["hosts"]] == [r["host"] for r in reports]
     assert all(h["state"]["edition"] for h in document["hosts"])
     assert isinstance(document["findings"], list)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ((), {}, 300.0),
+        ((), {"KMSADMIN_DEADLINE": "9"}, 9.0),
+        (("--deadline", "7"), {"KMSADMIN_DEADLINE": "9"}, 7.0),
+    ],
+)
+def test_status_hosts_deadline_cli_then_environment_then_default(
+    sessions: CountingSessions,
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    expected: float,
+) -> None:
+    monkeypatch.delenv("ANSIBLE_INVENTORY", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, _, err = status(*args)
+    assert code == 0, err
+    assert {o.deadline for o in sessions.opened} == {expected}
+    given = [d for ds in sessions.deadlines.values() for d in ds]
+    assert given and all(d is not None and 0 < d <= expected for d in given)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ((), {}, {"client001": 5.0, "client002": 300.0}),
+        ((), {"KMSADMIN_DEADLINE": "9"}, {"client001": 5.0, "client002": 9.0}),
+        (("--deadline", "7"), {"KMSADMIN_DEADLINE": "9"}, {"client001": 7.0, "client002": 7.0}),
+    ],
+)
+def test_status_inventory_deadline_cli_then_host_vars_then_environment_then_default(
+    sessions: CountingSessions,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    expected: dict[str, float],
+) -> None:
+    """status -i resolves each host's deadline as status HOST... does (it used --deadline or 300 s)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text(
+        "all:\n  hosts:\n    client001:\n      kmsadmin_deadline: 5\n    client002:\n"
+        "  vars:\n    ansible_user: .\\labadmin\n"
+    )
+    result = runner.invoke(app, ["status", "-i", str(inventory), "--json", *args])
+    assert result.exit_code == 0, result.output
+    assert {h["host"]: h["status"] for h in json.loads(result.stdout)["hosts"]} == dict.fromkeys(
+        expected, "ok"
+    )
+    assert {o.host: o.deadline for o in sessions.opened} == expected
+    for host, deadlines in sessions.deadlines.items():
+        assert deadlines and all(d is not None and 0 < d <= expected[host] for d in deadlines)

@@ -175,6 +175,16 @@ def test_precedence_explicit_over_inventory_over_env() -> None:
     assert o.password == Secret("inv")
 
 
+def test_kmsadmin_deadline_hostvar_between_explicit_and_env() -> None:
+    env = {**CREDS_ENV, "KMSADMIN_DEADLINE": "10"}
+    assert build_options("srv01", hostvars={"kmsadmin_deadline": 4}, env=env).deadline == 4.0
+    assert build_options("srv01", hostvars={"kmsadmin_deadline": "4.5"}, env=env).deadline == 4.5
+    both = build_options("srv01", explicit={"deadline": 2.0}, hostvars={"kmsadmin_deadline": 4}, env=env)
+    assert both.deadline == 2.0
+    with pytest.raises(ConfigError, match=r"srv01: deadline must be more than 0"):
+        build_options("srv01", hostvars={"kmsadmin_deadline": 0}, env=env)
+
+
 def test_kmsadmin_transport_hostvar_selects_winrs() -> None:
     o = build_options(
         "srv01", hostvars={"kmsadmin_transport": "winrs", "ansible_connection": "psrp"}, env=CREDS_ENV

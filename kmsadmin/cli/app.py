@@ -626,7 +626,6 @@ def status(
                 ":".join(hosts or ["all"]),
                 explicit=explicit,
                 forks=forks,
-                deadline=connection.deadline or 300.0,
                 json_out=json_out,
                 reports={"json": report_json, "html": report_html, "csv": report_csv, "junit": junit},
                 health=health,

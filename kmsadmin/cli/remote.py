@@ -28,7 +28,7 @@ def _connection_options(
     return {host: build_options(host, explicit, hostvars.get(host, {})) for host in hosts}
 
 
-def _run_all(
+def run_all(
     operation: str,
     hosts: Sequence[str],
     args: Any,
@@ -39,8 +39,9 @@ def _run_all(
     forks: int = DEFAULT_FORKS,
 ) -> list[HostReport]:
     """Check every host's options first (exit 4 before contacting anyone), then run at most ``forks``
-    hosts at once, each within its own deadline; one host's failure (even an unexpected error) is
-    that host's report and never stops the others."""
+    hosts at once, each within its own deadline (its options': ``--deadline``, else its
+    ``kmsadmin_deadline`` var or ``KMSADMIN_DEADLINE``, else 300 s); one host's failure (even an
+    unexpected error) is that host's report and never stops the others."""
     from kmsadmin.cli.output import fail
     from kmsadmin.fleet.rollout import run_host_safely, secret_values
     from kmsadmin.transports import open_session
@@ -82,7 +83,7 @@ def run_operation(
     A waiting host (convert-client refused at ``activate`` until its KMS host has counted enough
     clients) exits 1 like a failed one: the machine is configured but not activated yet.
     """
-    reports = _run_all(operation, hosts, args, explicit=explicit, hostvars=hostvars or {}, check=check)
+    reports = run_all(operation, hosts, args, explicit=explicit, hostvars=hostvars or {}, check=check)
     print_reports(reports, json_out=json_out, check=check)
     if any(r.status in ("failed", "waiting") for r in reports):
         return EXIT_HOST_FAILED
@@ -216,7 +217,7 @@ def status(
     check_report_paths(paths)
     options = health if health is not None else HealthOptions()
     started = datetime.now(UTC)
-    reports = _run_all(
+    reports = run_all(
         "status", hosts, None, explicit=explicit, hostvars=hostvars or {}, check=False, forks=forks
     )
     assessed = assess(reports, options, hostvars=hostvars)

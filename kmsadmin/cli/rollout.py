@@ -191,45 +191,40 @@ def fleet_status(
     *,
     explicit: Mapping[str, object],
     forks: int,
-    deadline: float,
     reports: Mapping[str, Path | None],
     json_out: bool,
     health: Any = None,
 ) -> int:
     """``kmsadmin status -i INVENTORY``: read-only facts from every selected host, with reports.
 
+    Each host's deadline is its connection options' (``explicit["deadline"]``, the ``--deadline``
+    given, wins over its ``kmsadmin_deadline`` var and ``KMSADMIN_DEADLINE``; 300 s by default).
+
     ``health`` (:class:`kmsadmin.cli.activation.HealthOptions`): ``--only``, ``--fail-on``, ``--metrics``.
     """
-    from concurrent.futures import ThreadPoolExecutor
     from datetime import UTC, datetime
 
     from kmsadmin.cli.output import emit_json
+    from kmsadmin.cli.remote import run_all
     from kmsadmin.fleet.inventory import Inventory as LoadedInventory
     from kmsadmin.fleet.inventory import load_inventory
     from kmsadmin.fleet.limit import select_each
-    from kmsadmin.fleet.rollout import run_host_safely, secret_values, transport_session_factory_for
 
     check_report_paths(reports)
     inventory = (
         inventory_path if isinstance(inventory_path, LoadedInventory) else load_inventory(inventory_path)
     )
     names = select_each(inventory, [pattern])
-    factory_for = transport_session_factory_for(explicit)
-    factories = {n: factory_for({**inventory.vars_for(n), "inventory_hostname": n}) for n in names}
+    hostvars = {n: inventory.vars_for(n) for n in names}
     started = datetime.now(UTC)
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(names) or 1))) as pool:
-        host_reports = list(
-            pool.map(
-                lambda n: run_host_safely(
-                    "status", n, None, factories[n], secret_values(inventory.vars_for(n)), deadline=deadline
-                ),
-                names,
-            )
-        )
+    # each host's options (its deadline too: --deadline, else its vars or the environment, else the
+    # default) are built and checked before any host is contacted, as for status HOST...
+    host_reports = run_all(
+        "status", names, None, explicit=explicit, hostvars=hostvars, check=False, forks=forks
+    )
     from kmsadmin.cli.activation import HealthOptions, assess, exit_code, print_activation, selected
 
     options = health if health is not None else HealthOptions()
-    hostvars = {n: inventory.vars_for(n) for n in names}
     assessed = assess(host_reports, options, hostvars=hostvars)
     document = status_document(
         host_reports,
@@ -374,7 +369,7 @@ def demo(out_dir: Path, clients: int, kms_hosts: int, keep_lab: bool) -> int:
         }
         sys.stdout.write("fleet status after the rollout:\n")
         status_code = fleet_status(
-            inventory, "all", explicit={}, forks=64, deadline=120.0, reports=reports, json_out=False
+            inventory, "all", explicit={"deadline": 120.0}, forks=64, reports=reports, json_out=False
         )
         sys.stdout.write(f"\nHTML report: {reports['html'].resolve()}\n")
         return code or status_code

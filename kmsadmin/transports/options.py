@@ -268,6 +268,7 @@ _GENERIC_VARS: Mapping[str, str] = {
     "kmsadmin_kerberos_ccache": "kerberos_ccache",
     "kmsadmin_kerberos_keytab": "kerberos_keytab",
     "kmsadmin_allow_unencrypted": "allow_unencrypted",
+    "kmsadmin_deadline": "deadline",
 }
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from defusedxml import ElementTree as ET
 
 from tests.lab.labproc import lab_process
@@ -125,3 +126,67 @@ def test_status_hosts_json_output_and_a_report_together(lab: RunningLab, tmp_pat
     assert [r["host"] for r in printed] == [h["host"] for h in written["hosts"]] == ["127.0.0.1"]
     assert "Server" in printed[0]["state"]["edition"]  # kms01 runs Windows Server
     assert written["hosts"][0]["state"]["edition"] == printed[0]["state"]["edition"]
+
+
+# ------------------------------------------------------------------------------ deadline resolution
+def _hung_inventory(lab: RunningLab, tmp_path: Path, deadline: float | None) -> Path:
+    """The lab's inventory with the hung client's ``kmsadmin_deadline`` set (None: not set)."""
+    doc = yaml.safe_load(lab.inventory.read_text())
+    for group in doc["all"]["children"].values():
+        entry = (group.get("hosts") or {}).get(HUNG)
+        if entry is not None and deadline is not None:
+            entry["kmsadmin_deadline"] = deadline
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _timed_out(proc: subprocess.CompletedProcess[str], host: str, within: float) -> dict[str, object]:
+    """The one host report of a ``status --json`` run that ended at its deadline, within ``within`` s."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    printed = json.loads(proc.stdout)
+    (report,) = printed["hosts"] if isinstance(printed, dict) else printed
+    assert report["host"] == host and report["status"] == "failed", report
+    error = report["error"]
+    assert isinstance(error, dict) and error["step"] == "facts"
+    # the 3 s that won, not the 300 s default or the 600 s another source gave
+    assert re.match(r"no answer within (3|2\.\d)s \(its deadline", str(error["message"])), error
+    assert float(report["duration"]) < within, report
+    return dict(report)
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [((), {"KMSADMIN_DEADLINE": "3"}), (("--deadline", "3"), {"KMSADMIN_DEADLINE": "600"})],
+    ids=["environment", "cli-beats-environment"],
+)
+def test_status_hosts_deadline_from_environment_or_cli(
+    lab: RunningLab, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    """The hung client answers nothing: the run ends at the deadline that wins, not the default 300 s."""
+    proc = lab.status(HUNG, "127.0.0.1", "--json", *args, env=env, timeout=60)
+    _timed_out(proc, "127.0.0.1", within=20)
+
+
+@pytest.mark.parametrize(
+    ("host_var", "args", "env"),
+    [
+        (3, (), {}),
+        (None, (), {"KMSADMIN_DEADLINE": "3"}),
+        (600, ("--deadline", "3"), {}),
+        (3, (), {"KMSADMIN_DEADLINE": "600"}),
+    ],
+    ids=["host-var", "environment", "cli-beats-host-var", "host-var-beats-environment"],
+)
+def test_status_inventory_deadline_from_host_vars_environment_or_cli(
+    lab: RunningLab, tmp_path: Path, host_var: float | None, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    """status -i: the hung client's own deadline (its var, the environment, --deadline) ends it."""
+    inventory = _hung_inventory(lab, tmp_path, host_var)
+    environment = {**os.environ, **env}
+    environment.pop("ANSIBLE_INVENTORY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kmsadmin", "status", HUNG, "-i", str(inventory), "--json", *args],
+        capture_output=True, text=True, timeout=60, check=False, env=environment,
+    )  # fmt: skip
+    _timed_out(proc, HUNG, within=20)
