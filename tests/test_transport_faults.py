@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import ssl
 import time
 
@@ -293,6 +294,7 @@ def test_negotiate_errors_keep_why_kerberos_was_dropped() -> None:
         AuthRefused("refused", mechanism="ntlm", first_leg=True, kerberos_reason=skew), negotiate, "facts", 1
     )
     assert isinstance(blocked, NtlmRefused) and "because Kerberos failed" in blocked.message
+    assert (blocked.hresult, blocked.meaning) == ("0xC0000418", "STATUS_NTLM_BLOCKED")
     assert "KRB5KRB_AP_ERR_SKEW: Clock skew too great" in blocked.message
     assert blocked.remediation is not None and "w32tm /resync" in blocked.remediation
     odd = "Minor (5): Some new Kerberos trouble"
@@ -347,3 +349,41 @@ def _collect(logger: object, message: str) -> list[str]:
     with kerberos_drops() as bucket:
         logger.debug(message, "kerberos", "Minor (1): elsewhere")
     return bucket
+
+
+def test_ntlm_refused_carries_status_ntlm_blocked_with_its_microsoft_source() -> None:
+    """The host, the step, the code (an NTSTATUS, from the catalog data with its source) and the fix."""
+    from kmsadmin import catalog
+    from kmsadmin.transports.faults import NTLM_BLOCKED, NtlmRefused
+    from kmsadmin.transports.wsman import AuthRefused
+
+    info = catalog.hresult_info(NTLM_BLOCKED)
+    assert (info.code, info.symbol, info.known) == ("0xC0000418", "STATUS_NTLM_BLOCKED", True)
+    assert catalog.hresult_info(-1073740776) == info, "signed, as PowerShell prints it"
+    assert "[MS-ERREF]" in info.source and "2.3.1 NTSTATUS Values" in info.source
+    assert "microsoft/WindowsProtocolTestSuites:ProtoSDK/Common/NtStatus.cs@56909675" in info.source
+    assert "[MS-APDS]" in info.source and info.unconfirmed, "the fix is kmsadmin's, not Microsoft's"
+
+    ntlm = build_options(
+        "srv01",
+        explicit={"auth": "ntlm"},
+        env={"KMSADMIN_USER": "CORP\\ops", "KMSADMIN_PASSWORD": "pw-Secret-1"},
+    )
+    refused = translate(AuthRefused("refused", mechanism="ntlm", first_leg=True), ntlm, "facts", 1)
+    assert isinstance(refused, NtlmRefused)
+    assert (refused.host, refused.step, refused.hresult, refused.meaning) == (
+        "srv01",
+        "facts",
+        "0xC0000418",
+        "STATUS_NTLM_BLOCKED",
+    )
+    text = str(refused)
+    assert text.startswith("srv01: facts: ") and "refuses NTLM" in text
+    assert "HRESULT 0xC0000418 (STATUS_NTLM_BLOCKED)" in text and "fix: sign in with Kerberos" in text
+    data = refused.to_dict()
+    assert data["hresult"] == "0xC0000418" and data["meaning"] == "STATUS_NTLM_BLOCKED"
+    assert data["remediation"] and "Kerberos" in data["remediation"]
+    assert "pw-Secret-1" not in text + json.dumps(data)
+    # a refusal after NTLM's first message is a refused password, not a block: no STATUS_NTLM_BLOCKED
+    later = translate(AuthRefused("refused", mechanism="ntlm", first_leg=False), ntlm, "facts", 1)
+    assert not isinstance(later, NtlmRefused) and later.hresult != NTLM_BLOCKED

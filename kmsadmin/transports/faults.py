@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 
 from spnego.exceptions import SpnegoError
 
+from kmsadmin import catalog
 from kmsadmin.errors import (
     AccessDenied,
     AuthenticationFailed,
@@ -65,7 +66,12 @@ class KerberosFailed(AuthenticationFailed):
 
 
 class NtlmRefused(AuthenticationFailed):
-    """The host refuses NTLM (a domain that restricts NTLM): only Kerberos can sign in."""
+    """The host refuses NTLM (a domain that restricts NTLM): only Kerberos can sign in. Its code is
+    :data:`NTLM_BLOCKED`."""
+
+
+#: STATUS_NTLM_BLOCKED, the NTSTATUS of an NTLM sign-in a policy blocks (catalog data: [MS-ERREF] 2.3.1)
+NTLM_BLOCKED = "0xC0000418"
 
 
 class ClientCertificateRejected(AuthenticationFailed):
@@ -563,6 +569,7 @@ def _kerberos_fix(options: ConnectionOptions) -> str:
 
 
 def _ntlm_refused(options: ConnectionOptions, step: str, dropped: tuple[str, str] | None = None) -> HostError:
+    blocked = catalog.hresult_info(NTLM_BLOCKED)
     if dropped is not None:
         # Negotiate tried Kerberos first: its reason is the fix
         return NtlmRefused(
@@ -570,7 +577,8 @@ def _ntlm_refused(options: ConnectionOptions, step: str, dropped: tuple[str, str
             step,
             f"{options.endpoint} refuses NTLM (its domain restricts NTLM), and {options.auth} "
             f"authentication as {options.user or 'the current user'} fell back to NTLM because {dropped[0]}",
-            meaning="STATUS_NTLM_BLOCKED",
+            hresult=blocked.code,
+            meaning=blocked.symbol,
             remediation=f"sign in with Kerberos: {dropped[1]}",
         )
     try:
@@ -584,7 +592,8 @@ def _ntlm_refused(options: ConnectionOptions, step: str, dropped: tuple[str, str
         step,
         f"{options.endpoint} refuses NTLM (its domain restricts NTLM), and {options.auth} "
         f"authentication as {options.user or 'the current user'} used NTLM",
-        meaning="STATUS_NTLM_BLOCKED",
+        hresult=blocked.code,
+        meaning=blocked.symbol,
         remediation=(
             f"sign in with Kerberos: {kerberos}use auth kerberos (or negotiate) with a ticket (kinit) or "
             "user@REALM and password, and connect by the host's DNS name so the SPN HTTP/<fqdn> resolves "

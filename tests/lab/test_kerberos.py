@@ -192,6 +192,8 @@ def test_ntlm_against_a_host_that_refuses_it(klab: LabServer, realm: Realm) -> N
     for name in ("http01", "tls01"):
         err = expect(NtlmRefused, klab, realm, name, auth="ntlm", user=USER, password=PASSWORD)
         assert "refuses NTLM" in err.message and err.remediation and "Kerberos" in err.remediation
+        assert (err.hresult, err.meaning) == ("0xC0000418", "STATUS_NTLM_BLOCKED")
+        assert f"{name}: " in str(err) and "HRESULT 0xC0000418 (STATUS_NTLM_BLOCKED)" in str(err)
     assert klab.auth_stats("http01")["refused"] >= 1
 
 

@@ -26,6 +26,7 @@ from kmsadmin.lab.engine import LabEngine
 from kmsadmin.lab.fleet import Fleet
 from kmsadmin.lab.inventory import build_inventory
 from kmsadmin.lab.server import LabServer
+from kmsadmin.transports.faults import NTLM_BLOCKED
 from tests.lab.kerberos import PASSWORD, USER, Realm, start_realm
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -109,6 +110,15 @@ def test_the_kerberos_reason_is_kept_when_negotiate_falls_back_to_ntlm(realm: Re
         dead = tmp_path / "krb5-dead-kdc.conf"
         dead.write_text(realm.kdc.krb5_conf.read_text().replace(f":{realm.kdc.port}", f":{_closed_port()}"))
         dead_proc, dead_report = _status(inventory, "kms01", env={**env, "KRB5_CONFIG": str(dead)})
+        # the terminal (no --json) shows the code too
+        terminal = subprocess.run(
+            [sys.executable, "-m", "kmsadmin", "status", "-i", str(inventory), "client002"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env=env,
+        )
     finally:
         server.stop()
 
@@ -129,6 +139,7 @@ def test_the_kerberos_reason_is_kept_when_negotiate_falls_back_to_ntlm(realm: Re
     for name, (code, words, fix) in expected.items():
         error = errors[name]
         assert error["meaning"] == "STATUS_NTLM_BLOCKED" and error["host"] == name, error
+        assert error["hresult"] == NTLM_BLOCKED == "0xC0000418", error
         message = error["message"]
         assert "fell back to NTLM because Kerberos failed" in message, message
         assert code in message and words in message, message
@@ -146,7 +157,14 @@ def test_the_kerberos_reason_is_kept_when_negotiate_falls_back_to_ntlm(realm: Re
     assert proc.returncode == 1
 
     dead_error = dead_report["hosts"][0]["error"]
-    assert dead_error["meaning"] == "STATUS_NTLM_BLOCKED", dead_error
+    assert dead_error["meaning"] == "STATUS_NTLM_BLOCKED" and dead_error["hresult"] == NTLM_BLOCKED, (
+        dead_error
+    )
+    assert terminal.returncode == 1 and "Traceback" not in terminal.stderr, terminal.stderr
+    shown = terminal.stdout + terminal.stderr
+    assert "client002" in shown and "refuses NTLM" in shown, shown
+    assert "client002: facts: 0xC0000418 (STATUS_NTLM_BLOCKED)" in shown, shown
+    assert "fix: sign in with Kerberos" in shown, shown
     assert "KRB5_KDC_UNREACH" in dead_error["message"] and "LAB.TEST" in dead_error["message"], dead_error
     assert "krb5.conf" in dead_error["remediation"]
     assert dead_proc.returncode == 1
