@@ -150,6 +150,8 @@ def up(
 ) -> None:
     """Create (or load) the lab in STATE_DIR and serve it."""
     state_dir = state_dir.resolve()
+    if base_port:
+        _check_port_span(base_port, state_dir, hosts=hosts, kms_hosts=kms_hosts, reset=reset)
     inventory = (inventory_out or state_dir / "inventory.yml").resolve()
     running = _running_pid(state_dir)
     if running is not None:
@@ -176,6 +178,39 @@ def up(
         forest=forest,
         kerberos=kerberos,
         refuse_ntlm=refuse_ntlm,
+    )
+
+
+def _check_port_span(
+    base_port: int, state_dir: Path, *, hosts: int | None, kms_hosts: int | None, reset: bool
+) -> None:
+    """``--base-port P`` gives host number i (from 0) the port P + i: all of them must be ports (up to
+    65535). Refused (usage error, exit 2) before anything is created or started, naming the highest
+    base port that fits. A lab already in STATE_DIR (not ``--reset``) keeps its own number of hosts."""
+    count = (10 if hosts is None else hosts) + (1 if kms_hosts is None else kms_hosts)
+    source = (
+        f"--hosts {10 if hosts is None else hosts} and --kms-hosts {1 if kms_hosts is None else kms_hosts}"
+    )
+    if not reset:
+        try:
+            existing = json.loads((state_dir / "fleet.json").read_text(encoding="utf-8"))["hosts"]
+        except (OSError, ValueError, TypeError, KeyError):
+            existing = None  # no lab there yet (or an unreadable one: loading it says why)
+        if isinstance(existing, dict) and existing:
+            count, source = len(existing), f"the lab in {state_dir}"
+    last = base_port + count - 1
+    if last <= 65535:
+        return
+    highest = 65536 - count
+    fits = (
+        f"the highest --base-port for {count} hosts is {highest}"
+        if highest >= 1
+        else f"no --base-port fits {count} hosts"
+    )
+    raise _fail(
+        f"--base-port {base_port} with {count} hosts ({source}) needs ports {base_port}-{last}, past 65535; "
+        f"{fits} (or --base-port 0: any free ports)",
+        2,
     )
 
 

@@ -160,3 +160,52 @@ def test_lab_cli_import_is_lazy() -> None:
         env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_up_refuses_a_base_port_whose_hosts_run_past_65535(tmp_path: Path) -> None:
+    """--base-port P binds P + index per host: the last one must still be a port. Refused with exit 2
+    before anything is created, started or detached, naming the options and the highest base port."""
+    state = tmp_path / "state"
+    proc = _kmsadmin(
+        "lab", "up", "--base-port", "65530", "--hosts", "10", "--state-dir", str(state), "--detach"
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--base-port 65530 with 11 hosts (--hosts 10 and --kms-hosts 1)" in proc.stderr
+    assert "65530-65540, past 65535" in proc.stderr
+    assert "the highest --base-port for 11 hosts is 65525" in proc.stderr
+    assert not state.exists()  # no lab created, no child started
+
+    result = CliRunner().invoke(
+        lab_app, ["up", "--base-port", "65527", "--hosts", "9", "--kms-hosts", "1", "--state-dir", str(state)]
+    )
+    assert result.exit_code == 2 and "the highest --base-port for 10 hosts is 65526" in result.stderr
+    assert not state.exists()
+
+
+def test_up_counts_the_hosts_of_the_lab_already_in_the_state_dir(tmp_path: Path) -> None:
+    from kmsadmin.lab.fleet import Fleet
+
+    state = tmp_path / "state"
+    Fleet.create(state, hosts=3, kms_hosts=1)
+    before = sorted(p.name for p in state.iterdir())
+    result = CliRunner().invoke(lab_app, ["up", "--base-port", "65533", "--state-dir", str(state)])
+    assert result.exit_code == 2, result.output
+    assert f"with 4 hosts (the lab in {state.resolve()})" in result.stderr
+    assert "the highest --base-port for 4 hosts is 65532" in result.stderr
+    assert sorted(p.name for p in state.iterdir()) == before  # nothing written: no runtime, no log
+
+
+def test_base_port_span_boundaries(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from kmsadmin.cli.lab import _check_port_span
+
+    empty = tmp_path / "none"
+    _check_port_span(65526, empty, hosts=9, kms_hosts=1, reset=False)  # 65526..65535: fits
+    _check_port_span(65525, empty, hosts=None, kms_hosts=None, reset=False)  # 10 + 1 by default
+    with pytest.raises(typer.Exit) as refused:
+        _check_port_span(65526, empty, hosts=None, kms_hosts=None, reset=False)
+    assert refused.value.exit_code == 2
+    with pytest.raises(typer.Exit):
+        _check_port_span(1, empty, hosts=70000, kms_hosts=0, reset=False)
+    assert "no --base-port fits 70000 hosts" in capsys.readouterr().err
