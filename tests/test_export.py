@@ -23,6 +23,7 @@ from kmsadmin.export.ansible import FAILED_PLAY, MARKER, write_project
 from kmsadmin.export.plan import HOST_KEY_PLACEHOLDER, plan_export
 from kmsadmin.fleet.inventory import load_inventory
 from kmsadmin.fleet.playbook import load_playbook
+from kmsadmin.fleet.vault import VaultSecret, VaultSecrets
 from kmsadmin.lab.fleet import Fleet
 from kmsadmin.lab.inventory import build_inventory
 from kmsadmin.render import parse_header
@@ -271,18 +272,102 @@ def test_a_non_empty_directory_that_is_not_an_export_is_refused_and_an_export_is
 def test_a_json_inventory_is_written_as_yaml_with_the_same_hosts_and_groups(tmp_path: Path) -> None:
     inventory = lab_inventory(tmp_path)
     inv = load_inventory(inventory)
-    listing: dict[str, Any] = {"_meta": {"hostvars": {h: dict(v) for h, v in inv.hosts.items()}}}
-    for group in ("kms_hosts", "clients", "servers"):
-        listing[group] = {"hosts": list(inv.groups[group])}
-    listing["all"] = {"children": ["kms_hosts", "clients", "servers", "ungrouped"]}
     json_path = tmp_path / "inventory.json"
-    json_path.write_text(json.dumps(listing))
+    json_path.write_text(json.dumps(_listing(inventory)))
     out, summary = export(tmp_path, json_path)
     assert summary["inventory"] == "converted from JSON"
     copied = load_inventory(out / "inventory.yml")
     for group in ("kms_hosts", "clients", "servers"):
         assert set(copied.groups[group]) == set(inv.groups[group])
     assert copied.hosts["client001"]["ansible_port"] == 5985
+
+
+def _listing(inventory: Path) -> dict[str, Any]:
+    """The inventory as ``ansible-inventory --list`` prints it."""
+    inv = load_inventory(inventory)
+    listing: dict[str, Any] = {"_meta": {"hostvars": {h: dict(v) for h, v in inv.hosts.items()}}}
+    for group in ("kms_hosts", "clients", "servers"):
+        listing[group] = {"hosts": list(inv.groups[group])}
+    listing["all"] = {"children": ["kms_hosts", "clients", "servers", "ungrouped"]}
+    return listing
+
+
+def _as_ini(inventory: Path) -> str:
+    inv = load_inventory(inventory)
+    lines: list[str] = []
+    for group in ("kms_hosts", "clients", "servers"):
+        lines.append(f"[{group}]")
+        for host in inv.groups[group]:
+            lines.append(host + "".join(f" {k}={v!r}" for k, v in inv.hosts[host].items()))
+    return "\n".join(lines) + "\n"
+
+
+def _reshape(tmp_path: Path, inventory: Path, shape: str) -> tuple[Path, VaultSecrets | None]:
+    """The same hosts and vars as ``inventory`` in another shape: the path to give ``-i``, the vault."""
+    if shape == "yaml":
+        return inventory, None
+    if shape == "yaml-without-extension":
+        shutil.copy(inventory, tmp_path / "hosts")
+        return tmp_path / "hosts", None
+    if shape == "json":
+        (tmp_path / "inventory.json").write_text(json.dumps(_listing(inventory)))
+        return tmp_path / "inventory.json", None
+    if shape == "ini":
+        (tmp_path / "hosts.ini").write_text(_as_ini(inventory))
+        return tmp_path / "hosts.ini", None
+    if shape == "script":
+        script = tmp_path / "inventory.sh"
+        script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(_listing(inventory))}\nEOF\n")
+        script.chmod(0o755)
+        return script, None
+    if shape == "directory":
+        (tmp_path / "inv").mkdir()
+        shutil.move(inventory, tmp_path / "inv" / "hosts.yml")
+        return tmp_path / "inv", None
+    if shape == "group_vars-beside":
+        (tmp_path / "group_vars").mkdir()
+        (tmp_path / "group_vars" / "all.yml").write_text("site: hq\n")
+        return inventory, None
+    assert shape == "vault"
+    doc = yaml.safe_load(inventory.read_text())
+    doc["all"]["vars"]["vault_marker"] = "@@VAULT@@"
+    text = yaml.safe_dump(doc).replace("'@@VAULT@@'", "!vault |" + vault_encrypt(tmp_path, "Lab-P@ss1"))
+    assert "!vault" in text
+    inventory.write_text(text)
+    secret = VaultSecret("default", VAULT_PASSWORD.encode(), "test")
+    return inventory, VaultSecrets((secret,))
+
+
+@pytest.mark.parametrize(
+    ("shape", "how"),
+    [
+        ("yaml", "copied"),
+        ("yaml-without-extension", "copied"),
+        ("json", "converted from JSON"),
+        ("ini", "converted from INI"),
+        ("script", "converted from a dynamic inventory script"),
+        ("directory", "merged from several sources"),
+        ("group_vars-beside", "written with merged vars"),
+        ("vault", "written with vault values encrypted again"),
+    ],
+)
+def test_the_summary_says_how_the_inventory_was_written(tmp_path: Path, shape: str, how: str) -> None:
+    original = lab_inventory(tmp_path)
+    source, vault = _reshape(tmp_path, original, shape)
+    inv = load_inventory(source, vault=vault)
+    out = tmp_path / "project"
+    summary = write_project(plan_export(load_playbook(PLAYBOOKS / "site.yml"), inv), out)
+    assert summary["inventory"] == how
+    written = (out / "inventory.yml").read_text()
+    if how == "copied":
+        assert written == source.read_text()
+        return
+    assert written.startswith("# converted by kmsadmin export ansible")
+    assert ("!vault |" in written) == (shape == "vault")
+    again = load_inventory(out / "inventory.yml", vault=vault)
+    assert set(again.hosts) == set(inv.hosts)
+    assert again.hosts["client001"]["ansible_port"] == 5985
+    assert again.hosts["kms01"].get("site") == ("hq" if shape == "group_vars-beside" else None)
 
 
 def test_ansible_playbook_accepts_the_project(tmp_path: Path) -> None:
@@ -555,7 +640,7 @@ def test_playbook_adjacent_vars_reach_the_project_as_ansible_merges_them(tmp_pat
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["inventory"] != "copied"
+    assert json.loads(proc.stdout)["inventory"] == "written with merged vars"
     for path in out.rglob("*"):
         if path.is_file():
             assert client_secret.encode() not in path.read_bytes(), (

@@ -14,6 +14,14 @@ Layout of the project directory::
     README.md           how to run it and where the host key comes from
     .kmsadmin-export    marks the directory as an export (a new export replaces it)
 
+The summary (:func:`write_project`, ``kmsadmin export ansible --json``): ``directory``, ``plays``
+(name, hosts), ``hosts``, ``scripts``, ``gathered``, ``notes`` and ``inventory``, how inventory.yml
+was made: ``copied`` (one YAML file, as it is), else written with each host's merged vars, and the
+value says why (the first that applies): ``written with merged vars`` (group_vars/host_vars beside the inventory or the playbook),
+``merged from several sources`` (several ``-i``, a directory, or a host list), ``converted from a dynamic
+inventory script``, ``written with vault values encrypted again``, ``converted from INI``,
+``converted from JSON``.
+
 Every step is one ``ansible.builtin.raw`` task whose argument is the script file's text (the psrp
 connection plugin runs it as one PowerShell pipeline), with ``register``, ``changed_when`` from the
 JSON result's ``changed`` and ``failed_when`` on its ``error`` (or no JSON, or a non-zero rc). After
@@ -460,25 +468,69 @@ class _Revaulter:
         return {k: self.value(v, k in templated) for k, v in values.items()}
 
 
-def _inventory_text(export: ExportPlan) -> tuple[str, bool]:
-    """The inventory to write and whether it is the original file's text."""
-    path = export.inventory.path
-    # the original text is copied only when it alone is the inventory: one YAML file, no vault,
-    # no group_vars/host_vars beside it, none beside the playbook either (the project is one
-    # directory: Ansible would not see those); otherwise the merged vars are written
-    if (
+#: the ``inventory`` value of the summary (``--json``): how the project's inventory.yml was made
+INVENTORY_COPIED = "copied"
+INVENTORY_MERGED_VARS = "written with merged vars"
+INVENTORY_SEVERAL_SOURCES = "merged from several sources"
+INVENTORY_VAULT = "written with vault values encrypted again"
+INVENTORY_JSON = "converted from JSON"
+INVENTORY_INI = "converted from INI"
+INVENTORY_SCRIPT = "converted from a dynamic inventory script"
+
+
+def _is_script(path: Path) -> bool:
+    """An executable file starting with ``#!`` (the inventory loader runs it with ``--list``)."""
+    if not os.access(path, os.X_OK):
+        return False
+    with path.open("rb") as handle:
+        return handle.read(2) == b"#!"
+
+
+def _inventory_origin(export: ExportPlan) -> tuple[str | None, str]:
+    """The original inventory text when it can be copied as it is, and the summary's ``inventory`` value.
+
+    The text is copied only when it alone is the inventory: one YAML file, no vault, no
+    group_vars/host_vars beside it, none beside the playbook either (the project is one directory:
+    Ansible would not see those); otherwise each host is written with the vars kmsadmin merged for it,
+    and the value says why (the first reason that applies, in this order).
+    """
+    inv = export.inventory
+    path = inv.path
+    beside = (
         path is not None
-        and len(export.inventory.sources) <= 1
-        and not export.inventory.vars_files
         and path.is_file()
-        and path.suffix.lower() in (".yml", ".yaml")
-        and not (path.parent / "group_vars").exists()
-        and not (path.parent / "host_vars").exists()
-    ):
-        text = path.read_text(encoding="utf-8-sig")
-        stripped = text.lstrip()
-        if not stripped.startswith(("{", "[")) and "!vault" not in text and "$ANSIBLE_VAULT" not in text:
-            return text, True
+        and any((path.parent / d).exists() for d in ("group_vars", "host_vars"))
+    )
+    if inv.vars_files or beside:
+        return None, INVENTORY_MERGED_VARS
+    if path is None or len(inv.sources) > 1 or not path.is_file():
+        return None, INVENTORY_SEVERAL_SOURCES
+    if _is_script(path):
+        return None, INVENTORY_SCRIPT
+    text = path.read_text(encoding="utf-8-sig")
+    if inv.vaulted or "!vault" in text or "$ANSIBLE_VAULT" in text:
+        return None, INVENTORY_VAULT
+    suffix = path.suffix.lower()
+    # as the loader reads it: YAML by extension, or a file without extension that is a YAML mapping; else INI
+    if suffix not in (".yml", ".yaml", ".json") and (suffix or not _is_yaml_mapping(text)):
+        return None, INVENTORY_INI
+    if suffix == ".json" or text.lstrip().startswith(("{", "[")):
+        return None, INVENTORY_JSON
+    return text, INVENTORY_COPIED
+
+
+def _is_yaml_mapping(text: str) -> bool:
+    try:
+        return isinstance(yaml.safe_load(text), Mapping)
+    except yaml.YAMLError:
+        return False
+
+
+def _inventory_text(export: ExportPlan) -> tuple[str, str]:
+    """The inventory to write and the summary's ``inventory`` value (how it was made)."""
+    original, how = _inventory_origin(export)
+    if original is not None:
+        return original, how
     inv = export.inventory
     groups: dict[str, Any] = {}
     for group, members in inv.groups.items():
@@ -496,10 +548,9 @@ def _inventory_text(export: ExportPlan) -> tuple[str, bool]:
     revault = _Revaulter(inv.vaulted)
     hosts = {h: revault.host_vars(inv, h) for h in inv.hosts}
     data = {"all": {"hosts": hosts, "children": groups}}
-    return (
-        "# converted by kmsadmin export ansible from the inventory (vars merged per host)\n" + _dump(data),
-        False,
-    )
+    return "# converted by kmsadmin export ansible from the inventory (vars merged per host)\n" + _dump(
+        data
+    ), how
 
 
 def _readme(export: ExportPlan, source: str) -> str:
@@ -617,7 +668,7 @@ def write_project(export: ExportPlan, out: Path, *, source: str | None = None) -
         + _dump(site),
         encoding="utf-8",
     )
-    text, copied = _inventory_text(export)
+    text, how = _inventory_text(export)
     # it may hold passwords: created 0600, never readable by others even for a moment
     _write_private(out / "inventory.yml", text)
     (out / "ansible.cfg").write_text(
@@ -632,7 +683,7 @@ def write_project(export: ExportPlan, out: Path, *, source: str | None = None) -
         "plays": [{"name": p.play.name, "hosts": len(p.hosts)} for p in export.plays],
         "hosts": len(host_vars),
         "scripts": len(scripts),
-        "inventory": "copied" if copied else "converted from JSON",
+        "inventory": how,
         "gathered": export.gathered,
         "notes": sorted(
             {n for p in export.plays for ops in p.operations.values() for op in ops for n in op.notes}
