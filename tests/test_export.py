@@ -54,6 +54,33 @@ def export(
     return out, write_project(plan, out)
 
 
+def export_cli(playbook: Path, inventory: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``kmsadmin export ansible PLAYBOOK -i INVENTORY -o OUT ARGS...`` as a user runs it."""
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "kmsadmin", "export", "ansible", str(playbook)),
+            *("-i", str(inventory), "-o", str(out), *args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def ansible_in(project: Path, tool: str, *args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """ansible-core's ``tool`` (ansible, ansible-inventory...) run in an exported project's directory."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / tool), *args],
+        cwd=project,
+        env=ansible_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 def test_site_is_the_playbooks_plays_in_order_with_their_batching(tmp_path: Path) -> None:
     out, summary = export(tmp_path, lab_inventory(tmp_path))
     site = yaml.safe_load((out / "site.yml").read_text())
@@ -398,28 +425,10 @@ def test_ansible_playbook_accepts_the_project(tmp_path: Path) -> None:
 def test_cli_writes_the_project_and_reports_a_bad_limit_with_exit_2(tmp_path: Path) -> None:
     inventory = lab_inventory(tmp_path)
     out = tmp_path / "cli-project"
-    run = [
-        sys.executable,
-        "-m",
-        "kmsadmin",
-        "export",
-        "ansible",
-        str(PLAYBOOKS / "site.yml"),
-        "-i",
-        str(inventory),
-    ]
-    proc = subprocess.run(
-        [*run, "-o", str(out), "--json"], capture_output=True, text=True, timeout=120, check=False
-    )
+    proc = export_cli(PLAYBOOKS / "site.yml", inventory, out, "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["hosts"] == 6
-    bad = subprocess.run(
-        [*run, "-o", str(out), "--limit", "nothing-here"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    bad = export_cli(PLAYBOOKS / "site.yml", inventory, out, "--limit", "nothing-here")
     assert bad.returncode == 2 and "matches no host" in bad.stderr
 
 
@@ -462,7 +471,6 @@ def test_the_inventory_is_created_private(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_vaulted_inventory_values_are_exported_vaulted_and_ansible_decrypts_them(tmp_path: Path) -> None:
     """Secrets read from Vault stay vaulted (same vault id and password); plain values stay plain."""
-    bin_dir = Path(sys.executable).parent
     default_pw, prod_pw = tmp_path / "default.pw", tmp_path / "prod.pw"
     default_pw.write_text(VAULT_PASSWORD + "\n")
     prod_pw.write_text("prod vault password\n")
@@ -496,16 +504,7 @@ def test_vaulted_inventory_values_are_exported_vaulted_and_ansible_decrypts_them
 
     out = tmp_path / "project"
     vault_args = ["--vault-id", f"prod@{prod_pw}", "--vault-password-file", str(default_pw)]
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "kmsadmin", "export", "ansible", str(PLAYBOOKS / "site.yml")),
-            *("-i", str(inv_dir / "hosts.yml"), *vault_args, "-o", str(out)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = export_cli(PLAYBOOKS / "site.yml", inv_dir / "hosts.yml", out, *vault_args)
     assert proc.returncode == 0, proc.stderr
     for secret in secrets.values():
         assert secret not in proc.stdout + proc.stderr
@@ -535,22 +534,12 @@ def test_vaulted_inventory_values_are_exported_vaulted_and_ansible_decrypts_them
     # ansible-core decrypts the exported project's values back to the originals
     names = ["ansible_password", "winrm_note", "ansible_user", "kmsadmin_site_token", "ansible_host"]
     tree = tmp_path / "tree"
-    ran = subprocess.run(
-        [
-            *(str(bin_dir / "ansible"), "kms01,client001", "-i", "inventory.yml", *vault_args),
-            "-m",
-            "ansible.builtin.debug",
-            "-a",
-            "msg={{ [" + ", ".join(f"{n} | default(none)" for n in names) + "] }}",
-            "-t",
-            str(tree),
-        ],
-        cwd=out,
-        env=ansible_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    ran = ansible_in(
+        out,
+        "ansible",
+        *("kms01,client001", "-i", "inventory.yml", *vault_args, "-m", "ansible.builtin.debug"),
+        *("-a", "msg={{ [" + ", ".join(f"{n} | default(none)" for n in names) + "] }}", "-t", str(tree)),
+        tmp=tmp_path,
     )
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     got = {host: json.loads((tree / host).read_text())["msg"] for host in ("kms01", "client001")}
@@ -592,7 +581,6 @@ def test_playbook_adjacent_vars_reach_the_project_as_ansible_merges_them(tmp_pat
     ansible-inventory on the exported project merges the same vars per host as kmsadmin's loader did
     for the export (vaulted values vaulted in the project, decrypted by ansible-vault to the same text).
     """
-    bin_dir = Path(sys.executable).parent
     source = lab_inventory(tmp_path / "src")
     doc = yaml.safe_load(source.read_text())
     children = doc["all"]["children"]
@@ -629,16 +617,7 @@ def test_playbook_adjacent_vars_reach_the_project_as_ansible_merges_them(tmp_pat
     pw.write_text(VAULT_PASSWORD + "\n")
     vault_args = ["--vault-password-file", str(pw)]
     out = tmp_path / "project"
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "kmsadmin", "export", "ansible", str(book / "site.yml")),
-            *("-i", str(inventory), *vault_args, "-o", str(out), "--json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = export_cli(book / "site.yml", inventory, out, *vault_args, "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["inventory"] == "written with merged vars"
     for path in out.rglob("*"):
@@ -663,14 +642,8 @@ def test_playbook_adjacent_vars_reach_the_project_as_ansible_merges_them(tmp_pat
     assert expected["kms01"]["kmsadmin_fqdn"] == "kms.play.test"
     assert expected["kms01"]["site"] == "kms01-play" and expected["client003"]["site"] == "play"
 
-    listed = subprocess.run(
-        [str(bin_dir / "ansible-inventory"), "-i", "inventory.yml", *vault_args, "--list", "--vars"],
-        cwd=out,
-        env=ansible_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    listed = ansible_in(
+        out, "ansible-inventory", "-i", "inventory.yml", *vault_args, "--list", "--vars", tmp=tmp_path
     )
     assert listed.returncode == 0, listed.stderr[-3000:]
     hostvars = json.loads(listed.stdout)["_meta"]["hostvars"]

@@ -44,8 +44,8 @@ from kmsadmin.fleet.rollout import (
 )
 from kmsadmin.fleet.runner import Session, run_host
 from kmsadmin.operations.convert_client import ConvertClientArgs
-from kmsadmin.transports.base import step_failed
 from kmsadmin.values import RenderedScript, ScriptResult
+from tests.fakes import run_until_failed
 
 FACTS = Path(__file__).parent / "fixtures" / "facts"
 NOT_ENOUGH_COUNT = "0xC004F038"
@@ -171,12 +171,7 @@ class FakeSession:
     def run_many(
         self, scripts: Sequence[RenderedScript], *, deadline: float | None = None
     ) -> list[ScriptResult]:
-        results: list[ScriptResult] = []
-        for script in scripts:
-            results.append(self.run(script, deadline=deadline))
-            if step_failed(results[-1].stdout):
-                break
-        return results
+        return run_until_failed(lambda script: self.run(script, deadline=deadline), scripts)
 
     def close(self) -> None:
         with self.fleet.lock:

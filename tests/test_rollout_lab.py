@@ -23,8 +23,8 @@ from kmsadmin.fleet.runner import Session
 from kmsadmin.lab.engine import LabEngine
 from kmsadmin.lab.fleet import Fleet
 from kmsadmin.lab.inventory import build_inventory
-from kmsadmin.transports.base import step_failed
 from kmsadmin.values import RenderedScript, ScriptResult
+from tests.fakes import run_until_failed
 
 PLAYBOOKS = Path(__file__).resolve().parents[1] / "playbooks"
 
@@ -64,12 +64,7 @@ class LabSessions:
                 self, scripts: Sequence[RenderedScript], *, deadline: float | None = None
             ) -> list[ScriptResult]:
                 sessions._sent(self.host, tuple(s.step for s in scripts))
-                results: list[ScriptResult] = []
-                for script in scripts:
-                    results.append(self._run(script))
-                    if step_failed(results[-1].stdout):
-                        break
-                return results
+                return run_until_failed(self._run, scripts)
 
             def close(self) -> None:
                 return None

@@ -22,9 +22,9 @@ import kmsadmin.transports
 from kmsadmin.cli.app import app
 from kmsadmin.lab.engine import LabEngine
 from kmsadmin.lab.fleet import Fleet
-from kmsadmin.transports.base import step_failed
 from kmsadmin.transports.options import ConnectionOptions
 from kmsadmin.values import RenderedScript, ScriptResult
+from tests.fakes import run_until_failed
 
 runner = CliRunner()
 PASSWORD = "Status-Passw0rd-xyzzy"
@@ -68,12 +68,7 @@ class CountingSessions:
             def run_many(
                 self, scripts: Sequence[RenderedScript], *, deadline: float | None = None
             ) -> list[ScriptResult]:
-                results: list[ScriptResult] = []
-                for script in scripts:
-                    results.append(self.run(script, deadline=deadline))
-                    if step_failed(results[-1].stdout):
-                        break
-                return results
+                return run_until_failed(lambda script: self.run(script, deadline=deadline), scripts)
 
             def close(self) -> None:
                 with sessions.lock:

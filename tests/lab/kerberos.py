@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
+from kmsadmin.lab.api import EndpointConfig
+from kmsadmin.lab.fleet import Fleet
 from kmsadmin.lab.kdc import LabKdc
 
 USER = "labadmin"
@@ -35,6 +37,35 @@ class Realm:
         path = directory / name
         self.kdc.kinit(USER, PASSWORD, path, lifetime=lifetime)
         return f"FILE:{path}"
+
+
+def kerberos_endpoints(
+    realm: Realm,
+    fleet: Fleet,
+    *,
+    tls_hosts: Collection[str],
+    ntlm_hosts: Collection[str] = (),
+    skewed: str | None = None,
+) -> list[EndpointConfig]:
+    """Every host of ``fleet`` as a lab endpoint with its keytab in the realm (its SPNs under its FQDN).
+
+    HTTPS for ``tls_hosts`` (the others: HTTP with message encryption); NTLM refused but by
+    ``ntlm_hosts``; the ``skewed`` host's clock 10 minutes off (beyond the realm's tolerance).
+    """
+    keytabs = realm.kdc.add_hosts({name: fleet.hosts[name].fqdn for name in fleet.names()})
+    return [
+        EndpointConfig(
+            name=name,
+            username=fleet.username,
+            password=fleet.password,
+            tls=name in tls_hosts,
+            kerberos_keytab=str(keytabs[name].keytab),
+            kerberos_realm=realm.kdc.realm,
+            refuse_ntlm=name not in ntlm_hosts,
+            clock_skew=600 if name == skewed else 0,
+        )
+        for name in fleet.names()
+    ]
 
 
 def start_realm() -> Iterator[Realm]:

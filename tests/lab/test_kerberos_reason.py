@@ -21,13 +21,12 @@ from typing import Any
 import pytest
 import yaml
 
-from kmsadmin.lab.api import EndpointConfig
 from kmsadmin.lab.engine import LabEngine
 from kmsadmin.lab.fleet import Fleet
 from kmsadmin.lab.inventory import build_inventory
 from kmsadmin.lab.server import LabServer
 from kmsadmin.transports.faults import NTLM_BLOCKED
-from tests.lab.kerberos import PASSWORD, USER, Realm, start_realm
+from tests.lab.kerberos import PASSWORD, USER, Realm, kerberos_endpoints, start_realm
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -62,19 +61,7 @@ def _closed_port() -> int:
 
 def test_the_kerberos_reason_is_kept_when_negotiate_falls_back_to_ntlm(realm: Realm, tmp_path: Path) -> None:
     fleet = Fleet.create(tmp_path / "lab", hosts=4, kms_hosts=1, os_mix="server2022-standard=4")
-    keytabs = realm.kdc.add_hosts({name: fleet.hosts[name].fqdn for name in fleet.names()})
-    configs = [
-        EndpointConfig(
-            name=name,
-            username=fleet.username,
-            password=fleet.password,
-            tls=True,
-            kerberos_keytab=str(keytabs[name].keytab),
-            kerberos_realm=realm.kdc.realm,
-            refuse_ntlm=name != "client004",
-        )
-        for name in fleet.names()
-    ]
+    configs = kerberos_endpoints(realm, fleet, tls_hosts=fleet.names(), ntlm_hosts={"client004"})
     server = LabServer(LabEngine(fleet), configs, state_dir=tmp_path / "tls")
     server.start()
     try:

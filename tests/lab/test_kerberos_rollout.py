@@ -25,12 +25,11 @@ import yaml
 from kmsadmin.fleet.inventory import load_inventory
 from kmsadmin.fleet.playbook import load_playbook
 from kmsadmin.fleet.rollout import RolloutResult, rollout, transport_session_factory_for
-from kmsadmin.lab.api import EndpointConfig
 from kmsadmin.lab.engine import LabEngine
 from kmsadmin.lab.fleet import Fleet
 from kmsadmin.lab.inventory import build_inventory
 from kmsadmin.lab.server import LabServer
-from tests.lab.kerberos import CLOCKSKEW, USER, Realm, start_realm
+from tests.lab.kerberos import CLOCKSKEW, USER, Realm, kerberos_endpoints, start_realm
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -52,20 +51,7 @@ def kerberos_lab(
     writes it, with the ticket of a `kinit` as the credentials."""
     fleet = Fleet.create(tmp_path / "lab", hosts=7, kms_hosts=1, os_mix="server2022-standard=7")
     assert fleet.username == USER
-    keytabs = realm.kdc.add_hosts({name: fleet.hosts[name].fqdn for name in fleet.names()})
-    configs = [
-        EndpointConfig(
-            name=name,
-            username=fleet.username,
-            password=fleet.password,
-            tls=name in TLS_HOSTS,
-            kerberos_keytab=str(keytabs[name].keytab),
-            kerberos_realm=realm.kdc.realm,
-            refuse_ntlm=True,
-            clock_skew=600 if name == skewed else 0,
-        )
-        for name in fleet.names()
-    ]
+    configs = kerberos_endpoints(realm, fleet, tls_hosts=TLS_HOSTS, skewed=skewed)
     server = LabServer(LabEngine(fleet), configs, state_dir=tmp_path / "tls")
     server.start()
     ports = {name: server.port(name) for name in fleet.names()}
