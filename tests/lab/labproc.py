@@ -10,11 +10,18 @@ from tests.lab.test_remote_ops import _kmsadmin
 
 
 @contextmanager
-def lab_process(tmp_path: Path, *options: str) -> Iterator[tuple[Path, Path]]:
-    """``lab up OPTIONS --detach`` in ``tmp_path``: yields (state directory, inventory); ``lab down`` after."""
+def lab_process(tmp_path: Path, *options: str, timeout: float = 60) -> Iterator[tuple[Path, Path]]:
+    """``lab up OPTIONS --detach`` in ``tmp_path``: yields (state directory, inventory); ``lab down`` after.
+
+    ``timeout``: the seconds ``lab up`` may take (creating a large lab takes longer).
+    """
     state, inventory = tmp_path / "lab", tmp_path / "inv.yml"
     proc = _kmsadmin(
-        "lab", "up", *options, "--state-dir", str(state), "--inventory-out", str(inventory), "--detach"
+        "lab",
+        "up",
+        *options,
+        *("--state-dir", str(state), "--inventory-out", str(inventory), "--detach"),
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     try:

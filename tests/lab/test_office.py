@@ -4,8 +4,6 @@ then `convert-client --office` on clients with Office LTSC 2021 (threshold 5, Of
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from typer.testing import CliRunner
 
 from kmsadmin import catalog
 from kmsadmin.cli.app import app
+from tests.lab.labproc import lab_process
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -22,42 +21,9 @@ runner = CliRunner()
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    state, inventory = tmp_path / "lab", tmp_path / "inventory.yml"
-    up = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kmsadmin",
-            "lab",
-            "up",
-            "--hosts",
-            "6",
-            "--kms-hosts",
-            "1",
-            "--os-mix",
-            "server2022-standard+office2021=6",
-            "--state-dir",
-            str(state),
-            "--inventory-out",
-            str(inventory),
-            "--detach",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
-        yield state, inventory
-    finally:
-        subprocess.run(
-            [sys.executable, "-m", "kmsadmin", "lab", "down", "--state-dir", str(state)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+    options = ("--hosts", "6", "--kms-hosts", "1", "--os-mix", "server2022-standard+office2021=6")
+    with lab_process(tmp_path, *options, timeout=120) as started:
+        yield started
 
 
 def run(inventory: Path, *args: str) -> tuple[int, str, str]:
