@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from kmsadmin.fleet.inventory import load_inventory
+from tests.lab.labproc import lab_process
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -55,16 +56,8 @@ def kmsadmin(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[st
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Path]:
-    state, inventory = tmp_path / "lab", tmp_path / "lab-inventory.yml"
-    up = kmsadmin(
-        "lab", "up", "--hosts", "6", "--kms-hosts", "1", "--state-dir", str(state),
-        "--inventory-out", str(inventory), "--detach",
-    )  # fmt: skip
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
+    with lab_process(tmp_path, "--hosts", "6", "--kms-hosts", "1", timeout=600) as (_, inventory):
         yield inventory
-    finally:
-        kmsadmin("lab", "down", "--state-dir", str(state), timeout=60)
 
 
 def _ini_value(value: object) -> str:
