@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.lab.labproc import lab_process
+
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,27 +97,10 @@ def fault_plan(seed: int) -> dict[str, str]:
 @pytest.fixture
 def fault_lab(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     faults = fault_plan(18)
-    state, inventory = tmp_path / "lab", tmp_path / "inventory.yml"
-    up = kmsadmin(
-        "lab",
-        "up",
-        "--hosts",
-        str(CLIENTS),
-        "--kms-hosts",
-        str(KMS_HOSTS),
-        "--faults",
-        ";".join(f"{host}={fault}" for host, fault in faults.items()),
-        "--state-dir",
-        str(state),
-        "--inventory-out",
-        str(inventory),
-        "--detach",
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
+    options = ("--hosts", str(CLIENTS), "--kms-hosts", str(KMS_HOSTS))
+    plan = ";".join(f"{host}={fault}" for host, fault in faults.items())
+    with lab_process(tmp_path, *options, "--faults", plan, timeout=120) as (_, inventory):
         yield inventory, faults
-    finally:
-        kmsadmin("lab", "down", "--state-dir", str(state), timeout=60)
 
 
 def records(journal: Path) -> list[dict[str, Any]]:
