@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.lab.labproc import lab_process
+
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,27 +40,9 @@ def kmsadmin(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[st
 @pytest.fixture
 def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Path, Path]]:
     clients, latency = request.param
-    state, inventory = tmp_path / "lab", tmp_path / "inventory.yml"
-    up = kmsadmin(
-        "lab",
-        "up",
-        "--hosts",
-        str(clients),
-        "--kms-hosts",
-        "2",
-        "--latency-ms",
-        str(latency),
-        "--state-dir",
-        str(state),
-        "--inventory-out",
-        str(inventory),
-        "--detach",
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
-        yield state, inventory
-    finally:
-        kmsadmin("lab", "down", "--state-dir", str(state), timeout=60)
+    options = ("--hosts", str(clients), "--kms-hosts", "2", "--latency-ms", str(latency))
+    with lab_process(tmp_path, *options, timeout=600) as started:
+        yield started
 
 
 def all_hosts(inventory: Path) -> set[str]:
