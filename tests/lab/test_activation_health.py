@@ -35,6 +35,7 @@ from kmsadmin.operations.convert_client import ConvertClientArgs
 from kmsadmin.render import render
 from kmsadmin.values import ScriptRef, Secret
 from tests.dnsserver import DnsServer, dns_server
+from tests.lab.labproc import lab_process
 from tests.test_rollout_lab import PLAYBOOKS, LabSessions, make_lab
 
 pytestmark = [pytest.mark.lab]
@@ -108,13 +109,10 @@ def build_mixed_fleet(tmp_path: Path) -> tuple[Fleet, int]:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Fleet, Path, int]]:
     fleet, waiting = build_mixed_fleet(tmp_path)
-    state, inventory = tmp_path / "lab", tmp_path / "served.yml"
-    up = kmsadmin("lab", "up", "--state-dir", str(state), "--inventory-out", str(inventory), "--detach")
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
+    # serves the fleet just built in tmp_path/lab
+    with lab_process(tmp_path, timeout=300) as (state, inventory):
+        assert state == fleet.state_dir
         yield fleet, inventory, waiting
-    finally:
-        kmsadmin("lab", "down", "--state-dir", str(state), timeout=60)
 
 
 def _findings(doc: dict[str, Any], kind: str) -> list[dict[str, Any]]:
