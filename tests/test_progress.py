@@ -26,6 +26,7 @@ from kmsadmin.cli.output import plain_table
 from kmsadmin.cli.progress import RolloutProgress
 from kmsadmin.fleet.rollout import HostFinished, HostResult, HostStarted, RolloutStopping
 from kmsadmin.fleet.runner import HostReport
+from tests.lab.labproc import lab_process
 
 REPO = Path(__file__).resolve().parents[1]
 KMSADMIN = Path(sys.executable).with_name("kmsadmin")
@@ -109,24 +110,12 @@ def test_lines_mode_prints_one_flushed_line_per_finished_host_and_periodic_summa
 
 
 # ------------------------------------------------------------------------------------------ the lab
-def _kmsadmin(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([KMSADMIN, *args], capture_output=True, text=True, timeout=timeout, check=False)
-
-
 @pytest.fixture(scope="module")
 def lab_inventory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A lab (1 KMS host, 5 clients, the last one hangs) served by a detached `kmsadmin lab up`."""
-    root = tmp_path_factory.mktemp("lab")
-    inventory = root / "inventory.yml"
-    up = _kmsadmin(
-        "lab", "up", "--state-dir", str(root / "state"), "--hosts", "5", "--kms-hosts", "1", "--no-tls",
-        "--faults", f"{HUNG}=hang", "--inventory-out", str(inventory), "--detach",
-    )  # fmt: skip
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
+    options = ("--hosts", "5", "--kms-hosts", "1", "--no-tls", "--faults", f"{HUNG}=hang")
+    with lab_process(tmp_path_factory.mktemp("lab"), *options, timeout=120) as (_, inventory):
         yield inventory
-    finally:
-        _kmsadmin("lab", "down", "--state-dir", str(root / "state"), timeout=60)
 
 
 @pytest.mark.lab
