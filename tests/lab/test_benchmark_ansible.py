@@ -20,6 +20,7 @@ from types import ModuleType
 
 import pytest
 
+from tests.lab.labproc import lab_process
 from tests.lab.test_export_ansible import RECAP, ansible_env, export, kmsadmin
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -41,15 +42,8 @@ def _bench() -> ModuleType:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Path]:
-    directory = tmp_path / "lab"
-    up = kmsadmin(
-        "lab", "up", "--state-dir", str(directory), "--hosts", str(CLIENTS), "--kms-hosts", "1", "--detach"
-    )
-    try:
-        assert up.returncode == 0, up.stderr
-        yield directory / "inventory.yml"
-    finally:
-        kmsadmin("lab", "down", "--state-dir", str(directory), timeout=60)
+    with lab_process(tmp_path, "--hosts", str(CLIENTS), "--kms-hosts", "1", timeout=600) as (_, inventory):
+        yield inventory
 
 
 def _play(project: Path, tmp: Path) -> tuple[int, str, dict[str, dict[str, int]]]:
