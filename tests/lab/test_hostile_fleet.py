@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.hostile import CASES, Authority, HostileServer, inventory_hosts
+from tests.lab.labproc import lab_process
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -43,17 +44,6 @@ CONNECTION_MARKERS = {
     "certificate_for_another_name": "certificate",
     "redirect": "answered HTTP 302",
 }
-
-
-def _kmsadmin(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kmsadmin", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=ROOT,
-    )
 
 
 def _measured(*args: str) -> tuple[int, str, str, float]:
@@ -88,32 +78,15 @@ def _peak_rss(*args: str) -> tuple[int, float, float]:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """(inventory with the healthy lab hosts only, inventory with every hostile case added)."""
     tmp = tmp_path_factory.mktemp("hostile-fleet")
-    state, healthy = tmp / "lab", tmp / "healthy.yml"
-    up = _kmsadmin(
-        "lab",
-        "up",
-        "--hosts",
-        "2",
-        "--kms-hosts",
-        "1",
-        "--state-dir",
-        str(state),
-        "--inventory-out",
-        str(healthy),
-        "--detach",
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
-        with HostileServer(Authority(tmp)) as server:
-            doc = yaml.safe_load(healthy.read_text())
-            doc["all"]["children"]["clients"]["hosts"].update(
-                inventory_hosts(server, "admin", "Hostile-Pw-1")
-            )
-            hostile = tmp / "hostile.yml"
-            hostile.write_text(yaml.safe_dump(doc))
-            yield healthy, hostile
-    finally:
-        _kmsadmin("lab", "down", "--state-dir", str(state), timeout=60)
+    with (
+        lab_process(tmp, "--hosts", "2", "--kms-hosts", "1", timeout=120) as (_, healthy),
+        HostileServer(Authority(tmp)) as server,
+    ):
+        doc = yaml.safe_load(healthy.read_text())
+        doc["all"]["children"]["clients"]["hosts"].update(inventory_hosts(server, "admin", "Hostile-Pw-1"))
+        hostile = tmp / "hostile.yml"
+        hostile.write_text(yaml.safe_dump(doc))
+        yield healthy, hostile
 
 
 def _check_hosts(report: dict[str, Any], healthy_status: str | tuple[str, ...]) -> None:
