@@ -30,6 +30,7 @@ from kmsadmin.lab.fleet import Fleet
 from kmsadmin.lab.inventory import build_inventory
 from kmsadmin.lab.server import LabServer
 from tests.lab.kerberos import CLOCKSKEW, USER, Realm, kerberos_endpoints, start_realm
+from tests.lab.labproc import lab_process
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -199,22 +200,7 @@ def test_lab_up_kerberos_without_gssapi_says_what_to_install(tmp_path: Path) -> 
 
 
 def test_without_gssapi_a_kerberos_host_fails_alone(tmp_path: Path) -> None:
-    state = tmp_path / "lab"
-    inventory = tmp_path / "inventory.yml"
-    up = _kmsadmin(
-        "lab",
-        "up",
-        "--kerberos",
-        "--hosts",
-        "4",
-        "--state-dir",
-        str(state),
-        "--inventory-out",
-        str(inventory),
-        "--detach",
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
+    with lab_process(tmp_path, "--kerberos", "--hosts", "4", timeout=300) as (state, inventory):
         runtime = json.loads((state / "runtime.json").read_text())
         doc = yaml.safe_load(inventory.read_text())
         password = json.loads((state / "credentials.json").read_text())["password"]
@@ -243,8 +229,6 @@ def test_without_gssapi_a_kerberos_host_fails_alone(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stdout + proc.stderr
         result = json.loads(report.read_text())
         doctor = _kmsadmin("doctor", "client002", "-i", str(inventory), "--json", env=env)
-    finally:
-        _kmsadmin("lab", "down", "--state-dir", str(state), timeout=60)
     by_host = {h["host"]: h for h in result["hosts"]}
     failed = {name for name, h in by_host.items() if h["status"] == "failed"}
     assert failed == {"client002"}, {n: by_host[n]["error"] for n in failed}
@@ -263,25 +247,8 @@ def test_without_gssapi_a_kerberos_host_fails_alone(tmp_path: Path) -> None:
 
 
 def test_lab_up_kerberos_refusing_ntlm_serves_the_site_rollout(tmp_path: Path) -> None:
-    state = tmp_path / "lab"
-    inventory = tmp_path / "inventory.yml"
-    up = _kmsadmin(
-        "lab",
-        "up",
-        "--kerberos",
-        "--refuse-ntlm",
-        "--hosts",
-        "3",
-        "--os-mix",
-        "server2022-standard=3",
-        "--state-dir",
-        str(state),
-        "--inventory-out",
-        str(inventory),
-        "--detach",
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
+    options = ("--kerberos", "--refuse-ntlm", "--hosts", "3", "--os-mix", "server2022-standard=3")
+    with lab_process(tmp_path, *options, timeout=300) as (state, inventory):
         runtime = json.loads((state / "runtime.json").read_text())
         password = json.loads((state / "credentials.json").read_text())["password"]
         env = {**os.environ, "KRB5_CONFIG": runtime["krb5_config"]}
@@ -310,8 +277,6 @@ def test_lab_up_kerberos_refusing_ntlm_serves_the_site_rollout(tmp_path: Path) -
         ntlm_inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
         proc = _kmsadmin("status", "-i", str(ntlm_inventory), "--json", env=env)
         doctor = _kmsadmin("doctor", "client001", "-i", str(ntlm_inventory), "--json", env=env)
-    finally:
-        _kmsadmin("lab", "down", "--state-dir", str(state), timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "refuses NTLM" in proc.stdout + proc.stderr
     assert password not in proc.stdout + proc.stderr
