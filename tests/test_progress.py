@@ -110,6 +110,32 @@ def test_lines_mode_prints_one_flushed_line_per_finished_host_and_periodic_summa
 
 
 # ------------------------------------------------------------------------------------------ the lab
+def test_stopping_message_ends_by_each_hosts_own_deadline() -> None:
+    """Without --deadline each running host ends by its own deadline (from its start event)."""
+    from kmsadmin.cli.rollout import stopping_message
+
+    view = RolloutProgress("lines", out=io.StringIO())
+    counts = {"total": 2, "running": 2}
+    view(HostStarted(counts=counts, play="clients", host="pc1", deadline=3600.0))
+    view(HostStarted(counts=counts, play="clients", host="pc2", deadline=60.0))
+    assert view.budgets() == {("clients", "pc1"): 3600.0, ("clients", "pc2"): 60.0}
+    now = datetime.now().astimezone()
+    message = stopping_message(view.in_flight(), None, view.budgets())
+    match = re.search(r"end by (\d\d:\d\d:\d\d)", message)
+    assert match, message
+    ends = datetime.strptime(match.group(1), "%H:%M:%S").time()
+    expected = (now + timedelta(seconds=3600)).time()  # pc1's hour, not pc2's minute
+    apart = abs(
+        (ends.hour - expected.hour) * 3600
+        + (ends.minute - expected.minute) * 60
+        + ends.second
+        - expected.second
+    )
+    assert min(apart, 86400 - apart) <= 2, (message, expected)
+    assert "kmsadmin_deadline var, else KMSADMIN_DEADLINE, else 900s" in message
+    assert "--deadline 8s per host" in stopping_message(view.in_flight(), 8.0, view.budgets())
+
+
 @pytest.fixture(scope="module")
 def lab_inventory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A lab (1 KMS host, 5 clients, the last one hangs) served by a detached `kmsadmin lab up`."""
@@ -259,3 +285,37 @@ def test_second_ctrl_c_ends_the_run_at_once_and_writes_what_is_known(
     assert HUNG not in {
         line.get("host") for line in journal if line.get("type") == "host"
     }  # resume re-runs it
+
+
+@pytest.mark.lab
+def test_a_host_var_deadline_ends_the_hung_host_on_time_while_the_others_succeed(
+    lab_inventory: Path, tmp_path: Path
+) -> None:
+    """No --deadline: the hung client's kmsadmin_deadline var (6 s, over KMSADMIN_DEADLINE=600 and the
+    rollout's 900 s default) ends it on time; the timeout names every way to allow more time."""
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(lab_inventory.read_text())
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "host_vars" / f"{HUNG}.yml").write_text("kmsadmin_deadline: 6\n")
+    started = time.monotonic()
+    proc = subprocess.run(
+        [KMSADMIN, "rollout", str(SITE), "-i", str(inventory), "--report-json", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, "KMSADMIN_DEADLINE": "600"},
+    )
+    took = time.monotonic() - started
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # one host failed, the run finished
+    report = json.loads((tmp_path / "r.json").read_text())
+    hosts = {h["host"]: h for h in report["hosts"]}
+    assert {hosts[h]["status"] for h in ["kms01", *CLIENTS[:-1]]} <= {"ok", "changed", "waiting"}
+    hung = hosts[HUNG]
+    assert hung["status"] == "failed"
+    assert 5.5 <= hung["duration"] < 6 + 4, hung  # its own 6 s, not KMSADMIN_DEADLINE's 600 s
+    assert took < 60, took
+    error = hung["error"]
+    assert "no answer within" in error["message"], error
+    for way in ("--deadline", "kmsadmin_deadline", "KMSADMIN_DEADLINE"):
+        assert way in error["remediation"], error

@@ -70,6 +70,8 @@ class FakeFleet:
         self.max_active = 0
         self.delay = 0.0
         self.deadlines: list[float | None] = []
+        #: host → the deadline each of its scripts was given
+        self.deadlines_of: dict[str, list[float | None]] = {}
         self.scripts: dict[str, list[str]] = {}
         #: host → how many connects fail before one succeeds (-1: always), and with which error
         self.connect_failures: dict[str, int] = {}
@@ -157,6 +159,7 @@ class FakeSession:
         with fleet.lock:
             fleet.calls[(self.host, script.step)] += 1
             fleet.deadlines.append(deadline)
+            fleet.deadlines_of.setdefault(self.host, []).append(deadline)
             fleet.scripts.setdefault(self.host, []).append(script.text)
         if fleet.delay:
             time.sleep(fleet.delay)
@@ -304,6 +307,74 @@ def test_deadline_reaches_every_script(tmp_path: Path) -> None:
     inv, fleet = inventory(tmp_path, 1, 2)
     go(clients_play(tmp_path), inv, fleet, deadline=30.0)
     assert fleet.deadlines and all(d is not None and 0 < d <= 30.0 for d in fleet.deadlines)
+
+
+def _with_host_deadlines(tmp_path: Path, deadlines: Mapping[str, str]) -> Inventory:
+    """The helper's inventory, with a kmsadmin_deadline var on the hosts named."""
+    path = tmp_path / "inventory.yml"
+    text = path.read_text()
+    for host, value in deadlines.items():
+        text = text.replace(f"        {host}:\n", f"        {host}: {{kmsadmin_deadline: {value}}}\n")
+    path.write_text(text)
+    return load_inventory(path)
+
+
+@pytest.mark.parametrize(
+    ("deadline", "env", "expected"),
+    [
+        (None, {}, {"pc001": 40.0, "pc002": 900.0, "pc003": 900.0}),
+        (None, {"KMSADMIN_DEADLINE": "20"}, {"pc001": 40.0, "pc002": 20.0, "pc003": 20.0}),
+        (12.0, {"KMSADMIN_DEADLINE": "20"}, {"pc001": 12.0, "pc002": 12.0, "pc003": 12.0}),
+    ],
+)
+def test_each_hosts_deadline_is_cli_then_host_var_then_environment_then_default(
+    tmp_path: Path, deadline: float | None, env: dict[str, str], expected: dict[str, float]
+) -> None:
+    """A rollout resolves each host's budget as status does: --deadline, its kmsadmin_deadline var,
+    KMSADMIN_DEADLINE, else the rollout's default (900 s)."""
+    _, fleet = inventory(tmp_path, 1, 3)
+    inv = _with_host_deadlines(tmp_path, {"pc001": "40"})
+    events = Recorder()
+    result = go(clients_play(tmp_path), inv, fleet, deadline=deadline, env=env, on_event=events)
+    assert set(statuses(result).values()) == {"changed"}
+    assert {e.host: e.deadline for e in events.of(HostStarted)} == expected
+    for host, seconds in expected.items():
+        given = fleet.deadlines_of[host]
+        # every script gets what is left of the host's budget: at most it, and not much less so soon
+        assert given and all(d is not None and seconds - 5 < d <= seconds for d in given), (host, given)
+
+
+def test_a_plays_kmsadmin_deadline_var_is_its_hosts_deadline(tmp_path: Path) -> None:
+    """Play vars sit on top of the inventory's, for the deadline as for every host var."""
+    _, fleet = inventory(tmp_path, 1, 2)
+    inv = _with_host_deadlines(tmp_path, {"pc001": "40"})
+    events = Recorder()
+    play = clients_play(tmp_path, "vars: {kmsadmin_deadline: 33}")
+    go(play, inv, fleet, env={"KMSADMIN_DEADLINE": "20"}, on_event=events)
+    assert {e.host: e.deadline for e in events.of(HostStarted)} == {"pc001": 33.0, "pc002": 33.0}
+
+
+@pytest.mark.parametrize(
+    ("host_var", "env", "named"),
+    [
+        ("inf", {}, "kmsadmin_deadline"),
+        (".nan", {}, "kmsadmin_deadline"),
+        ("-3", {}, "kmsadmin_deadline"),
+        (None, {"KMSADMIN_DEADLINE": "inf"}, "KMSADMIN_DEADLINE"),
+        (None, {"KMSADMIN_DEADLINE": "nan"}, "KMSADMIN_DEADLINE"),
+    ],
+)
+def test_a_deadline_that_is_not_finite_is_refused_before_any_host_is_contacted(
+    tmp_path: Path, host_var: str | None, env: dict[str, str], named: str
+) -> None:
+    _, fleet = inventory(tmp_path, 1, 3)
+    inv = _with_host_deadlines(tmp_path, {"pc002": host_var} if host_var else {})
+    with pytest.raises(ConfigError) as caught:
+        go(clients_play(tmp_path), inv, fleet, env=env)
+    message = str(caught.value)
+    host = "pc002" if host_var else "pc001"
+    assert message.startswith(f"{host}: deadline ({named}) must be a finite number of seconds, more than 0")
+    assert not fleet.connects and not fleet.calls
 
 
 # ------------------------------------------------------------------------------------------ scheduling

@@ -215,3 +215,44 @@ def test_status_inventory_deadline_cli_then_host_vars_then_environment_then_defa
     assert {o.host: o.deadline for o in sessions.opened} == expected
     for host, deadlines in sessions.deadlines.items():
         assert deadlines and all(d is not None and 0 < d <= expected[host] for d in deadlines)
+
+
+@pytest.mark.parametrize(
+    ("inventory_var", "env", "host", "named"),
+    [
+        (None, {"KMSADMIN_DEADLINE": "inf"}, "client001", "KMSADMIN_DEADLINE"),
+        (None, {"KMSADMIN_DEADLINE": "nan"}, "client001", "KMSADMIN_DEADLINE"),
+        ("inf", {}, "client002", "kmsadmin_deadline"),
+        (".nan", {"KMSADMIN_DEADLINE": "9"}, "client002", "kmsadmin_deadline"),
+    ],
+)
+def test_a_deadline_that_is_not_finite_is_refused_before_any_host_is_contacted(
+    sessions: CountingSessions,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    inventory_var: str | None,
+    env: dict[str, str],
+    host: str,
+    named: str,
+) -> None:
+    """--deadline inf is a usage error; the same value from a host var or the environment is refused
+    too (exit 4), naming the host, the variable and the allowed range, and no host is contacted."""
+    monkeypatch.delenv("ANSIBLE_INVENTORY", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text(
+        "all:\n  hosts:\n    client001:\n    client002:\n"
+        + (f"      kmsadmin_deadline: {inventory_var}\n" if inventory_var else "")
+        + "  vars:\n    ansible_user: .\\labadmin\n"
+    )
+    commands = [["status", "-i", str(inventory)]]
+    if inventory_var is None:
+        commands.append(["status", "client001", "client002", "--user", ".\\labadmin"])
+    for command in commands:
+        result = runner.invoke(app, command)
+        assert result.exit_code == 4, result.output
+        assert f"{host}: deadline ({named}) must be a finite number of seconds, more than 0" in result.stderr
+    assert sessions.opened == []
+    result = runner.invoke(app, ["status", "client001", "--user", ".\\labadmin", "--deadline", "inf"])
+    assert result.exit_code == 2 and sessions.opened == []

@@ -26,6 +26,7 @@ from kmsadmin.transports.base import (
     BOOTSTRAP_SCRIPT,
     DeadlineExpired,
     chunks,
+    host_timeout,
     stdin_payload,
 )
 from kmsadmin.transports.faults import translate
@@ -387,3 +388,19 @@ def test_ntlm_refused_carries_status_ntlm_blocked_with_its_microsoft_source() ->
     # a refusal after NTLM's first message is a refused password, not a block: no STATUS_NTLM_BLOCKED
     later = translate(AuthRefused("refused", mechanism="ntlm", first_leg=False), ntlm, "facts", 1)
     assert not isinstance(later, NtlmRefused) and later.hresult != NTLM_BLOCKED
+
+
+def test_a_timeout_names_every_way_to_allow_more_time() -> None:
+    """The deadline that ran out (or no budget at all) points at --deadline, the host's
+    kmsadmin_deadline var and KMSADMIN_DEADLINE; a read timeout that fired first points at that."""
+    spent = Deadline(0.5)
+    time.sleep(0.6)
+    for error in (host_timeout(OPTIONS, "facts", 30.0), host_timeout(OPTIONS, "facts", 0.5, spent)):
+        assert error.host == "srv01" and error.step == "facts"
+        assert error.remediation is not None
+        assert error.remediation.endswith(
+            "or allow more time with --deadline, the host's kmsadmin_deadline var or KMSADMIN_DEADLINE"
+        ), error.remediation
+    early = host_timeout(OPTIONS, "facts", 30.0, Deadline(60.0))
+    assert early.remediation is not None and "KMSADMIN_READ_TIMEOUT" in early.remediation
+    assert "kmsadmin_deadline" not in early.remediation

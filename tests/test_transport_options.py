@@ -9,6 +9,7 @@ import pytest
 
 from kmsadmin.errors import ConfigError
 from kmsadmin.transports import ConnectionOptions, build_options
+from kmsadmin.transports.options import deadline_setting
 from kmsadmin.values import Secret
 
 PASSWORD = "Corr3ct-Horse-Battery!"
@@ -181,8 +182,54 @@ def test_kmsadmin_deadline_hostvar_between_explicit_and_env() -> None:
     assert build_options("srv01", hostvars={"kmsadmin_deadline": "4.5"}, env=env).deadline == 4.5
     both = build_options("srv01", explicit={"deadline": 2.0}, hostvars={"kmsadmin_deadline": 4}, env=env)
     assert both.deadline == 2.0
-    with pytest.raises(ConfigError, match=r"srv01: deadline must be more than 0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"srv01: deadline \(kmsadmin_deadline\) must be a finite number of seconds, more than 0",
+    ):
         build_options("srv01", hostvars={"kmsadmin_deadline": 0}, env=env)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity", float("inf"), float("nan")])
+@pytest.mark.parametrize(
+    ("source", "named", "what"),
+    [
+        ("kmsadmin_deadline", "kmsadmin_deadline", "deadline"),
+        ("KMSADMIN_DEADLINE", "KMSADMIN_DEADLINE", "deadline"),
+        ("ansible_psrp_read_timeout", "ansible_psrp_read_timeout", "read timeout"),
+        ("KMSADMIN_READ_TIMEOUT", "KMSADMIN_READ_TIMEOUT", "read timeout"),
+        ("ansible_winrm_read_timeout_sec", "ansible_psrp_read_timeout", "read timeout"),
+        ("ansible_psrp_connection_timeout", "ansible_psrp_connection_timeout", "connection timeout"),
+        ("KMSADMIN_CONNECTION_TIMEOUT", "KMSADMIN_CONNECTION_TIMEOUT", "connection timeout"),
+        ("ansible_psrp_reconnection_backoff", "ansible_psrp_reconnection_backoff", "reconnection backoff"),
+    ],
+)
+def test_timeouts_from_host_vars_or_environment_refuse_what_is_not_finite(
+    value: object, source: str, named: str, what: str
+) -> None:
+    """As --deadline does: inf and nan are refused, naming the host, the variable and the range."""
+    hostvars: dict[str, object] = {}
+    env = dict(CREDS_ENV)
+    if source.isupper():
+        env[source] = str(value)
+    elif source.startswith("ansible_winrm"):
+        # a winrm var read for a psrp host fills a gap only: the psrp var of the same setting wins
+        hostvars = {source: 1, "ansible_psrp_read_timeout": value}
+    else:
+        hostvars = {source: value}
+    allowed = "0 or more" if what == "reconnection backoff" else "more than 0"
+    with pytest.raises(ConfigError) as caught:
+        build_options("srv01", hostvars=hostvars, env=env)
+    assert str(caught.value).startswith(
+        f"srv01: {what} ({named}) must be a finite number of seconds, {allowed}, not "
+    )
+
+
+def test_deadline_setting_reads_the_host_var_then_the_environment() -> None:
+    assert deadline_setting("srv01", {}, {}) is None
+    assert deadline_setting("srv01", {}, {"KMSADMIN_DEADLINE": " 12.5 "}) == 12.5
+    assert deadline_setting("srv01", {"kmsadmin_deadline": 4}, {"KMSADMIN_DEADLINE": "12"}) == 4.0
+    with pytest.raises(ConfigError, match=r"^srv01: deadline \(KMSADMIN_DEADLINE\) must be a finite"):
+        deadline_setting("srv01", {}, {"KMSADMIN_DEADLINE": "inf"})
 
 
 def test_kmsadmin_transport_hostvar_selects_winrs() -> None:

@@ -676,7 +676,6 @@ def rollout(
     """Roll a playbook out over an inventory: parallel, resumable, with reports. --check plans only (exit 3 if changes)."""
     from kmsadmin.cli.output import fail
     from kmsadmin.cli.rollout import run_rollout
-    from kmsadmin.fleet.rollout import DEFAULT_DEADLINE
 
     try:
         explicit = connection.explicit(with_deadline=False)
@@ -689,7 +688,7 @@ def rollout(
             check=check,
             journal_path=journal,
             resume=resume,
-            deadline=connection.deadline or DEFAULT_DEADLINE,
+            deadline=connection.deadline,
             progress=not no_progress,
             reports={"json": report_json, "html": report_html, "csv": report_csv, "junit": junit},
         )

@@ -89,8 +89,8 @@ def _positive_seconds(value: float | None) -> float | None:
 DeadlineOpt = Annotated[
     float | None,
     typer.Option(
-        help="seconds one host may take: for one step (default: its kmsadmin_deadline var, "
-        "KMSADMIN_DEADLINE or 300), in a rollout for all its steps (default 900)",
+        help="seconds one host may take: for one step, in a rollout for all its steps (default: "
+        "its kmsadmin_deadline var, else KMSADMIN_DEADLINE, else 300; 900 in a rollout)",
         callback=_positive_seconds,
     ),
 ]

@@ -62,6 +62,7 @@ class RolloutProgress:
         self.out = out if out is not None else sys.stdout
         self._lock = threading.Lock()
         self._flight: dict[tuple[str, str], float] = {}
+        self._budgets: dict[tuple[str, str], float] = {}
         self._counts: Mapping[str, int] = {}
         self._started = time.monotonic()
         self._stopping: str | None = None
@@ -94,8 +95,11 @@ class RolloutProgress:
             self._counts = dict(getattr(event, "counts", None) or self._counts)
             if kind == "HostStarted":
                 self._flight[(event.play, event.host)] = time.monotonic()
+                if getattr(event, "deadline", None) is not None:
+                    self._budgets[(event.play, event.host)] = event.deadline
             elif kind == "HostFinished":
                 self._flight.pop((event.play, event.host), None)
+                self._budgets.pop((event.play, event.host), None)
             elif kind == "RolloutStopping":
                 self._stopping = event.reason
             if self.mode == "lines":
@@ -107,6 +111,11 @@ class RolloutProgress:
         """(play, host, monotonic start) of every host running now, oldest first."""
         with self._lock:
             return sorted(((p, h, t) for (p, h), t in self._flight.items()), key=lambda x: x[2])
+
+    def budgets(self) -> dict[tuple[str, str], float]:
+        """(play, host) -> deadline in seconds of every host running now (as its start event gave it)."""
+        with self._lock:
+            return dict(self._budgets)
 
     def write(self, text: str) -> None:
         """A message line on stderr that does not break the bar."""

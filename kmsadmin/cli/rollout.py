@@ -91,12 +91,15 @@ def run_rollout(
     check: bool,
     journal_path: Path | None,
     resume: bool,
-    deadline: float,
+    deadline: float | None,
     reports: Mapping[str, Path | None],
     progress: bool,
     quiet: bool = False,
 ) -> tuple[int, dict[str, Any]]:
-    """Load, run, report. Returns (exit code, report document)."""
+    """Load, run, report. Returns (exit code, report document).
+
+    ``deadline`` (``--deadline``) is every host's budget; None: each host's ``kmsadmin_deadline`` var,
+    else ``KMSADMIN_DEADLINE``, else 900 s."""
     from kmsadmin.cli.progress import RolloutProgress, choose_mode
     from kmsadmin.fleet.journal import Journal, resume_state
     from kmsadmin.fleet.playbook import load_playbook
@@ -120,7 +123,7 @@ def run_rollout(
     def on_sigint(signum: int, frame: object) -> None:
         if not stop.is_set():
             stop.set()
-            view.write(stopping_message(view.in_flight(), deadline))
+            view.write(stopping_message(view.in_flight(), deadline, view.budgets()))
         elif not abort.is_set():
             abort.set()
             view.write(
@@ -170,18 +173,33 @@ def run_rollout(
     return result.exit_code, document
 
 
-def stopping_message(in_flight: list[tuple[str, str, float]], deadline: float) -> str:
-    """What the first Ctrl-C says at once: hosts still running, and by when they end at the latest."""
+def stopping_message(
+    in_flight: list[tuple[str, str, float]],
+    deadline: float | None,
+    budgets: Mapping[tuple[str, str], float] | None = None,
+) -> str:
+    """What the first Ctrl-C says at once: hosts still running, and by when they end at the latest
+    (each host's own deadline from ``budgets``, ``deadline`` being ``--deadline`` when given)."""
     from kmsadmin.cli.progress import deadline_text
+    from kmsadmin.fleet.rollout import DEFAULT_DEADLINE
 
     if not in_flight:
         return "kmsadmin: stopping: no new host starts; no host is running"
     names = ", ".join(host for _, host, _ in in_flight[:5]) + (", ..." if len(in_flight) > 5 else "")
-    last = max(started for _, _, started in in_flight)
+    budgets = budgets or {}
+    fallback = DEFAULT_DEADLINE if deadline is None else deadline
+    end, last = max(
+        (started + budgets.get((play, host), fallback), started) for play, host, started in in_flight
+    )
+    rule = (
+        f"--deadline {deadline:g}s per host"
+        if deadline is not None
+        else f"each host's kmsadmin_deadline var, else KMSADMIN_DEADLINE, else {DEFAULT_DEADLINE:g}s"
+    )
     return (
         f"kmsadmin: stopping: no new host starts; {len(in_flight)} host(s) still running ({names}) "
-        f"end by {deadline_text(deadline, last)} at the latest (their deadline: --deadline {deadline:g}s "
-        "per host); then the summary and reports follow. Ctrl-C again to stop at once."
+        f"end by {deadline_text(end - last, last)} at the latest (their deadline: {rule}); "
+        "then the summary and reports follow. Ctrl-C again to stop at once."
     )
 
 

@@ -270,6 +270,8 @@ class HostStarted:
     counts: Mapping[str, int]
     play: str
     host: str
+    #: the host's budget in seconds for all its steps (see :func:`rollout`)
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +346,8 @@ class _HostPlan:
     vars: dict[str, Any]
     groups: tuple[str, ...]
     secrets: tuple[str, ...]
+    #: seconds for all the host's steps and retries
+    deadline: float = DEFAULT_DEADLINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +434,10 @@ def _prepare(
     limit: str | None,
     session_factory_for: SessionFactoryFor,
     env: Mapping[str, str] | None,
+    deadline: float | None = None,
 ) -> list[_PlayPlan]:
+    from kmsadmin.transports.options import deadline_setting
+
     limited = limited_hosts(inventory, limit)
     inventory_dir = inventory.path.parent if inventory.path else Path.cwd()
     plans: list[_PlayPlan] = []
@@ -450,11 +457,22 @@ def _prepare(
                 env=env,
             )
             calls = tuple((op, build_args(op, params, ctx, play)) for op, params in play.step_calls())
+            budget = deadline if deadline is not None else deadline_setting(host, host_vars, env)
             factory = session_factory_for(host_vars)
             secrets = tuple(v for _, args in calls for v in _secret_values(args, {}))
             secrets += tuple(_secret_values(None, host_vars))
             groups = inventory.group_names(host)
-            hosts.append(_HostPlan(host, calls, factory, safe_vars(host_vars), groups, secrets))
+            hosts.append(
+                _HostPlan(
+                    host,
+                    calls,
+                    factory,
+                    safe_vars(host_vars),
+                    groups,
+                    secrets,
+                    DEFAULT_DEADLINE if budget is None else budget,
+                )
+            )
         plans.append(_PlayPlan(play, tuple(hosts)))
     return plans
 
@@ -508,7 +526,6 @@ class _Run:
         on_event: EventCallback | None,
         stop: threading.Event,
         check: bool,
-        deadline: float,
         retries: int,
         retry_delay: float,
         seed: int | None,
@@ -524,7 +541,6 @@ class _Run:
         #: (play, host) pairs whose result is being journaled: an abort leaves them be
         self.finishing: set[tuple[str, str]] = set()
         self.check = check
-        self.deadline = deadline
         self.retries = retries
         self.retry_delay = retry_delay
         # Jitter only spreads retries apart; it needs no cryptographic randomness.
@@ -555,9 +571,9 @@ class _Run:
     # ---------------------------------------------------------------------------------- one host
     def run_one(self, play: Play, hp: _HostPlan) -> HostResult:
         """Run every step of ``play`` on one host (on a worker thread), journal it, count it."""
-        self.emit(HostStarted, play=play.name, host=hp.host)
+        self.emit(HostStarted, play=play.name, host=hp.host, deadline=hp.deadline)
         started = _now()
-        deadline_at = time.monotonic() + self.deadline
+        deadline_at = time.monotonic() + hp.deadline
         reports: list[HostReport] = []
         attempts = 0
         for operation, args in hp.calls:
@@ -615,6 +631,8 @@ class _Run:
     def _attempt(self, operation: str, hp: _HostPlan, args: Any, deadline_at: float) -> HostReport:
         remaining = deadline_at - time.monotonic()
         if remaining <= 0:
+            from kmsadmin.transports.base import MORE_TIME
+
             report = HostReport(host=hp.host, operation=operation, status="failed")
             report.error = {
                 "host": hp.host,
@@ -622,7 +640,7 @@ class _Run:
                 "message": "the host's deadline expired before this step",
                 "hresult": None,
                 "meaning": None,
-                "remediation": "raise the deadline",
+                "remediation": f"allow more time with {MORE_TIME}",
                 "kind": "HostTimeout",
             }
             return report
@@ -669,7 +687,7 @@ def rollout(
     check: bool = False,
     journal: Journal | None = None,
     resume: bool = False,
-    deadline: float = DEFAULT_DEADLINE,
+    deadline: float | None = None,
     retries: int = 2,
     retry_delay: float = 2.0,
     on_event: EventCallback | None = None,
@@ -684,7 +702,9 @@ def rollout(
     inventory's merged vars with the play's ``vars`` on top, plus ``inventory_hostname``); it is
     called for every host before any host is contacted, so it should only build options
     (:func:`transport_session_factory_for` is the real one). ``deadline`` is each host's budget in seconds
-    for all its steps and retries. ``retries`` counts extra attempts of a safe-to-retry step;
+    for all its steps and retries; when None, each host's is its ``kmsadmin_deadline`` var (the
+    play's vars included), else ``KMSADMIN_DEADLINE`` (from ``env``, default ``os.environ``), else
+    :data:`DEFAULT_DEADLINE`, all resolved (and checked) before any host is contacted. ``retries`` counts extra attempts of a safe-to-retry step;
     ``retry_delay`` is the first backoff. ``stop`` lets a caller (a signal handler, a test) stop the
     rollout like Ctrl-C; ``abort`` (a second Ctrl-C) ends it at once: hosts still running are reported
     as not finished and their threads are not waited for (the caller should exit the process). ``env`` replaces ``os.environ`` for ``{env: VAR}`` secret references.
@@ -696,7 +716,7 @@ def rollout(
         raise ConfigError(f"retries must be 0 or more, not {retries}")
     if resume and journal is None:
         raise ConfigError("--resume needs a journal (--journal FILE)")
-    plans = _prepare(playbook, inventory, limit, session_factory_for, env)
+    plans = _prepare(playbook, inventory, limit, session_factory_for, env, deadline)
 
     done: set[tuple[str, str]] = set()
     resumes: str | None = None
@@ -721,7 +741,6 @@ def rollout(
         on_event=on_event,
         stop=stop_event,
         check=check,
-        deadline=deadline,
         retries=retries,
         retry_delay=retry_delay,
         seed=seed,

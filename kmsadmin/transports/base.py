@@ -549,6 +549,10 @@ def _seconds(value: float) -> str:
     return f"{value:.0f}s" if value >= 10 else f"{value:.2g}s"
 
 
+#: the ways to give a host more time, in the order they win
+MORE_TIME = "--deadline, the host's kmsadmin_deadline var or KMSADMIN_DEADLINE"
+
+
 def host_timeout(
     options: ConnectionOptions, step: str, seconds: float, budget: Deadline | None = None
 ) -> HostError:
@@ -562,7 +566,7 @@ def host_timeout(
         "check that it is responsive (WinRM service, CPU, pending reboot) and retry"
     )
     if budget is None:
-        message, fix = f"no answer within {seconds:g}s", f"{responsive}, or allow more time with --deadline"
+        message, fix = f"no answer within {seconds:g}s", f"{responsive}, or allow more time with {MORE_TIME}"
     elif budget.remaining() > 1.0:
         message = (
             f"no answer within {_seconds(options.read_timeout)} (the read timeout of one request; "
@@ -574,7 +578,7 @@ def host_timeout(
         message = (
             f"no answer within {_seconds(budget.seconds)} (its deadline, reached at {ended:%H:%M:%S %Z})"
         )
-        fix = f"{responsive}, or allow more time with --deadline"
+        fix = f"{responsive}, or allow more time with {MORE_TIME}"
     return HostTimeout(options.name, step, message, remediation=fix)
 
 

@@ -163,8 +163,9 @@ def _as_float(name: str, what: str, value: object, *, allow_zero: bool = False) 
         number = float(str(value).strip()) if not isinstance(value, int | float) else float(value)
     except ValueError:
         raise ConfigError(f"{name}: {what} must be a number of seconds, not {value!r}") from None
-    if math.isnan(number) or number < 0 or (number == 0 and not allow_zero):
-        raise ConfigError(f"{name}: {what} must be more than 0 seconds, not {number}")
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        allowed = "0 or more" if allow_zero else "more than 0"
+        raise ConfigError(f"{name}: {what} must be a finite number of seconds, {allowed}, not {value!r}")
     return number
 
 
@@ -300,9 +301,13 @@ def _winrm_transport_to_auth(value: object) -> dict[str, object]:
 _WINRM_TRANSPORT_AUTH = {"plaintext": "basic", "ssl": "basic"}
 
 
-def _from_hostvars(hostvars: Mapping[str, object], prefer: str) -> dict[str, object]:
-    """Reduce Ansible host vars to raw option values. ``prefer`` is ``psrp`` or ``winrm``."""
+def _from_hostvars(
+    hostvars: Mapping[str, object], prefer: str, origin: dict[str, str] | None = None
+) -> dict[str, object]:
+    """Reduce Ansible host vars to raw option values. ``prefer`` is ``psrp`` or ``winrm``; ``origin``
+    (when given) gets the host var each value came from, for error messages."""
     raw: dict[str, object] = {}
+    origin = {} if origin is None else origin
 
     def take(table: Mapping[str, str]) -> None:
         for var, key in table.items():
@@ -317,6 +322,7 @@ def _from_hostvars(hostvars: Mapping[str, object], prefer: str) -> dict[str, obj
                 raw["cert_validation"] = str(value).strip().lower() != "ignore"
             else:
                 raw[key] = value
+            origin[key] = var
 
     # Lowest first, so later tables overwrite: generic, other family, own family.
     take(_GENERIC_VARS)
@@ -327,6 +333,8 @@ def _from_hostvars(hostvars: Mapping[str, object], prefer: str) -> dict[str, obj
         seconds = hostvars["ansible_winrm_connection_timeout"]
         raw.setdefault("operation_timeout", seconds)
         raw.setdefault("read_timeout", _as_int("inventory", "ansible_winrm_connection_timeout", seconds) + 1)
+        origin.setdefault("operation_timeout", "ansible_winrm_connection_timeout")
+        origin.setdefault("read_timeout", "ansible_winrm_connection_timeout")
     return raw
 
 
@@ -416,6 +424,41 @@ _CONVERTERS: Mapping[str, Callable[[str, str, object], object]] = {
 }
 
 
+#: environment variable of each ConnectionOptions field (for error messages)
+_ENV_VAR_OF: Mapping[str, str] = {key: var for var, key in ENV_VARS.items()}
+
+
+def _origin(
+    key: str,
+    explicit: Mapping[str, object],
+    inventory_origin: Mapping[str, str],
+    env_raw: Mapping[str, object],
+) -> str:
+    """How an error names the setting ``key`` came from: the option, else the host var or the
+    environment variable that gave it (``deadline (kmsadmin_deadline)``)."""
+    what = key.replace("_", " ")
+    if explicit.get(key) is not None:
+        return what
+    if key in inventory_origin:
+        return f"{what} ({inventory_origin[key]})"
+    if key in env_raw and key in _ENV_VAR_OF:
+        return f"{what} ({_ENV_VAR_OF[key]})"
+    return what
+
+
+def deadline_setting(
+    name: str, hostvars: Mapping[str, object], env: Mapping[str, str] | None = None
+) -> float | None:
+    """Host ``name``'s deadline from its ``kmsadmin_deadline`` var, else ``KMSADMIN_DEADLINE`` (``env``,
+    default ``os.environ``); None when neither is set. Raises :class:`ConfigError` naming the host and
+    the variable for a value that is not a finite number of seconds above 0."""
+    value = hostvars.get("kmsadmin_deadline")
+    if value is not None:
+        return _as_float(name, "deadline (kmsadmin_deadline)", value)
+    text = (os.environ if env is None else env).get("KMSADMIN_DEADLINE", "").strip()
+    return _as_float(name, "deadline (KMSADMIN_DEADLINE)", text) if text else None
+
+
 def build_options(
     name: str,
     explicit: Mapping[str, object] | None = None,
@@ -445,7 +488,8 @@ def build_options(
         {"transport": env_raw.get("transport")},
     ).get("transport", "psrp")
     transport = _as_choice(name, "transport", transport_raw, TRANSPORTS)
-    inventory_raw = _from_hostvars(hostvars, "winrm" if transport == "pywinrm" else "psrp")
+    inventory_origin: dict[str, str] = {}
+    inventory_raw = _from_hostvars(hostvars, "winrm" if transport == "pywinrm" else "psrp", inventory_origin)
 
     layers: tuple[Mapping[str, object], ...] = (explicit, inventory_raw, env_raw)
     merged = _layered(*layers)
@@ -455,7 +499,7 @@ def build_options(
     for key, raw in merged.items():
         if key in _PSEUDO_FIELDS or key == "password":
             continue
-        values[key] = _CONVERTERS[key](name, key.replace("_", " "), raw)
+        values[key] = _CONVERTERS[key](name, _origin(key, explicit, inventory_origin, env_raw), raw)
 
     # Scheme: an explicit https flag beats a scheme string from the same or a lower layer. When
     # neither is given anywhere, port 5985 means HTTP, as in Ansible's psrp and winrm plugins.
@@ -609,4 +653,5 @@ __all__ = [
     "EncryptionMode",
     "TransportName",
     "build_options",
+    "deadline_setting",
 ]
