@@ -11,7 +11,8 @@ from tests.lab.test_remote_ops import _kmsadmin
 
 @contextmanager
 def lab_process(tmp_path: Path, *options: str, timeout: float = 60) -> Iterator[tuple[Path, Path]]:
-    """``lab up OPTIONS --detach`` in ``tmp_path``: yields (state directory, inventory); ``lab down`` after.
+    """``lab up OPTIONS --detach`` in ``tmp_path``: yields (state directory, inventory); ``lab down`` after
+    (which must succeed when the test did).
 
     ``timeout``: the seconds ``lab up`` may take (creating a large lab takes longer).
     """
@@ -27,4 +28,6 @@ def lab_process(tmp_path: Path, *options: str, timeout: float = 60) -> Iterator[
     try:
         yield state, inventory
     finally:
-        _kmsadmin("lab", "down", "--state-dir", str(state))
+        down = _kmsadmin("lab", "down", "--state-dir", str(state))
+    # reached when the test passed: the lab stopped as a user stops it
+    assert down.returncode == 0, down.stdout + down.stderr
