@@ -32,6 +32,7 @@ from kmsadmin.lab.fleet import Fleet
 from kmsadmin.render import render
 from kmsadmin.values import ScriptRef, Secret
 from tests.dnsserver import DnsServer, dns_server
+from tests.lab.labproc import lab_process
 
 __all__ = ["dns_server"]
 
@@ -410,50 +411,14 @@ def test_lab_up_with_dns_server_publishes_over_winrm(
     tmp_path: Path, dns_server: DnsServer, listener: int
 ) -> None:
     """``kmsadmin lab up --dns-server`` as a real background process; the host is set up over WinRM."""
-    import os
-    import subprocess
-    import sys
-
     from kmsadmin.dns.remote import run_on_hosts, winrm_session
     from kmsadmin.fleet.inventory import load_inventory
 
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    state = tmp_path / "state"
-
-    def kmsadmin(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "kmsadmin", *args],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-
-    up = kmsadmin(
-        "lab",
-        "up",
-        "--state-dir",
-        str(state),
-        "--hosts",
-        "1",
-        "--kms-hosts",
-        "1",
-        "--os-mix",
-        "server2022-standard=1",
-        "--dns-server",
-        dns_server.address,
-        "--dns-zone",
-        "lab.test",
-        "--tsig-key-file",
-        str(dns_server.key_file),
-        "--detach",
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
-        loaded = load_inventory(state / "inventory.yml")
+    options = ("--hosts", "1", "--kms-hosts", "1", "--os-mix", "server2022-standard=1")
+    dns = ("--dns-server", dns_server.address, "--dns-zone", "lab.test")
+    tsig = ("--tsig-key-file", str(dns_server.key_file))
+    with lab_process(tmp_path, *options, *dns, *tsig, timeout=120) as (_, lab_inventory):
+        loaded = load_inventory(lab_inventory)
         kms_vars = loaded.vars_for("kms01")
         key = Path(str(kms_vars["kmsadmin_lab_host_key_file"])).read_text(encoding="utf-8").strip()
         hosts = [("kms01", kms_vars)]
@@ -476,14 +441,11 @@ def test_lab_up_with_dns_server_publishes_over_winrm(
         for ref in steps:
             (run,) = run_on_hosts(hosts, ref, sessions)
             assert run.ok, run.to_dict()
-        inventory = write_inventory(tmp_path / "inv.yml", {"kms01": listener})
+        inventory = write_inventory(tmp_path / "kms-listener.yml", {"kms01": listener})
         code, report = check_json(dns_server, inventory)
         assert code == 0, report["findings"]
         (record,) = report["domains"][0]["records"]
         assert (record["target"], record["port"], record["port_open"]) == ("kms01.lab.test", listener, True)
-    finally:
-        down = kmsadmin("lab", "down", "--state-dir", str(state))
-        assert down.returncode == 0, down.stdout + down.stderr
 
 
 def test_large_answers_fall_back_to_tcp(dns_server: DnsServer) -> None:
