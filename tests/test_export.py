@@ -658,3 +658,77 @@ def test_playbook_adjacent_vars_reach_the_project_as_ansible_merges_them(tmp_pat
         for host, values in hostvars.items()
     }
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    "combination",
+    [
+        ["hosts.yml", "extra1,extra2,"],
+        ["extra1,extra2,", "hosts.yml"],
+        ["inv", "extra1,extra2,"],
+        ["hosts.yml", "more.yml", "extra1,"],
+    ],
+    ids=["file+host-list", "host-list+file", "directory+host-list", "two-files+host-list"],
+)
+def test_a_multi_source_inventory_is_exported_with_every_host_ansible_sees(
+    tmp_path: Path, combination: list[str]
+) -> None:
+    """Several ``-i`` (a file, a host list, a directory): the project's inventory.yml has every host.
+
+    The real CLI exports; the real ansible-inventory lists the project: the same hosts, each with the
+    vars kmsadmin's loader merged for it (``all`` vars of the file reach the host list's hosts too).
+    """
+    src = tmp_path / "src"
+    doc = yaml.safe_load(lab_inventory(src).read_text())
+    doc["all"]["vars"] = {"site": "hq", "ansible_connection": "psrp"}
+    (src / "hosts.yml").write_text(yaml.safe_dump(doc))
+    (src / "more.yml").write_text(
+        yaml.safe_dump({"all": {"children": {"branch": {"hosts": {"branch01": {"site": "branch"}}}}}})
+    )
+    (src / "inv").mkdir()
+    shutil.copy(src / "hosts.yml", src / "inv" / "hosts.yml")
+    # beside the files (the directory has its own): several sources still say so, vars merged as Ansible does
+    for base in (src, src / "inv"):
+        (base / "group_vars").mkdir()
+        (base / "group_vars" / "all.yml").write_text(f"zone: {base.name}\n")
+        (base / "host_vars").mkdir()
+        (base / "host_vars" / "extra1.yml").write_text(f"site: extra1-{base.name}\n")
+    sources = [s if "," in s else str(src / s) for s in combination]
+    book = tmp_path / "book"
+    shutil.copytree(PLAYBOOKS, book)
+
+    out = tmp_path / "project"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "kmsadmin", "export", "ansible", str(book / "site.yml")),
+            *(a for s in sources for a in ("-i", s)),
+            *("-o", str(out), "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["inventory"] == "merged from several sources"
+
+    ours = load_inventory(sources, playbook_dir=book.resolve())
+    expected = json.loads(json.dumps({h: dict(v) for h, v in ours.hosts.items()}))
+    extras = {h for s in combination if "," in s for h in s.split(",") if h}
+    assert extras and extras < set(expected), "the host list's hosts are in kmsadmin's inventory"
+    assert all(expected[h]["site"] == "hq" for h in extras - {"extra1"}), "the file's all vars reach them"
+    assert expected["extra1"]["site"] == f"extra1-{'inv' if 'inv' in combination else 'src'}"
+    assert all(v["zone"] == ("inv" if "inv" in combination else "src") for v in expected.values())
+    assert ("branch01" in expected) == ("more.yml" in combination)
+
+    listed = ansible_in(out, "ansible-inventory", "-i", "inventory.yml", "--list", tmp=tmp_path)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    listing = json.loads(listed.stdout)
+    hostvars = listing.pop("_meta")["hostvars"]
+    listed_hosts = {h for group in listing.values() for h in group.get("hosts", ())}
+    assert listed_hosts == set(expected)
+    got = {
+        host: {k: v for k, v in hostvars.get(host, {}).items() if k != "kmsadmin_export"}
+        for host in listed_hosts
+    }
+    assert got == expected

@@ -4,8 +4,9 @@ Layout of the project directory::
 
     site.yml            the plays, in order: same name, hosts pattern, serial, max_fail_percentage,
                         any_errors_fatal; gather_facts: false
-    inventory.yml       a copy of the inventory when its one YAML file alone gave every variable;
-                        otherwise (JSON, INI, several sources, Vault, group_vars/host_vars beside
+    inventory.yml       a copy of the inventory when its one YAML file alone gave every host and
+                        variable; otherwise (JSON, INI, several sources such as a file and a host
+                        list, Vault, group_vars/host_vars beside
                         the inventory or the playbook) each host with the vars kmsadmin merged for
                         it; a value read from Ansible Vault is written as a ``!vault`` value again
     ansible.cfg         inventory = inventory.yml, no host key checking, explicit gathering
@@ -17,8 +18,9 @@ Layout of the project directory::
 The summary (:func:`write_project`, ``kmsadmin export ansible --json``): ``directory``, ``plays``
 (name, hosts), ``hosts``, ``scripts``, ``gathered``, ``notes`` and ``inventory``, how inventory.yml
 was made: ``copied`` (one YAML file, as it is), else written with each host's merged vars, and the
-value says why (the first that applies): ``written with merged vars`` (group_vars/host_vars beside the inventory or the playbook),
-``merged from several sources`` (several ``-i``, a directory, or a host list), ``converted from a dynamic
+value says why (the first that applies): ``merged from several sources`` (several ``-i``, a directory,
+or a host list, alone or with a file: every host of every source is written), ``written with merged
+vars`` (group_vars/host_vars beside the inventory or the playbook), ``converted from a dynamic
 inventory script``, ``written with vault values encrypted again``, ``converted from INI``,
 ``converted from JSON``.
 
@@ -496,15 +498,11 @@ def _inventory_origin(export: ExportPlan) -> tuple[str | None, str]:
     """
     inv = export.inventory
     path = inv.path
-    beside = (
-        path is not None
-        and path.is_file()
-        and any((path.parent / d).exists() for d in ("group_vars", "host_vars"))
-    )
-    if inv.vars_files or beside:
-        return None, INVENTORY_MERGED_VARS
-    if path is None or len(inv.sources) > 1 or not path.is_file():
+    # a host list has no path: with a file it is one more source (the file alone lacks its hosts)
+    if path is None or len(inv.sources) + len(inv.host_lists) > 1 or not path.is_file():
         return None, INVENTORY_SEVERAL_SOURCES
+    if inv.vars_files or any((path.parent / d).exists() for d in ("group_vars", "host_vars")):
+        return None, INVENTORY_MERGED_VARS
     if _is_script(path):
         return None, INVENTORY_SCRIPT
     text = path.read_text(encoding="utf-8-sig")

@@ -143,6 +143,8 @@ class Inventory:
     memberships: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: every source read (files, directories, scripts), in order
     sources: tuple[Path, ...] = ()
+    #: every host list given (``-i 'host1,host2,'``), in order; not in ``sources`` (no path)
+    host_lists: tuple[str, ...] = ()
     #: ``ansible_*`` variables some host sets that kmsadmin does not use (warned about once per run)
     unsupported: tuple[str, ...] = ()
     #: every text read from Ansible Vault (a ``!vault`` value, a string of a vault-encrypted file) →
@@ -236,7 +238,7 @@ class _Builder:
             child.parents.append(parent.name)
 
     # ------------------------------------------------------------------------------------------ merge
-    def build(self, sources: tuple[Path, ...]) -> Inventory:
+    def build(self, sources: tuple[Path, ...], host_lists: tuple[str, ...] = ()) -> Inventory:
         self._check_cycles()
         # like Ansible, ansible_group_priority set in the inventory orders groups and is no variable
         for group in self.groups.values():
@@ -305,6 +307,7 @@ class _Builder:
             children={name: tuple(g.children) for name, g in self.groups.items()},
             memberships=memberships,
             sources=sources,
+            host_lists=host_lists,
             unsupported=tuple(sorted(unsupported)),
             vaulted=self.vaulted,
             templated=templated,
@@ -963,14 +966,17 @@ def load_inventory(
     """
     b = _Builder(vault or VaultSecrets())
     read: list[Path] = []
+    host_lists: list[str] = []
     try:
         for source in inventory_sources(paths, env):
             found = _read_source(b, source, top=True)
             if found is not None:
                 read.append(found)
+            else:
+                host_lists.append(source)
         if playbook_dir is not None and playbook_dir.resolve() not in [d.resolve() for d in b.vars_dirs]:
             b.play_dir = playbook_dir
-        inventory = b.build(tuple(read))
+        inventory = b.build(tuple(read), tuple(host_lists))
     except InventoryError:
         raise
     except (ConfigError, InvalidInput) as exc:
