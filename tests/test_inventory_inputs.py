@@ -408,3 +408,22 @@ def test_a_script_that_hangs_or_floods_is_stopped(
     with pytest.raises(InventoryError, match=expected):
         load_inventory(tmp_path / "hosts", env={})
     assert time.monotonic() - started < 10
+
+
+def test_messages_name_every_source_host_lists_included(tmp_path: Path) -> None:
+    # a host list longer than a file name may be (255 bytes) is a host list, not an OSError
+    from kmsadmin.fleet.limit import PatternError, select_each
+
+    hosts = tmp_path / "hosts.yml"
+    hosts.write_text("all:\n  hosts:\n    pc001: {}\n")
+    long_list = ",".join(f"extra{i:03d}" for i in range(40)) + ","
+    inventory = load_inventory([hosts, "extra1,extra2,", long_list])
+    described = inventory.described()
+    assert described.startswith(f"{hosts}, host list 'extra1,extra2,', host list 'extra000,")
+    assert described.endswith("...'") and len(described) < len(str(hosts)) + 120
+    with pytest.raises(PatternError) as refused:
+        select_each(inventory, ["nosuchhost"])
+    assert "host list 'extra1,extra2,'" in str(refused.value) and str(hosts) in str(refused.value)
+    # a path too long for the file system is the inventory's error, not a traceback
+    with pytest.raises(InventoryError, match="cannot read inventory"):
+        load_inventory(["x" * 300])

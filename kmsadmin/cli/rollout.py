@@ -249,7 +249,7 @@ def fleet_status(
         assessed,
         hostvars=hostvars,
         started=started,
-        inventory=", ".join(str(p) for p in inventory.sources) or None,
+        inventory=inventory.described() or None,
     )
     written = write_reports(document, reports)
     if json_out:

@@ -155,6 +155,12 @@ class Inventory:
     #: every ``group_vars/`` and ``host_vars/`` file read (beside a source or the playbook), in order
     vars_files: tuple[Path, ...] = ()
 
+    def described(self) -> str:
+        """Every source as given, for messages and reports: the paths, then each host list (a long one
+        shortened); '' when there is none."""
+        lists = [f"host list {h if len(h) <= 60 else h[:57] + '...'!r}" for h in self.host_lists]
+        return ", ".join([*(str(p) for p in self.sources), *lists])
+
     def select(self, pattern: str) -> list[str]:
         """Hosts matching an Ansible host pattern (``--limit`` / ``hosts:``), in pattern order."""
         from kmsadmin.fleet.limit import select
@@ -912,8 +918,15 @@ def _read_file(b: _Builder, path: Path) -> None:
 
 def _read_source(b: _Builder, source: str, top: bool) -> Path | None:
     path = Path(source).expanduser()
-    if not path.exists():
-        if top and "," in source:
+    host_list = top and "," in source
+    try:
+        there = path.exists()
+    except OSError as exc:  # a name longer than the file system allows (a long host list), no access...
+        if not host_list:
+            raise InventoryError(f"cannot read inventory {path}: {exc.strerror or exc}") from None
+        there = False
+    if not there:
+        if host_list:
             fail: Fail = lambda m: InventoryError(f"host list {source[:80]!r}: {m}")  # noqa: E731
             for name in (s.strip() for s in source.split(",")):
                 if name:

@@ -220,7 +220,7 @@ def select_each(inventory: Inventory, patterns: Sequence[str]) -> list[str]:
         ]
         if not selected or missing:
             what = f"{', '.join(repr(m) for m in missing)} in " if missing and selected else ""
-            sources = ", ".join(str(p) for p in inventory.sources) or "the inventory"
+            sources = inventory.described() or "the inventory"
             raise PatternError(
                 f"host pattern {what}{pattern!r} matches no host in {sources}{close_matches(inventory, pattern)}"
             )
