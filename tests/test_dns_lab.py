@@ -464,18 +464,11 @@ def test_large_answers_fall_back_to_tcp(dns_server: DnsServer) -> None:
 
 def test_plan_gathers_facts_over_winrm(tmp_path: Path) -> None:
     from kmsadmin.cli.dns import plan_command
-    from kmsadmin.lab.api import EndpointConfig
     from kmsadmin.lab.inventory import write_inventory as write_lab_inventory
-    from kmsadmin.lab.server import LabServer
+    from tests.lab.served import served_fleet
 
     fleet = Fleet.create(tmp_path / "lab", hosts=25, kms_hosts=1, os_mix="win11-enterprise-ltsc2024=25")
-    configs = [
-        EndpointConfig(name=n, username=fleet.username, password=fleet.password, tls=True)
-        for n in fleet.names()
-    ]
-    server = LabServer(LabEngine(fleet), configs, state_dir=tmp_path / "tls")
-    server.start()
-    try:
+    with served_fleet(fleet, tmp_path / "tls") as server:
         ports = {n: server.port(n) for n in fleet.names()}
         inventory = write_lab_inventory(tmp_path / "lab.yml", fleet, ports, tls=True, ca_cert=server.ca_path)
         app = typer.Typer()
@@ -491,5 +484,3 @@ def test_plan_gathers_facts_over_winrm(tmp_path: Path) -> None:
         assert plan["windows_host_key_group_id"] == "windows-server-2025"
         (fit,) = plan["hosts"]
         assert fit["host"] == "kms01" and fit["ok"] is True
-    finally:
-        server.stop()

@@ -17,11 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from kmsadmin.cli.app import app
-from kmsadmin.lab.api import EndpointConfig
-from kmsadmin.lab.engine import LabEngine
 from kmsadmin.lab.fleet import Fleet
 from kmsadmin.lab.inventory import write_inventory
-from kmsadmin.lab.server import LabServer
+from tests.lab.served import served_fleet
 
 pytestmark = pytest.mark.lab
 
@@ -32,17 +30,9 @@ def lab(tmp_path: Path) -> Iterator[tuple[Fleet, Path]]:
     for number, name in enumerate(fleet.names("client"), start=20):
         fleet.hosts[name].address = f"192.168.10.{number}"
         fleet.save(name)
-    configs = [
-        EndpointConfig(name=n, username=fleet.username, password=fleet.password, tls=True)
-        for n in fleet.names()
-    ]
-    server = LabServer(LabEngine(fleet), configs, state_dir=tmp_path / "tls")
-    server.start()
-    try:
+    with served_fleet(fleet, tmp_path / "tls") as server:
         ports = {n: server.port(n) for n in fleet.names()}
         yield fleet, write_inventory(tmp_path / "lab.yml", fleet, ports, tls=True, ca_cert=server.ca_path)
-    finally:
-        server.stop()
 
 
 def run(inventory: Path, *args: str) -> tuple[int, str, str]:

@@ -13,14 +13,13 @@ from pypsrp.wsman import WSMan
 
 from kmsadmin import catalog
 from kmsadmin.facts import HostFacts
-from kmsadmin.lab.api import EndpointConfig
-from kmsadmin.lab.engine import LabEngine
 from kmsadmin.lab.fleet import Fleet
 from kmsadmin.lab.pwsh import syntax_errors
 from kmsadmin.lab.server import LabServer
 from kmsadmin.render import render
 from kmsadmin.transports.base import STEP_END, batch_script, batch_scripts
 from kmsadmin.values import ScriptRef, Secret
+from tests.lab.served import served_fleet
 
 pytestmark = pytest.mark.lab
 
@@ -28,16 +27,8 @@ pytestmark = pytest.mark.lab
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Fleet, LabServer]]:
     fleet = Fleet.create(tmp_path / "lab", hosts=5, kms_hosts=1, os_mix="server2022-standard=5")
-    configs = [
-        EndpointConfig(name=n, username=fleet.username, password=fleet.password, tls=True)
-        for n in fleet.names()
-    ]
-    server = LabServer(LabEngine(fleet), configs, state_dir=tmp_path / "tls")
-    server.start()
-    try:
+    with served_fleet(fleet, tmp_path / "tls") as server:
         yield fleet, server
-    finally:
-        server.stop()
 
 
 def _wsman(fleet: Fleet, server: LabServer, name: str) -> WSMan:

@@ -21,12 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
-from kmsadmin.lab.engine import LabEngine
 from kmsadmin.lab.fleet import Fleet
 from kmsadmin.lab.inventory import build_inventory
-from kmsadmin.lab.server import LabServer
 from kmsadmin.transports.faults import NTLM_BLOCKED
 from tests.lab.kerberos import PASSWORD, USER, Realm, kerberos_endpoints, start_realm
+from tests.lab.served import served_fleet
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -62,9 +61,7 @@ def _closed_port() -> int:
 def test_the_kerberos_reason_is_kept_when_negotiate_falls_back_to_ntlm(realm: Realm, tmp_path: Path) -> None:
     fleet = Fleet.create(tmp_path / "lab", hosts=4, kms_hosts=1, os_mix="server2022-standard=4")
     configs = kerberos_endpoints(realm, fleet, tls_hosts=fleet.names(), ntlm_hosts={"client004"})
-    server = LabServer(LabEngine(fleet), configs, state_dir=tmp_path / "tls")
-    server.start()
-    try:
+    with served_fleet(fleet, tmp_path / "tls", configs) as server:
         ports = {name: server.port(name) for name in fleet.names()}
         data = build_inventory(fleet, ports, tls=True, ca_cert=server.ca_path, kerberos_realm=realm.kdc.realm)
         hosts: dict[str, dict[str, Any]] = {}
@@ -106,8 +103,6 @@ def test_the_kerberos_reason_is_kept_when_negotiate_falls_back_to_ntlm(realm: Re
             check=False,
             env=env,
         )
-    finally:
-        server.stop()
 
     errors = {h["host"]: h["error"] for h in report["hosts"] if h["status"] == "failed"}
     assert set(errors) == {"client001", "client002", "client003", "client004"}, errors
