@@ -194,6 +194,15 @@ def firewall_lines(state: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def print_status_tail(reports: Sequence[HostReport], written: Sequence[Path]) -> None:
+    """After a status table or summary: each KMS host's firewall rules, then the reports written."""
+    for r in reports:
+        for line in firewall_lines(r.state):
+            sys.stdout.write(f"{r.host}: {line}\n")
+    for path in written:
+        sys.stdout.write(f"report: {path}\n")
+
+
 def status(
     hosts: Sequence[str],
     *,
@@ -268,11 +277,7 @@ def status(
         for r in reports:
             if r.error and r.error.get("remediation"):
                 sys.stderr.write(f"{r.host}: fix: {r.error['remediation']}\n")
-    for r in reports:
-        for line in firewall_lines(r.state):
-            sys.stdout.write(f"{r.host}: {line}\n")
-    for path in written:
-        sys.stdout.write(f"report: {path}\n")
+    print_status_tail(reports, written)
     return failed or exit_code(assessed, options)
 
 

@@ -223,7 +223,7 @@ def fleet_status(
     from datetime import UTC, datetime
 
     from kmsadmin.cli.output import emit_json
-    from kmsadmin.cli.remote import run_all
+    from kmsadmin.cli.remote import print_status_tail, run_all
     from kmsadmin.fleet.inventory import Inventory as LoadedInventory
     from kmsadmin.fleet.inventory import load_inventory
     from kmsadmin.fleet.limit import select_each
@@ -260,13 +260,7 @@ def fleet_status(
     else:
         print_summary(document)
         print_activation(assessed, options)
-        from kmsadmin.cli.remote import firewall_lines
-
-        for r in host_reports:
-            for line in firewall_lines(r.state):
-                sys.stdout.write(f"{r.host}: {line}\n")
-        for path in written:
-            sys.stdout.write(f"report: {path}\n")
+        print_status_tail(host_reports, written)
     failed = 1 if any(r.status == "failed" for r in host_reports) else 0
     return failed or exit_code(assessed, options)
 
